@@ -1,0 +1,6 @@
+//! chatd: a real-time chat service.
+//!
+//! A message travels accept → durable outbox → broadcast bus → WebSocket fan-out, while the
+//! outbox relay drains it into the store. [`app`] wires those parts together.
+
+pub mod model;

@@ -1,0 +1,10 @@
+//! The data that flows through chatd: who may talk (user ids), where (channels) and what
+//! (messages, and the events that carry them through the pipeline).
+
+mod channel;
+mod message;
+mod user_id;
+
+pub use channel::{Channel, ChannelError};
+pub use message::{Event, Message};
+pub use user_id::{InvalidUserId, UserId};
