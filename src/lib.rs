@@ -3,4 +3,6 @@
 //! A message travels accept → durable outbox → broadcast bus → WebSocket fan-out, while the
 //! outbox relay drains it into the store. [`app`] wires those parts together.
 
+pub mod auth;
+pub mod config;
 pub mod model;

@@ -1,0 +1,156 @@
+//! Who is calling: HS256 JWTs whose `id` claim is the user id.
+
+mod secret;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::model::UserId;
+
+pub use secret::{SecretSource, resolve_secret};
+
+/// Clock skew allowed on `exp`: the contract's ceiling.
+const LEEWAY_SECS: u64 = 60;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Claims {
+    id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iat: Option<u64>,
+    exp: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("missing token")]
+    Missing,
+    #[error("invalid token: {0}")]
+    Invalid(String),
+}
+
+/// Verifies and issues tokens for one secret, with the algorithm pinned to HS256.
+pub struct Authenticator {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_required_spec_claims(&["exp"]);
+        Self {
+            decoding: DecodingKey::from_secret(secret),
+            encoding: EncodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+        UserId::parse(data.claims.id).map_err(|e| AuthError::Invalid(format!("claim id: {e}")))
+    }
+
+    pub fn issue(&self, user: &UserId, ttl: Duration) -> String {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let claims = Claims {
+            id: user.to_string(),
+            iat: Some(now),
+            exp: now + ttl.as_secs(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing with an in-memory key cannot fail")
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(claims: &serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    fn now() -> u64 {
+        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let auth = Authenticator::new(b"secret");
+        let alice = UserId::parse("alice").unwrap();
+        let token = auth.issue(&alice, Duration::from_secs(60));
+        assert_eq!(auth.verify(&token).unwrap(), alice);
+        assert!(Authenticator::new(b"other").verify(&token).is_err());
+    }
+
+    #[test]
+    fn original_tokens_verify() {
+        let claims = serde_json::json!({"id": "alice", "iat": now(), "exp": now() + 60});
+        let token = encode(&claims, Algorithm::HS256, b"secret");
+        assert_eq!(Authenticator::new(b"secret").verify(&token).unwrap().as_str(), "alice");
+    }
+
+    #[test]
+    fn refuses_what_the_contract_refuses() {
+        let auth = Authenticator::new(b"secret");
+        let refuse = |claims: serde_json::Value, alg| {
+            assert!(auth.verify(&encode(&claims, alg, b"secret")).is_err(), "{claims}");
+        };
+        refuse(serde_json::json!({"id": "alice"}), Algorithm::HS256);
+        refuse(serde_json::json!({"exp": now() + 60}), Algorithm::HS256);
+        refuse(serde_json::json!({"id": "", "exp": now() + 60}), Algorithm::HS256);
+        refuse(serde_json::json!({"id": "a,b", "exp": now() + 60}), Algorithm::HS256);
+        refuse(serde_json::json!({"id": "alice", "exp": now() - 61}), Algorithm::HS256);
+        refuse(serde_json::json!({"id": "alice", "exp": now() + 60}), Algorithm::HS512);
+        // Within the 60 s leeway an expired token still passes.
+        let token = encode(&serde_json::json!({"id": "a", "exp": now() - 30}), Algorithm::HS256, b"secret");
+        assert!(auth.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn refuses_alg_none() {
+        let header = base64_url(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = base64_url(format!(r#"{{"id":"alice","exp":{}}}"#, now() + 60).as_bytes());
+        let auth = Authenticator::new(b"secret");
+        assert!(auth.verify(&format!("{header}.{payload}.")).is_err());
+        assert!(auth.verify("not a token").is_err());
+    }
+
+    fn base64_url(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn bearer_header_parsing() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+    }
+}

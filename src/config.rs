@@ -1,0 +1,316 @@
+//! Configuration from the environment. [`SETTINGS`] is the one list of variables, defaults and
+//! meanings: parsing reads its defaults and `chatd --help` prints it.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub struct Setting {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub help: &'static str,
+}
+
+const fn setting(name: &'static str, default: &'static str, help: &'static str) -> Setting {
+    Setting {
+        name,
+        default,
+        help,
+    }
+}
+
+pub const SETTINGS: &[Setting] = &[
+    setting("HOST", "0.0.0.0", "address to listen on"),
+    setting("PORT", "8080", "HTTP and WebSocket port (0 picks a free one)"),
+    setting(
+        "DATA_DIR",
+        "./data",
+        "the embedded store, the local outbox and the development secret",
+    ),
+    setting(
+        "JWT_SECRET",
+        "",
+        "HS256 secret; unset: a development secret is generated once in DATA_DIR",
+    ),
+    setting(
+        "CONNECTIONS_REQUIRE_AUTH",
+        "false",
+        "require a JWT on POST /api/connections (the original left it open)",
+    ),
+    setting("RATE_LIMIT_RPS", "5", "per-user token bucket refill rate on /api/* (0: no limit)"),
+    setting("RATE_LIMIT_BURST", "10", "per-user token bucket size on /api/*"),
+    setting("MAX_BODY_BYTES", "65536", "largest request body; larger: 413"),
+    setting("MAX_MESSAGE_BYTES", "4096", "largest message content in bytes; larger: 413"),
+    setting("MAX_PARTICIPANTS", "100", "most participants in a channel; more: 400"),
+    setting("RETRY_ATTEMPTS", "5", "persistence attempts before a message is dead-lettered"),
+    setting("RETRY_BASE_MS", "100", "first retry delay; it doubles per attempt, with jitter"),
+    setting("RETRY_MAX_MS", "30000", "longest retry delay"),
+    setting("RELAY_WORKERS", "4", "batches written to the store at once"),
+    setting("RELAY_BATCH_SIZE", "256", "most messages in one store write"),
+    setting(
+        "OUTBOX_QUEUE",
+        "8192",
+        "sends waiting for the outbox's next commit; beyond it: 503",
+    ),
+    setting(
+        "BUS_CAPACITY",
+        "4096",
+        "events the fan-out may fall behind by before it skips (sockets catch up from history)",
+    ),
+    setting(
+        "WS_SEND_QUEUE",
+        "256",
+        "frames queued per socket; a socket whose queue is full is closed with 4008",
+    ),
+    setting("WS_MAX_INBOUND_BYTES", "65536", "largest frame a client may send"),
+    setting("WS_PING_INTERVAL", "30s", "how often sockets are pinged"),
+    setting("WS_PONG_TIMEOUT", "60s", "a socket silent this long is closed"),
+    setting(
+        "SHUTDOWN_TIMEOUT",
+        "10s",
+        "how long shutdown waits for the outbox to drain; the rest waits for the next start",
+    ),
+];
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub host: IpAddr,
+    pub port: u16,
+    pub data_dir: PathBuf,
+    pub jwt_secret: Option<String>,
+    pub connections_require_auth: bool,
+    pub rate_limit: RateLimit,
+    pub limits: Limits,
+    pub relay: RelaySettings,
+    pub outbox_queue: usize,
+    pub bus_capacity: usize,
+    pub socket: SocketSettings,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_message_bytes: usize,
+    pub max_participants: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RelaySettings {
+    pub workers: usize,
+    pub batch_size: usize,
+    pub retry_attempts: u32,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct SocketSettings {
+    pub send_queue: usize,
+    pub max_inbound_bytes: usize,
+    pub ping_interval: Duration,
+    pub pong_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct ConfigError {
+    name: &'static str,
+    value: String,
+    reason: String,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Builds the configuration from any source of variables; an unset or empty variable takes
+    /// its default from [`SETTINGS`].
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let vars = Vars(&lookup);
+        let config = Self {
+            host: vars.parse("HOST")?,
+            port: vars.parse("PORT")?,
+            data_dir: PathBuf::from(vars.text("DATA_DIR")),
+            jwt_secret: Some(vars.text("JWT_SECRET")).filter(|s| !s.is_empty()),
+            connections_require_auth: vars.parse("CONNECTIONS_REQUIRE_AUTH")?,
+            rate_limit: RateLimit {
+                per_second: vars.parse_checked("RATE_LIMIT_RPS", |v: &f64| {
+                    v.is_finite() && *v >= 0.0
+                })?,
+                burst: vars.parse_checked("RATE_LIMIT_BURST", |v| *v >= 1)?,
+            },
+            limits: Limits {
+                max_body_bytes: vars.parse_checked("MAX_BODY_BYTES", |v| *v >= 1024)?,
+                max_message_bytes: vars.parse_checked("MAX_MESSAGE_BYTES", |v| *v >= 1)?,
+                max_participants: vars.parse_checked("MAX_PARTICIPANTS", |v| *v >= 1)?,
+            },
+            relay: RelaySettings {
+                workers: vars.parse_checked("RELAY_WORKERS", |v| *v >= 1)?,
+                batch_size: vars.parse_checked("RELAY_BATCH_SIZE", |v| *v >= 1)?,
+                retry_attempts: vars.parse_checked("RETRY_ATTEMPTS", |v| *v >= 1)?,
+                retry_base: Duration::from_millis(vars.parse_checked("RETRY_BASE_MS", |v| *v >= 1)?),
+                retry_max: Duration::from_millis(vars.parse("RETRY_MAX_MS")?),
+            },
+            outbox_queue: vars.parse_checked("OUTBOX_QUEUE", |v| *v >= 1)?,
+            bus_capacity: vars.parse_checked("BUS_CAPACITY", |v| *v >= 1)?,
+            socket: SocketSettings {
+                send_queue: vars.parse_checked("WS_SEND_QUEUE", |v| *v >= 1)?,
+                max_inbound_bytes: vars.parse_checked("WS_MAX_INBOUND_BYTES", |v| *v >= 1)?,
+                ping_interval: vars.duration("WS_PING_INTERVAL")?,
+                pong_timeout: vars.duration("WS_PONG_TIMEOUT")?,
+            },
+            shutdown_timeout: vars.duration("SHUTDOWN_TIMEOUT")?,
+        };
+        Ok(config)
+    }
+
+    /// `chatd --help`'s list of variables.
+    pub fn help() -> String {
+        let width = SETTINGS.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        let mut text = String::from("Environment (default in brackets):\n");
+        for s in SETTINGS {
+            let default = if s.default.is_empty() { "unset" } else { s.default };
+            text.push_str(&format!("  {:width$}  {} [{default}]\n", s.name, s.help));
+        }
+        text
+    }
+}
+
+struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Vars<'_> {
+    fn text(&self, name: &'static str) -> String {
+        match (self.0)(name) {
+            Some(value) if !value.is_empty() => value,
+            _ => default_of(name).to_string(),
+        }
+    }
+
+    fn parse<T: FromStr>(&self, name: &'static str) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let value = self.text(name);
+        value.parse().map_err(|e: T::Err| ConfigError {
+            name,
+            reason: e.to_string(),
+            value,
+        })
+    }
+
+    fn parse_checked<T: FromStr>(
+        &self,
+        name: &'static str,
+        valid: impl Fn(&T) -> bool,
+    ) -> Result<T, ConfigError>
+    where
+        T::Err: std::fmt::Display,
+    {
+        let parsed = self.parse(name)?;
+        if valid(&parsed) {
+            Ok(parsed)
+        } else {
+            Err(ConfigError {
+                name,
+                value: self.text(name),
+                reason: "out of range".into(),
+            })
+        }
+    }
+
+    fn duration(&self, name: &'static str) -> Result<Duration, ConfigError> {
+        let value = self.text(name);
+        parse_duration(&value).map_err(|reason| ConfigError {
+            name,
+            value,
+            reason,
+        })
+    }
+}
+
+fn default_of(name: &str) -> &'static str {
+    SETTINGS
+        .iter()
+        .find(|s| s.name == name)
+        .map(|s| s.default)
+        .unwrap_or_else(|| panic!("{name} is missing from SETTINGS"))
+}
+
+/// A duration as `10s`, `1m30s`, `250ms`, or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => humantime::parse_duration(text).map_err(|e| e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_contract() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.data_dir, PathBuf::from("./data"));
+        assert_eq!(c.jwt_secret, None);
+        assert_eq!(c.rate_limit.per_second, 5.0);
+        assert_eq!(c.rate_limit.burst, 10);
+        assert_eq!(c.limits.max_message_bytes, 4096);
+        assert_eq!(c.limits.max_participants, 100);
+        assert_eq!(c.limits.max_body_bytes, 65536);
+        assert_eq!(c.relay.retry_attempts, 5);
+        assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(c.socket.ping_interval, Duration::from_secs(30));
+        assert_eq!(c.socket.pong_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn every_setting_is_read_and_documented() {
+        let every = SETTINGS.iter().map(|s| (s.name, s.default));
+        let c = config(&every.collect::<Vec<_>>()).unwrap();
+        assert_eq!(c.port, 8080);
+        let help = Config::help();
+        for s in SETTINGS {
+            assert!(help.contains(s.name), "{} missing from help", s.name);
+        }
+    }
+
+    #[test]
+    fn empty_means_unset_and_bad_values_name_the_variable() {
+        let c = config(&[("JWT_SECRET", ""), ("PORT", "")]).unwrap();
+        assert_eq!(c.jwt_secret, None);
+        assert_eq!(c.port, 8080);
+        let err = config(&[("PORT", "eighty")]).unwrap_err().to_string();
+        assert!(err.starts_with("PORT=\"eighty\""), "{err}");
+        assert!(config(&[("RELAY_WORKERS", "0")]).is_err());
+        assert!(config(&[("RATE_LIMIT_RPS", "-1")]).is_err());
+    }
+
+    #[test]
+    fn durations_take_units_or_bare_seconds() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("soon").is_err());
+    }
+}
