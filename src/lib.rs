@@ -6,3 +6,6 @@
 pub mod auth;
 pub mod config;
 pub mod model;
+pub mod outbox;
+pub mod sqlite;
+pub mod store;

@@ -1,0 +1,190 @@
+//! The durable local outbox. A message is appended here, and committed to disk, before its
+//! sender hears 202; the [`Relay`] then drains it into the store. What the store cannot take
+//! after every attempt stays here, marked dead, for operators.
+
+mod backoff;
+mod journal;
+mod relay;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::params;
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::model::Message;
+use crate::sqlite::{self, Migration, ReadPool};
+
+pub use backoff::Backoff;
+pub use relay::{Relay, StoreHealth};
+
+use journal::{Command, Journal};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    name: "0001_outbox",
+    sql: include_str!("../../migrations/outbox/0001_outbox.sql"),
+}];
+
+/// How many messages wait in the outbox.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Appended and not yet in the store.
+    pub pending: u64,
+    /// Spent every attempt; kept for operators.
+    pub dead_lettered: u64,
+}
+
+/// A message the store does not have yet, with its place in the outbox.
+#[derive(Debug, Clone)]
+pub struct PendingEntry {
+    pub seq: i64,
+    pub message: Message,
+    pub attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutboxError {
+    /// The journal's queue is full: the sender should try again shortly.
+    #[error("the outbox is overloaded")]
+    Overloaded,
+    #[error("the outbox is closed")]
+    Closed,
+    #[error("outbox: {0}")]
+    Storage(String),
+}
+
+impl From<rusqlite::Error> for OutboxError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Storage(e.to_string())
+    }
+}
+
+pub struct Outbox {
+    commands: mpsc::Sender<Command>,
+    readers: Arc<ReadPool>,
+    counts: watch::Receiver<OutboxCounts>,
+    new_work: Arc<Notify>,
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox at `path` and starts its journal thread. At most `queue`
+    /// commands wait for the next commit.
+    pub fn open(path: &Path, queue: usize) -> Result<Self, OutboxError> {
+        let mut conn = sqlite::open(path)?;
+        sqlite::migrate(&mut conn, MIGRATIONS)?;
+        let initial = count(&conn)?;
+        let (counts_tx, counts) = watch::channel(initial);
+        let new_work = Arc::new(Notify::new());
+        let (commands, receiver) = mpsc::channel(queue);
+        Journal::new(conn, counts_tx, new_work.clone()).spawn(receiver)
+            .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
+        Ok(Self {
+            commands,
+            readers: Arc::new(ReadPool::new(path, 2)),
+            counts,
+            new_work,
+        })
+    }
+
+    /// Appends a message and returns once it is committed to disk. Concurrent appends share
+    /// one commit. A full queue is refused at once rather than queued without bound.
+    pub async fn append(&self, message: Message) -> Result<(), OutboxError> {
+        let (done, committed) = oneshot::channel();
+        self.commands
+            .try_send(Command::Append { message, done })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => OutboxError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,
+            })?;
+        committed.await.map_err(|_| OutboxError::Closed)?
+    }
+
+    /// Up to `limit` pending (not dead) entries after `seq`, oldest first.
+    pub async fn pending_after(&self, seq: i64, limit: usize) -> Result<Vec<PendingEntry>, OutboxError> {
+        let readers = self.readers.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = tokio::task::spawn_blocking(move || {
+            readers.read(|conn| {
+                conn.prepare_cached(
+                    "SELECT seq, id, sender, content, participants, created_at, attempts
+                     FROM outbox WHERE dead = 0 AND seq > ?1 ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![seq, limit], |row| {
+                    Ok(PendingEntry {
+                        seq: row.get(0)?,
+                        message: sqlite::message_from_row(row, 1)?,
+                        attempts: row.get(6)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+        })
+        .await
+        .map_err(|e| OutboxError::Storage(e.to_string()))??;
+        Ok(rows)
+    }
+
+    /// The store has these entries: they leave the outbox.
+    pub async fn mark_stored(&self, seqs: Vec<i64>) -> Result<(), OutboxError> {
+        self.command(|done| Command::Stored { seqs, done }).await
+    }
+
+    /// One more failed attempt for an entry; with `dead` it stops being retried.
+    pub async fn record_failure(
+        &self,
+        seq: i64,
+        error: String,
+        attempts: u32,
+        dead: bool,
+    ) -> Result<(), OutboxError> {
+        self.command(|done| Command::Failed {
+            seq,
+            error,
+            attempts,
+            dead,
+            done,
+        })
+        .await
+    }
+
+    pub fn counts(&self) -> OutboxCounts {
+        *self.counts.borrow()
+    }
+
+    /// Resolves once nothing is pending (dead letters do not count).
+    pub async fn drained(&self) {
+        let mut counts = self.counts.clone();
+        // The sender lives in the journal thread for as long as this outbox does.
+        let _ = counts.wait_for(|c| c.pending == 0).await;
+    }
+
+    /// Resolves when entries were appended since the last call returned.
+    pub async fn new_work(&self) {
+        self.new_work.notified().await;
+    }
+
+    async fn command(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<(), OutboxError>>) -> Command,
+    ) -> Result<(), OutboxError> {
+        let (done, applied) = oneshot::channel();
+        self.commands
+            .send(command(done))
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        applied.await.map_err(|_| OutboxError::Closed)?
+    }
+}
+
+fn count(conn: &rusqlite::Connection) -> rusqlite::Result<OutboxCounts> {
+    conn.query_row(
+        "SELECT COALESCE(SUM(dead = 0), 0), COALESCE(SUM(dead = 1), 0) FROM outbox",
+        [],
+        |row| {
+            Ok(OutboxCounts {
+                pending: row.get(0)?,
+                dead_lettered: row.get(1)?,
+            })
+        },
+    )
+}

@@ -1,0 +1,133 @@
+//! SQLite as chatd opens it, for the outbox and the embedded store alike: WAL so readers never
+//! wait for the writer, `synchronous = FULL` so a commit is on disk when it returns, and
+//! ordered, recorded migrations.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::DateTime;
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use crate::model::Message;
+
+pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(conn)
+}
+
+pub struct Migration {
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Applies, in order, each migration not yet recorded in `_migrations`, each in its own
+/// transaction with its record.
+pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Result<()> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS _migrations (
+             name TEXT PRIMARY KEY NOT NULL,
+             applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+         )",
+    )?;
+    for migration in migrations {
+        let tx = conn.transaction()?;
+        let applied = tx
+            .query_row(
+                "SELECT 1 FROM _migrations WHERE name = ?1",
+                [migration.name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if !applied {
+            tx.execute_batch(migration.sql)?;
+            tx.execute("INSERT INTO _migrations (name) VALUES (?1)", [migration.name])?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// Read connections for blocking tasks: one is taken per read and put back after, so concurrent
+/// reads do not queue behind one connection. At most `max_idle` are kept between reads.
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl ReadPool {
+    pub fn new(path: &Path, max_idle: usize) -> Self {
+        Self {
+            path: path.to_owned(),
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+        }
+    }
+
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+        let taken = self.idle.lock().expect("read pool lock").pop();
+        let conn = match taken {
+            Some(conn) => conn,
+            None => open(&self.path)?,
+        };
+        let result = f(&conn);
+        let mut idle = self.idle.lock().expect("read pool lock");
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+        result
+    }
+}
+
+/// Participants as both tables keep them: a JSON array of the canonical ids.
+pub fn participants_json(participants: &[String]) -> String {
+    serde_json::to_string(participants).expect("a list of strings always serializes")
+}
+
+/// A message from the columns `id, sender, content, participants, created_at` (milliseconds),
+/// starting at column `first`.
+pub fn message_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Message> {
+    let participants: String = row.get(first + 3)?;
+    let created_at: i64 = row.get(first + 4)?;
+    Ok(Message {
+        id: row.get(first)?,
+        sender: row.get(first + 1)?,
+        content: row.get(first + 2)?,
+        participants: serde_json::from_str(&participants)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(first + 3, Type::Text, e.into()))?,
+        created_at: DateTime::from_timestamp_millis(created_at)
+            .ok_or(rusqlite::Error::IntegralValueOutOfRange(first + 4, created_at))?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrations_apply_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrations = [
+            Migration { name: "0001_t", sql: "CREATE TABLE t (x INTEGER)" },
+            Migration { name: "0002_u", sql: "CREATE TABLE u (x INTEGER)" },
+        ];
+        let mut conn = open(&dir.path().join("db")).unwrap();
+        migrate(&mut conn, &migrations[..1]).unwrap();
+        migrate(&mut conn, &migrations).unwrap();
+        migrate(&mut conn, &migrations).unwrap();
+        let names: Vec<String> = conn
+            .prepare("SELECT name FROM _migrations ORDER BY name")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(names, ["0001_t", "0002_u"]);
+    }
+}
