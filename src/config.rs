@@ -22,7 +22,11 @@ const fn setting(name: &'static str, default: &'static str, help: &'static str) 
 
 pub const SETTINGS: &[Setting] = &[
     setting("HOST", "0.0.0.0", "address to listen on"),
-    setting("PORT", "8080", "HTTP and WebSocket port (0 picks a free one)"),
+    setting(
+        "PORT",
+        "8080",
+        "HTTP and WebSocket port (0 picks a free one)",
+    ),
     setting(
         "DATA_DIR",
         "./data",
@@ -38,16 +42,48 @@ pub const SETTINGS: &[Setting] = &[
         "false",
         "require a JWT on POST /api/connections (the original left it open)",
     ),
-    setting("RATE_LIMIT_RPS", "5", "per-user token bucket refill rate on /api/* (0: no limit)"),
-    setting("RATE_LIMIT_BURST", "10", "per-user token bucket size on /api/*"),
-    setting("MAX_BODY_BYTES", "65536", "largest request body; larger: 413"),
-    setting("MAX_MESSAGE_BYTES", "4096", "largest message content in bytes; larger: 413"),
-    setting("MAX_PARTICIPANTS", "100", "most participants in a channel; more: 400"),
-    setting("RETRY_ATTEMPTS", "5", "persistence attempts before a message is dead-lettered"),
-    setting("RETRY_BASE_MS", "100", "first retry delay; it doubles per attempt, with jitter"),
+    setting(
+        "RATE_LIMIT_RPS",
+        "5",
+        "per-user token bucket refill rate on /api/* (0: no limit)",
+    ),
+    setting(
+        "RATE_LIMIT_BURST",
+        "10",
+        "per-user token bucket size on /api/*",
+    ),
+    setting(
+        "MAX_BODY_BYTES",
+        "65536",
+        "largest request body; larger: 413",
+    ),
+    setting(
+        "MAX_MESSAGE_BYTES",
+        "4096",
+        "largest message content in bytes; larger: 413",
+    ),
+    setting(
+        "MAX_PARTICIPANTS",
+        "100",
+        "most participants in a channel; more: 400",
+    ),
+    setting(
+        "RETRY_ATTEMPTS",
+        "5",
+        "persistence attempts before a message is dead-lettered",
+    ),
+    setting(
+        "RETRY_BASE_MS",
+        "100",
+        "first retry delay; it doubles per attempt, with jitter",
+    ),
     setting("RETRY_MAX_MS", "30000", "longest retry delay"),
     setting("RELAY_WORKERS", "4", "batches written to the store at once"),
-    setting("RELAY_BATCH_SIZE", "256", "most messages in one store write"),
+    setting(
+        "RELAY_BATCH_SIZE",
+        "256",
+        "most messages in one store write",
+    ),
     setting(
         "OUTBOX_QUEUE",
         "8192",
@@ -63,13 +99,27 @@ pub const SETTINGS: &[Setting] = &[
         "256",
         "frames queued per socket; a socket whose queue is full is closed with 4008",
     ),
-    setting("WS_MAX_INBOUND_BYTES", "65536", "largest frame a client may send"),
+    setting(
+        "WS_MAX_INBOUND_BYTES",
+        "65536",
+        "largest frame a client may send",
+    ),
     setting("WS_PING_INTERVAL", "30s", "how often sockets are pinged"),
-    setting("WS_PONG_TIMEOUT", "60s", "a socket silent this long is closed"),
+    setting(
+        "WS_PONG_TIMEOUT",
+        "60s",
+        "a socket silent this long is closed",
+    ),
     setting(
         "SHUTDOWN_TIMEOUT",
         "10s",
         "how long shutdown waits for the outbox to drain; the rest waits for the next start",
+    ),
+    setting("RUST_LOG", "info", "log filter, e.g. chatd=debug,info"),
+    setting(
+        "LOG_FORMAT",
+        "pretty",
+        "log lines as 'pretty' text or 'json'",
     ),
 ];
 
@@ -87,6 +137,13 @@ pub struct Config {
     pub bus_capacity: usize,
     pub socket: SocketSettings,
     pub shutdown_timeout: Duration,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub filter: String,
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -143,9 +200,8 @@ impl Config {
             jwt_secret: Some(vars.text("JWT_SECRET")).filter(|s| !s.is_empty()),
             connections_require_auth: vars.parse("CONNECTIONS_REQUIRE_AUTH")?,
             rate_limit: RateLimit {
-                per_second: vars.parse_checked("RATE_LIMIT_RPS", |v: &f64| {
-                    v.is_finite() && *v >= 0.0
-                })?,
+                per_second: vars
+                    .parse_checked("RATE_LIMIT_RPS", |v: &f64| v.is_finite() && *v >= 0.0)?,
                 burst: vars.parse_checked("RATE_LIMIT_BURST", |v| *v >= 1)?,
             },
             limits: Limits {
@@ -157,7 +213,9 @@ impl Config {
                 workers: vars.parse_checked("RELAY_WORKERS", |v| *v >= 1)?,
                 batch_size: vars.parse_checked("RELAY_BATCH_SIZE", |v| *v >= 1)?,
                 retry_attempts: vars.parse_checked("RETRY_ATTEMPTS", |v| *v >= 1)?,
-                retry_base: Duration::from_millis(vars.parse_checked("RETRY_BASE_MS", |v| *v >= 1)?),
+                retry_base: Duration::from_millis(
+                    vars.parse_checked("RETRY_BASE_MS", |v| *v >= 1)?,
+                ),
                 retry_max: Duration::from_millis(vars.parse("RETRY_MAX_MS")?),
             },
             outbox_queue: vars.parse_checked("OUTBOX_QUEUE", |v| *v >= 1)?,
@@ -169,6 +227,20 @@ impl Config {
                 pong_timeout: vars.duration("WS_PONG_TIMEOUT")?,
             },
             shutdown_timeout: vars.duration("SHUTDOWN_TIMEOUT")?,
+            log: LogSettings {
+                filter: vars.text("RUST_LOG"),
+                json: match vars.text("LOG_FORMAT").as_str() {
+                    "json" => true,
+                    "pretty" => false,
+                    other => {
+                        return Err(ConfigError {
+                            name: "LOG_FORMAT",
+                            value: other.into(),
+                            reason: "expected 'pretty' or 'json'".into(),
+                        });
+                    }
+                },
+            },
         };
         Ok(config)
     }
@@ -178,7 +250,11 @@ impl Config {
         let width = SETTINGS.iter().map(|s| s.name.len()).max().unwrap_or(0);
         let mut text = String::from("Environment (default in brackets):\n");
         for s in SETTINGS {
-            let default = if s.default.is_empty() { "unset" } else { s.default };
+            let default = if s.default.is_empty() {
+                "unset"
+            } else {
+                s.default
+            };
             text.push_str(&format!("  {:width$}  {} [{default}]\n", s.name, s.help));
         }
         text

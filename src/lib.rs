@@ -3,8 +3,15 @@
 //! A message travels accept → durable outbox → broadcast bus → WebSocket fan-out, while the
 //! outbox relay drains it into the store. [`app`] wires those parts together.
 
+pub mod app;
 pub mod auth;
+pub mod bus;
+pub mod cli;
 pub mod config;
+pub mod fanout;
+pub mod http;
+pub mod hub;
+pub mod ingest;
 pub mod model;
 pub mod outbox;
 pub mod sqlite;

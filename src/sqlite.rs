@@ -46,7 +46,10 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Res
             .is_some();
         if !applied {
             tx.execute_batch(migration.sql)?;
-            tx.execute("INSERT INTO _migrations (name) VALUES (?1)", [migration.name])?;
+            tx.execute(
+                "INSERT INTO _migrations (name) VALUES (?1)",
+                [migration.name],
+            )?;
         }
         tx.commit()?;
     }
@@ -70,7 +73,10 @@ impl ReadPool {
         }
     }
 
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
         let taken = self.idle.lock().expect("read pool lock").pop();
         let conn = match taken {
             Some(conn) => conn,
@@ -99,10 +105,12 @@ pub fn message_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Message
         id: row.get(first)?,
         sender: row.get(first + 1)?,
         content: row.get(first + 2)?,
-        participants: serde_json::from_str(&participants)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(first + 3, Type::Text, e.into()))?,
-        created_at: DateTime::from_timestamp_millis(created_at)
-            .ok_or(rusqlite::Error::IntegralValueOutOfRange(first + 4, created_at))?,
+        participants: serde_json::from_str(&participants).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(first + 3, Type::Text, e.into())
+        })?,
+        created_at: DateTime::from_timestamp_millis(created_at).ok_or(
+            rusqlite::Error::IntegralValueOutOfRange(first + 4, created_at),
+        )?,
     })
 }
 
@@ -114,8 +122,14 @@ mod tests {
     fn migrations_apply_once_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let migrations = [
-            Migration { name: "0001_t", sql: "CREATE TABLE t (x INTEGER)" },
-            Migration { name: "0002_u", sql: "CREATE TABLE u (x INTEGER)" },
+            Migration {
+                name: "0001_t",
+                sql: "CREATE TABLE t (x INTEGER)",
+            },
+            Migration {
+                name: "0002_u",
+                sql: "CREATE TABLE u (x INTEGER)",
+            },
         ];
         let mut conn = open(&dir.path().join("db")).unwrap();
         migrate(&mut conn, &migrations[..1]).unwrap();

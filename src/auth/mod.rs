@@ -88,7 +88,10 @@ mod tests {
     }
 
     fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 
     #[test]
@@ -104,23 +107,48 @@ mod tests {
     fn original_tokens_verify() {
         let claims = serde_json::json!({"id": "alice", "iat": now(), "exp": now() + 60});
         let token = encode(&claims, Algorithm::HS256, b"secret");
-        assert_eq!(Authenticator::new(b"secret").verify(&token).unwrap().as_str(), "alice");
+        assert_eq!(
+            Authenticator::new(b"secret")
+                .verify(&token)
+                .unwrap()
+                .as_str(),
+            "alice"
+        );
     }
 
     #[test]
     fn refuses_what_the_contract_refuses() {
         let auth = Authenticator::new(b"secret");
         let refuse = |claims: serde_json::Value, alg| {
-            assert!(auth.verify(&encode(&claims, alg, b"secret")).is_err(), "{claims}");
+            assert!(
+                auth.verify(&encode(&claims, alg, b"secret")).is_err(),
+                "{claims}"
+            );
         };
         refuse(serde_json::json!({"id": "alice"}), Algorithm::HS256);
         refuse(serde_json::json!({"exp": now() + 60}), Algorithm::HS256);
-        refuse(serde_json::json!({"id": "", "exp": now() + 60}), Algorithm::HS256);
-        refuse(serde_json::json!({"id": "a,b", "exp": now() + 60}), Algorithm::HS256);
-        refuse(serde_json::json!({"id": "alice", "exp": now() - 61}), Algorithm::HS256);
-        refuse(serde_json::json!({"id": "alice", "exp": now() + 60}), Algorithm::HS512);
+        refuse(
+            serde_json::json!({"id": "", "exp": now() + 60}),
+            Algorithm::HS256,
+        );
+        refuse(
+            serde_json::json!({"id": "a,b", "exp": now() + 60}),
+            Algorithm::HS256,
+        );
+        refuse(
+            serde_json::json!({"id": "alice", "exp": now() - 61}),
+            Algorithm::HS256,
+        );
+        refuse(
+            serde_json::json!({"id": "alice", "exp": now() + 60}),
+            Algorithm::HS512,
+        );
         // Within the 60 s leeway an expired token still passes.
-        let token = encode(&serde_json::json!({"id": "a", "exp": now() - 30}), Algorithm::HS256, b"secret");
+        let token = encode(
+            &serde_json::json!({"id": "a", "exp": now() - 30}),
+            Algorithm::HS256,
+            b"secret",
+        );
         assert!(auth.verify(&token).is_ok());
     }
 
@@ -137,7 +165,8 @@ mod tests {
         const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
         let mut out = String::new();
         for chunk in bytes.chunks(3) {
-            let n = chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
+            let n =
+                chunk.iter().fold(0u32, |n, b| (n << 8) | u32::from(*b)) << (8 * (3 - chunk.len()));
             for i in 0..=chunk.len() {
                 out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
             }

@@ -68,6 +68,9 @@ mod tests {
         assert_eq!(first.len(), 64);
         assert_eq!(read_or_create(&path).unwrap(), first);
         let mode = fs::metadata(&path).unwrap().permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
     }
 }

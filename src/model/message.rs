@@ -30,7 +30,11 @@ impl Message {
             id: id.to_string(),
             sender: sender.to_string(),
             content,
-            participants: channel.participants().iter().map(UserId::to_string).collect(),
+            participants: channel
+                .participants()
+                .iter()
+                .map(UserId::to_string)
+                .collect(),
             created_at: uuid_timestamp(&id).unwrap_or_else(Utc::now),
         }
     }
@@ -78,7 +82,11 @@ mod tests {
         assert_eq!(json["participants"], serde_json::json!(["alice", "bob"]));
         assert_eq!(json["sender"], "alice");
         let created_at = json["created_at"].as_str().unwrap();
-        assert_eq!(created_at.len(), "2025-10-31T10:30:45.123Z".len(), "{created_at}");
+        assert_eq!(
+            created_at.len(),
+            "2025-10-31T10:30:45.123Z".len(),
+            "{created_at}"
+        );
         assert!(created_at.ends_with('Z'));
         let back: Message = serde_json::from_value(json).unwrap();
         assert_eq!(back, message);

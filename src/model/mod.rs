@@ -6,5 +6,5 @@ mod message;
 mod user_id;
 
 pub use channel::{Channel, ChannelError};
-pub use message::{Event, Message};
+pub use message::{Event, Message, uuid_timestamp};
 pub use user_id::{InvalidUserId, UserId};

@@ -69,6 +69,9 @@ mod tests {
         assert_eq!(UserId::parse("€".repeat(43)), Err(InvalidUserId::TooLong));
         assert_eq!(UserId::parse("a,b"), Err(InvalidUserId::Comma));
         assert_eq!(UserId::parse("a\nb"), Err(InvalidUserId::ControlCharacter));
-        assert_eq!(UserId::parse("a\u{7f}"), Err(InvalidUserId::ControlCharacter));
+        assert_eq!(
+            UserId::parse("a\u{7f}"),
+            Err(InvalidUserId::ControlCharacter)
+        );
     }
 }

@@ -11,7 +11,10 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
-        Self { base, max: max.max(base) }
+        Self {
+            base,
+            max: max.max(base),
+        }
     }
 
     /// The delay after the `failures`-th consecutive failure (1-based).

@@ -36,9 +36,9 @@ pub(super) enum Command {
 impl Command {
     fn done(self) -> Done {
         match self {
-            Command::Append { done, .. } | Command::Stored { done, .. } | Command::Failed { done, .. } => {
-                done
-            }
+            Command::Append { done, .. }
+            | Command::Stored { done, .. }
+            | Command::Failed { done, .. } => done,
         }
     }
 }
@@ -58,7 +58,11 @@ struct Delta {
 }
 
 impl Journal {
-    pub(super) fn new(conn: Connection, counts: watch::Sender<OutboxCounts>, new_work: Arc<Notify>) -> Self {
+    pub(super) fn new(
+        conn: Connection,
+        counts: watch::Sender<OutboxCounts>,
+        new_work: Arc<Notify>,
+    ) -> Self {
         Self {
             conn,
             counts,
@@ -99,7 +103,8 @@ impl Journal {
             }
             if let Ok(delta) = outcome {
                 self.counts.send_modify(|c| {
-                    c.pending = (c.pending + delta.appended).saturating_sub(delta.stored + delta.dead_lettered);
+                    c.pending = (c.pending + delta.appended)
+                        .saturating_sub(delta.stored + delta.dead_lettered);
                     c.dead_lettered += delta.dead_lettered;
                 });
                 if delta.appended > 0 {

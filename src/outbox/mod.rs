@@ -76,7 +76,8 @@ impl Outbox {
         let (counts_tx, counts) = watch::channel(initial);
         let new_work = Arc::new(Notify::new());
         let (commands, receiver) = mpsc::channel(queue);
-        Journal::new(conn, counts_tx, new_work.clone()).spawn(receiver)
+        Journal::new(conn, counts_tx, new_work.clone())
+            .spawn(receiver)
             .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
         Ok(Self {
             commands,
@@ -100,7 +101,11 @@ impl Outbox {
     }
 
     /// Up to `limit` pending (not dead) entries after `seq`, oldest first.
-    pub async fn pending_after(&self, seq: i64, limit: usize) -> Result<Vec<PendingEntry>, OutboxError> {
+    pub async fn pending_after(
+        &self,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingEntry>, OutboxError> {
         let readers = self.readers.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = tokio::task::spawn_blocking(move || {

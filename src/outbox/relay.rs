@@ -85,7 +85,11 @@ impl Relay {
                 permit = workers.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
                 () = stop.cancelled() => break,
             };
-            let batch = match self.outbox.pending_after(cursor, self.settings.batch_size).await {
+            let batch = match self
+                .outbox
+                .pending_after(cursor, self.settings.batch_size)
+                .await
+            {
                 Ok(batch) => batch,
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox failed");
@@ -137,7 +141,11 @@ impl BatchWriter {
                     outcomes
                 }
                 Ok(outcomes) => {
-                    let e = format!("store answered {} outcomes for {} messages", outcomes.len(), batch.len());
+                    let e = format!(
+                        "store answered {} outcomes for {} messages",
+                        outcomes.len(),
+                        batch.len()
+                    );
                     vec![Err(e); batch.len()]
                 }
                 Err(StoreError::Unavailable(reason)) => {
@@ -164,7 +172,11 @@ impl BatchWriter {
                         } else {
                             tracing::warn!(id = %entry.message.id, attempts = entry.attempts, %error, "message write failed, will retry");
                         }
-                        if let Err(e) = self.outbox.record_failure(entry.seq, error, entry.attempts, dead).await {
+                        if let Err(e) = self
+                            .outbox
+                            .record_failure(entry.seq, error, entry.attempts, dead)
+                            .await
+                        {
                             tracing::error!(error = %e, "recording a failed attempt failed");
                         }
                         if !dead {

@@ -51,5 +51,9 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn insert_batch(&self, messages: &[Message]) -> Result<Vec<WriteOutcome>, StoreError>;
 
     /// A page of one channel's history, newest first, ties broken by id (descending).
-    async fn history(&self, channel: &Channel, page: &HistoryPage) -> Result<Vec<Message>, StoreError>;
+    async fn history(
+        &self,
+        channel: &Channel,
+        page: &HistoryPage,
+    ) -> Result<Vec<Message>, StoreError>;
 }

@@ -49,7 +49,11 @@ impl MessageStore for SqliteStore {
         .map_err(classify)
     }
 
-    async fn history(&self, channel: &Channel, page: &HistoryPage) -> Result<Vec<Message>, StoreError> {
+    async fn history(
+        &self,
+        channel: &Channel,
+        page: &HistoryPage,
+    ) -> Result<Vec<Message>, StoreError> {
         let readers = self.readers.clone();
         let key = channel.key();
         let page = page.clone();
@@ -59,7 +63,9 @@ impl MessageStore for SqliteStore {
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, StoreError> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))
@@ -95,7 +101,11 @@ fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<V
     Ok(outcomes)
 }
 
-fn read_page(conn: &Connection, channel: &str, page: &HistoryPage) -> rusqlite::Result<Vec<Message>> {
+fn read_page(
+    conn: &Connection,
+    channel: &str,
+    page: &HistoryPage,
+) -> rusqlite::Result<Vec<Message>> {
     let offset = i64::try_from(page.offset).unwrap_or(i64::MAX);
     let limit = i64::from(page.limit);
     match &page.before {
@@ -105,7 +115,9 @@ fn read_page(conn: &Connection, channel: &str, page: &HistoryPage) -> rusqlite::
                  WHERE channel = ?1
                  ORDER BY created_at DESC, id DESC LIMIT ?2 OFFSET ?3",
             )?
-            .query_map(params![channel, limit, offset], |row| message_from_row(row, 0))?
+            .query_map(params![channel, limit, offset], |row| {
+                message_from_row(row, 0)
+            })?
             .collect(),
         Some(cursor) => conn
             .prepare_cached(
@@ -114,7 +126,13 @@ fn read_page(conn: &Connection, channel: &str, page: &HistoryPage) -> rusqlite::
                  ORDER BY created_at DESC, id DESC LIMIT ?4 OFFSET ?5",
             )?
             .query_map(
-                params![channel, cursor.created_at.timestamp_millis(), cursor.id, limit, offset],
+                params![
+                    channel,
+                    cursor.created_at.timestamp_millis(),
+                    cursor.id,
+                    limit,
+                    offset
+                ],
                 |row| message_from_row(row, 0),
             )?
             .collect(),
@@ -148,12 +166,19 @@ mod tests {
     use crate::store::Cursor;
 
     fn channel(names: &[&str]) -> Channel {
-        Channel::new(names.iter().map(|n| UserId::parse(*n).unwrap()).collect(), 10).unwrap()
+        Channel::new(
+            names.iter().map(|n| UserId::parse(*n).unwrap()).collect(),
+            10,
+        )
+        .unwrap()
     }
 
     fn page(before: Option<&Message>, offset: u64, limit: u32) -> HistoryPage {
         HistoryPage {
-            before: before.map(|m| Cursor { created_at: m.created_at, id: m.id.clone() }),
+            before: before.map(|m| Cursor {
+                created_at: m.created_at,
+                id: m.id.clone(),
+            }),
             offset,
             limit,
         }
@@ -165,15 +190,35 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
         let ab = channel(&["a", "b"]);
         let alice = UserId::parse("a").unwrap();
-        let sent: Vec<Message> = (0..5).map(|i| Message::accept(&alice, &ab, format!("m{i}"))).collect();
+        let sent: Vec<Message> = (0..5)
+            .map(|i| Message::accept(&alice, &ab, format!("m{i}")))
+            .collect();
         assert_eq!(store.insert_batch(&sent).await.unwrap(), vec![Ok(()); 5]);
-        assert_eq!(store.insert_batch(&sent[..2]).await.unwrap(), vec![Ok(()); 2]);
+        assert_eq!(
+            store.insert_batch(&sent[..2]).await.unwrap(),
+            vec![Ok(()); 2]
+        );
 
         let newest_first: Vec<Message> = sent.iter().rev().cloned().collect();
-        assert_eq!(store.history(&ab, &page(None, 0, 10)).await.unwrap(), newest_first);
-        assert_eq!(store.history(&ab, &page(None, 3, 10)).await.unwrap(), newest_first[3..]);
-        let older = store.history(&ab, &page(Some(&sent[2]), 0, 10)).await.unwrap();
+        assert_eq!(
+            store.history(&ab, &page(None, 0, 10)).await.unwrap(),
+            newest_first
+        );
+        assert_eq!(
+            store.history(&ab, &page(None, 3, 10)).await.unwrap(),
+            newest_first[3..]
+        );
+        let older = store
+            .history(&ab, &page(Some(&sent[2]), 0, 10))
+            .await
+            .unwrap();
         assert_eq!(older, newest_first[3..]);
-        assert!(store.history(&channel(&["a"]), &page(None, 0, 10)).await.unwrap().is_empty());
+        assert!(
+            store
+                .history(&channel(&["a"]), &page(None, 0, 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 }

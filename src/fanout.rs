@@ -1,0 +1,48 @@
+//! The bus's delivery consumer: each event is serialized once and its bytes are shared by every
+//! socket of every participant except the sender's.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{Received, Subscription};
+use crate::hub::{Frame, Hub};
+use crate::model::Event;
+
+pub async fn run(mut subscription: Subscription, hub: Arc<Hub>, stop: CancellationToken) {
+    loop {
+        let received = tokio::select! {
+            received = subscription.recv() => received,
+            () = stop.cancelled() => break,
+        };
+        match received {
+            Some(Received::Event(event)) => deliver(&hub, &event),
+            Some(Received::Missed(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "fan-out fell behind the bus; those events reach sockets only through history"
+                );
+            }
+            None => break,
+        }
+    }
+}
+
+fn deliver(hub: &Hub, event: &Event) {
+    let message = &event.message;
+    let recipients = message
+        .participants
+        .iter()
+        .map(String::as_str)
+        .filter(|p| *p != message.sender);
+    let frame = Frame {
+        text: serde_json::to_string(message)
+            .expect("a message always serializes")
+            .into(),
+        accepted_at: event.accepted_at,
+    };
+    let delivery = hub.deliver(recipients, &frame);
+    if delivery.evicted > 0 {
+        tracing::info!(sockets = delivery.evicted, "closing slow consumers");
+    }
+}

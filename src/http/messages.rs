@@ -1,0 +1,222 @@
+//! `POST /api/messages` and `GET /api/messages/get`.
+
+use axum::Json;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::extract::{JsonBody, user_ids};
+use super::{ApiError, AppState, Caller};
+use crate::config::Limits;
+use crate::model::{Channel, Message, UserId, uuid_timestamp};
+use crate::outbox::OutboxError;
+use crate::store::{Cursor, HistoryPage, StoreError};
+
+const DEFAULT_PAGE_SIZE: u32 = 50;
+const MAX_PAGE_SIZE: u32 = 100;
+
+pub async fn send(
+    State(state): State<AppState>,
+    Caller(sender): Caller,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let channel = channel(user_ids(&body, "participants")?, &state.limits)?;
+    let content = match body.get("content") {
+        None | Some(Value::Null) => return Err(ApiError::bad_request("content is required")),
+        Some(Value::String(content)) if content.is_empty() => {
+            return Err(ApiError::bad_request("content must not be empty"));
+        }
+        Some(Value::String(content)) => content,
+        Some(_) => return Err(ApiError::bad_request("content must be a string")),
+    };
+    if content.len() > state.limits.max_message_bytes {
+        return Err(ApiError::too_large(format!(
+            "content is larger than {} bytes",
+            state.limits.max_message_bytes
+        )));
+    }
+    require_participant(&channel, &sender)?;
+    let message = state
+        .ingest
+        .accept(&sender, &channel, content.clone())
+        .await
+        .map_err(|e| match e {
+            OutboxError::Overloaded => ApiError::unavailable("overloaded, try again shortly"),
+            OutboxError::Closed => ApiError::unavailable("shutting down"),
+            OutboxError::Storage(e) => {
+                tracing::error!(error = %e, "could not append to the outbox");
+                ApiError::unavailable("the message could not be stored, try again")
+            }
+        })?;
+    let body = json!({ "status": "message queued", "message": message });
+    Ok((StatusCode::ACCEPTED, Json(body)))
+}
+
+pub async fn history(
+    State(state): State<AppState>,
+    Caller(reader): Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<Vec<Message>>, ApiError> {
+    let (participants, page) = parse_history_query(query.as_deref().unwrap_or(""))?;
+    let channel = channel(participants, &state.limits)?;
+    require_participant(&channel, &reader)?;
+    let messages = state
+        .store
+        .history(&channel, &page)
+        .await
+        .map_err(|e| match e {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "history read failed: store unavailable");
+                ApiError::unavailable("history is unavailable right now, try again")
+            }
+            StoreError::Failed(reason) => {
+                tracing::error!(%reason, "history read failed");
+                ApiError::internal("history could not be read")
+            }
+        })?;
+    Ok(Json(messages))
+}
+
+fn channel(participants: Vec<UserId>, limits: &Limits) -> Result<Channel, ApiError> {
+    Channel::new(participants, limits.max_participants)
+        .map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn require_participant(channel: &Channel, user: &UserId) -> Result<(), ApiError> {
+    if channel.contains(user) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "you are not a participant of this channel",
+        ))
+    }
+}
+
+/// `participants=a,b&page=0&size=50&before=<id>`; of a repeated key the first counts.
+fn parse_history_query(query: &str) -> Result<(Vec<UserId>, HistoryPage), ApiError> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
+    let get = |key: &str| {
+        pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    };
+
+    let participants = match get("participants") {
+        None | Some("") => return Err(ApiError::bad_request("participants is required")),
+        Some(list) => list
+            .split(',')
+            .map(|id| {
+                UserId::parse(id).map_err(|e| ApiError::bad_request(format!("participants: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    let page: u64 = match get("page") {
+        None => 0,
+        Some(page) => page
+            .parse()
+            .map_err(|_| ApiError::bad_request("page must be a whole number, 0 or more"))?,
+    };
+    let size: u32 = match get("size") {
+        None => DEFAULT_PAGE_SIZE,
+        Some(size) => size
+            .parse::<u32>()
+            .ok()
+            .filter(|size| *size >= 1)
+            .ok_or_else(|| ApiError::bad_request("size must be a whole number, 1 or more"))?
+            .min(MAX_PAGE_SIZE),
+    };
+    let before = get("before").map(cursor).transpose()?;
+    Ok((
+        participants,
+        HistoryPage {
+            before,
+            offset: page.saturating_mul(u64::from(size)),
+            limit: size,
+        },
+    ))
+}
+
+/// A message id as a history cursor. chatd's ids are UUID v7s, which carry their own
+/// `created_at`, so the cursor works even for a message not yet in the store.
+fn cursor(id: &str) -> Result<Cursor, ApiError> {
+    Uuid::parse_str(id)
+        .ok()
+        .filter(|uuid| uuid.get_version_num() == 7)
+        .and_then(|uuid| {
+            Some(Cursor {
+                created_at: uuid_timestamp(&uuid)?,
+                id: uuid.to_string(),
+            })
+        })
+        .ok_or_else(|| ApiError::bad_request("before must be the id of a message"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_of(query: &str) -> HistoryPage {
+        parse_history_query(query).unwrap().1
+    }
+
+    #[test]
+    fn page_and_size_make_the_offset() {
+        let page = page_of("participants=a,b");
+        assert_eq!((page.offset, page.limit, page.before), (0, 50, None));
+        let page = page_of("participants=a,b&page=2&size=10");
+        assert_eq!((page.offset, page.limit), (20, 10));
+        assert_eq!(page_of("participants=a&size=1000").limit, 100);
+        assert_eq!(
+            page_of(&format!("participants=a&page={}&size=100", u64::MAX)).offset,
+            u64::MAX
+        );
+    }
+
+    #[test]
+    fn participants_are_decoded_and_checked() {
+        let (ids, _) = parse_history_query("participants=alice%20s,bob&participants=zed").unwrap();
+        let names: Vec<&str> = ids.iter().map(UserId::as_str).collect();
+        assert_eq!(names, ["alice s", "bob"]);
+        for bad in [
+            "",
+            "page=1",
+            "participants=",
+            "participants=a,,b",
+            "participants=a%0Ab",
+        ] {
+            assert!(parse_history_query(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn bad_numbers_are_refused() {
+        for bad in ["page=-1", "page=x", "size=0", "size=-5", "size=1.5"] {
+            assert!(
+                parse_history_query(&format!("participants=a&{bad}")).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn before_takes_a_v7_id_and_reads_its_time() {
+        let id = Uuid::now_v7();
+        let page = page_of(&format!("participants=a&before={id}"));
+        let before = page.before.unwrap();
+        assert_eq!(before.id, id.to_string());
+        assert_eq!(Some(before.created_at), uuid_timestamp(&id));
+        for bad in [
+            "x",
+            "00000000-0000-0000-0000-000000000000",
+            "67e55044-10b1-426f-9247-bb680e5fe0c8",
+        ] {
+            assert!(
+                parse_history_query(&format!("participants=a&before={bad}")).is_err(),
+                "{bad}"
+            );
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `GET /ws`: the upgrade. The token is checked first, so a refused upgrade is an HTTP 401,
+//! never an accepted socket that closes at once.
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{RawQuery, State, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use axum::response::{IntoResponse, Response};
+
+use super::{ApiError, AppState};
+use crate::auth::bearer_token;
+use crate::hub;
+
+pub async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let token = match headers.get(AUTHORIZATION) {
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(bearer_token)
+            .map(str::to_owned),
+        None => query_token(query.as_deref()),
+    }
+    .ok_or_else(|| {
+        ApiError::unauthorized("missing token: send Authorization: Bearer <JWT> or ?token=<JWT>")
+    })?;
+    let user = state
+        .auth
+        .verify(&token)
+        .map_err(|e| ApiError::unauthorized(e.to_string()))?;
+    let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+
+    // Registered before the 101 goes out: a message sent the moment the client sees its socket
+    // open is queued for it, not lost.
+    let (registration, frames) = state.hub.register(user, state.socket.send_queue);
+    let settings = state.socket;
+    let shutdown = state.shutdown.clone();
+    let sockets = state.sockets.clone();
+    Ok(upgrade
+        .max_message_size(settings.max_inbound_bytes)
+        .max_frame_size(settings.max_inbound_bytes)
+        .on_upgrade(move |socket| {
+            sockets.track_future(hub::serve(socket, registration, frames, settings, shutdown))
+        })
+        .into_response())
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
+    pairs
+        .into_iter()
+        .find(|(key, _)| key == "token")
+        .map(|(_, token)| token)
+        .filter(|token| !token.is_empty())
+}

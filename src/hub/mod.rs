@@ -1,0 +1,218 @@
+//! The sockets connected to this instance, by user. The fan-out hands each socket's writer task
+//! a frame without waiting: a socket that cannot keep up is evicted, never waited for.
+
+mod socket;
+
+use std::borrow::Borrow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use axum::extract::ws::Utf8Bytes;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::model::UserId;
+
+pub use socket::serve;
+
+/// One serialized message, shared by every socket it goes to.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub text: Utf8Bytes,
+    pub accepted_at: Instant,
+}
+
+struct SocketHandle {
+    id: u64,
+    frames: mpsc::Sender<Frame>,
+    evicted: CancellationToken,
+}
+
+#[derive(Default)]
+pub struct Hub {
+    sockets: DashMap<UserId, Vec<SocketHandle>>,
+    next_id: AtomicU64,
+    open: AtomicUsize,
+}
+
+/// How one delivery went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Delivery {
+    pub queued: usize,
+    pub evicted: usize,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers a socket for `user` with a send queue of `capacity` frames. The socket is
+    /// reachable from now until the [`Registration`] is dropped.
+    pub fn register(
+        self: &Arc<Self>,
+        user: UserId,
+        capacity: usize,
+    ) -> (Registration, mpsc::Receiver<Frame>) {
+        let (frames, receiver) = mpsc::channel(capacity);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        self.sockets
+            .entry(user.clone())
+            .or_default()
+            .push(SocketHandle {
+                id,
+                frames,
+                evicted: evicted.clone(),
+            });
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let registration = Registration {
+            hub: self.clone(),
+            user,
+            id,
+            evicted,
+        };
+        (registration, receiver)
+    }
+
+    /// Open sockets of one user.
+    pub fn connections(&self, user: &str) -> usize {
+        self.sockets.get(user).map_or(0, |sockets| sockets.len())
+    }
+
+    /// Open sockets of everyone.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Queues `frame` on every socket of every recipient without waiting. A socket whose queue
+    /// is full is evicted: its writer closes it with 4008.
+    pub fn deliver<'a>(
+        &self,
+        recipients: impl IntoIterator<Item = &'a str>,
+        frame: &Frame,
+    ) -> Delivery {
+        let mut delivery = Delivery::default();
+        for user in recipients {
+            let Some(sockets) = self.sockets.get(user) else {
+                continue;
+            };
+            for socket in sockets.iter() {
+                match socket.frames.try_send(frame.clone()) {
+                    Ok(()) => delivery.queued += 1,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        if !socket.evicted.is_cancelled() {
+                            socket.evicted.cancel();
+                            delivery.evicted += 1;
+                        }
+                    }
+                    // The writer is gone and its registration is about to be dropped.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        delivery
+    }
+
+    fn unregister(&self, user: &UserId, id: u64) {
+        if let Entry::Occupied(mut sockets) = self.sockets.entry(user.clone()) {
+            sockets.get_mut().retain(|s| s.id != id);
+            if sockets.get().is_empty() {
+                // Users without sockets leave no trace: memory follows the sockets open now.
+                sockets.remove();
+            }
+            self.open.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Borrow<str> for UserId {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A socket's place in the hub; dropping it removes the socket.
+pub struct Registration {
+    hub: Arc<Hub>,
+    user: UserId,
+    id: u64,
+    evicted: CancellationToken,
+}
+
+impl Registration {
+    /// Resolves when the fan-out gave up on this socket as a slow consumer.
+    pub async fn evicted(&self) {
+        self.evicted.cancelled().await;
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(&self.user, self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> Frame {
+        Frame {
+            text: Utf8Bytes::from_static("{}"),
+            accepted_at: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_follow_registrations() {
+        let hub = Arc::new(Hub::new());
+        let alice = UserId::parse("alice").unwrap();
+        let (first, _rx1) = hub.register(alice.clone(), 4);
+        let (second, _rx2) = hub.register(alice.clone(), 4);
+        assert_eq!((hub.connections("alice"), hub.open()), (2, 2));
+        drop(first);
+        assert_eq!((hub.connections("alice"), hub.open()), (1, 1));
+        drop(second);
+        assert_eq!((hub.connections("alice"), hub.open()), (0, 0));
+        assert!(
+            hub.sockets.is_empty(),
+            "a user with no sockets must leave no entry"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_evicts_that_socket_alone() {
+        let hub = Arc::new(Hub::new());
+        let (slow, _slow_rx) = hub.register(UserId::parse("slow").unwrap(), 1);
+        let (_fast, mut fast_rx) = hub.register(UserId::parse("fast").unwrap(), 8);
+        assert_eq!(
+            hub.deliver(["slow", "fast"], &frame()),
+            Delivery {
+                queued: 2,
+                evicted: 0
+            }
+        );
+        assert_eq!(
+            hub.deliver(["slow", "fast"], &frame()),
+            Delivery {
+                queued: 1,
+                evicted: 1
+            }
+        );
+        assert_eq!(
+            hub.deliver(["slow", "fast"], &frame()),
+            Delivery {
+                queued: 1,
+                evicted: 0
+            }
+        );
+        slow.evicted().await;
+        for _ in 0..3 {
+            assert!(fast_rx.try_recv().is_ok());
+        }
+    }
+}
