@@ -89,13 +89,14 @@ impl Hub {
     }
 
     /// Queues `frame` on every socket of every recipient without waiting. A socket whose queue
-    /// is full is evicted: its writer closes it with 4008.
+    /// is full is evicted: it leaves the hub at once and its writer closes it with 4008.
     pub fn deliver<'a>(
         &self,
         recipients: impl IntoIterator<Item = &'a str>,
         frame: &Frame,
     ) -> Delivery {
         let mut delivery = Delivery::default();
+        let mut evicted = Vec::new();
         for user in recipients {
             let Some(sockets) = self.sockets.get(user) else {
                 continue;
@@ -104,27 +105,35 @@ impl Hub {
                 match socket.frames.try_send(frame.clone()) {
                     Ok(()) => delivery.queued += 1,
                     Err(mpsc::error::TrySendError::Full(_)) => {
-                        if !socket.evicted.is_cancelled() {
-                            socket.evicted.cancel();
-                            delivery.evicted += 1;
-                        }
+                        socket.evicted.cancel();
+                        evicted.push((sockets.key().clone(), socket.id));
                     }
                     // The writer is gone and its registration is about to be dropped.
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
         }
+        // Removed after the loop, once the map's read guards are released.
+        for (user, id) in evicted {
+            self.unregister(&user, id);
+            delivery.evicted += 1;
+        }
         delivery
     }
 
+    /// Removes a socket; a second call for the same socket (eviction, then the registration's
+    /// drop) changes nothing.
     fn unregister(&self, user: &UserId, id: u64) {
         if let Entry::Occupied(mut sockets) = self.sockets.entry(user.clone()) {
+            let before = sockets.get().len();
             sockets.get_mut().retain(|s| s.id != id);
+            if sockets.get().len() < before {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+            }
             if sockets.get().is_empty() {
                 // Users without sockets leave no trace: memory follows the sockets open now.
                 sockets.remove();
             }
-            self.open.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
@@ -210,7 +219,10 @@ mod tests {
                 evicted: 0
             }
         );
+        assert_eq!((hub.connections("slow"), hub.open()), (0, 1), "evicted sockets leave at once");
         slow.evicted().await;
+        drop(slow);
+        assert_eq!(hub.open(), 1, "dropping an evicted registration must not count it twice");
         for _ in 0..3 {
             assert!(fast_rx.try_recv().is_ok());
         }

@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Frame, Registration};
 use crate::config::SocketSettings;
 
-/// How long a closing handshake may take before the connection is simply dropped.
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a closing handshake may take before the connection is simply dropped. A slow
+/// consumer's close frame waits behind what it has not read yet, so this is generous.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;

@@ -1,0 +1,268 @@
+//! A real chatd per test: started through `chatd::app::start` on 127.0.0.1 with a random port
+//! and its own data directory, driven over real TCP with HTTP and WebSocket clients.
+#![allow(dead_code)] // each test file uses its own share of these helpers
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use chatd::app::{self, RunningApp};
+use chatd::auth::Authenticator;
+use chatd::config::Config;
+use chatd::model::UserId;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long any awaited condition may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub struct TestServer {
+    app: Option<RunningApp>,
+    pub addr: SocketAddr,
+    pub data_dir: TempDir,
+    vars: HashMap<String, String>,
+    secret: String,
+    pub http: reqwest::Client,
+}
+
+impl TestServer {
+    /// A chatd with the rate limit off; `overrides` set any other variable.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    pub async fn start_with(overrides: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().expect("temp dir");
+        let secret = format!("test-secret-{}", rand::random::<u64>());
+        let mut vars: HashMap<String, String> = [
+            ("HOST", "127.0.0.1"),
+            ("PORT", "0"),
+            ("RATE_LIMIT_RPS", "0"),
+            ("JWT_SECRET", secret.as_str()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        vars.insert("DATA_DIR".into(), data_dir.path().display().to_string());
+        for (k, v) in overrides {
+            vars.insert(k.to_string(), v.to_string());
+        }
+        let app = launch(&vars).await;
+        Self {
+            addr: app.addr(),
+            app: Some(app),
+            data_dir,
+            vars,
+            secret,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Stops gracefully and starts again on the same data directory (and a new port).
+    pub async fn restart(&mut self) {
+        self.app.take().expect("running").shutdown().await;
+        let app = launch(&self.vars).await;
+        self.addr = app.addr();
+        self.app = Some(app);
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(app) = self.app.take() {
+            app.shutdown().await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        token_for(&self.secret, user)
+    }
+
+    pub async fn send(&self, sender: &str, participants: &[&str], content: &str) -> reqwest::Response {
+        self.http
+            .post(self.url("/api/messages"))
+            .bearer_auth(self.token(sender))
+            .json(&json!({ "participants": participants, "content": content }))
+            .send()
+            .await
+            .expect("POST /api/messages")
+    }
+
+    /// Sends and returns the accepted message, failing the test unless the answer is 202.
+    pub async fn send_ok(&self, sender: &str, participants: &[&str], content: &str) -> Value {
+        let response = self.send(sender, participants, content).await;
+        let status = response.status();
+        let body: Value = response.json().await.expect("JSON body");
+        assert_eq!(status, 202, "send refused: {body}");
+        assert_eq!(body["status"], "message queued");
+        body["message"].clone()
+    }
+
+    /// `GET /api/messages/get?{query}` as `reader`: the status and the JSON body.
+    pub async fn get_history(&self, reader: &str, query: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url(&format!("/api/messages/get?{query}")))
+            .bearer_auth(self.token(reader))
+            .send()
+            .await
+            .expect("GET /api/messages/get");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    pub async fn history(&self, reader: &str, query: &str) -> Vec<Value> {
+        let (status, body) = self.get_history(reader, query).await;
+        assert_eq!(status, 200, "history refused: {body}");
+        body.as_array().expect("an array").clone()
+    }
+
+    /// Waits until the channel's history holds `count` messages and returns them (newest first).
+    pub async fn stored(&self, reader: &str, participants: &str, count: usize) -> Vec<Value> {
+        eventually(&format!("{count} messages stored for {participants}"), || async {
+            let page = self.history(reader, &format!("participants={participants}&size=100")).await;
+            (page.len() == count).then_some(page)
+        })
+        .await
+    }
+
+    pub async fn connections(&self, users: &[&str]) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/connections"))
+            .json(&json!({ "users": users }))
+            .send()
+            .await
+            .expect("POST /api/connections");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("JSON body")
+    }
+
+    /// Waits until `user` has exactly `count` sockets registered.
+    pub async fn await_connections(&self, user: &str, count: u64) {
+        eventually(&format!("{user} has {count} sockets"), || async {
+            (self.connections(&[user]).await[user] == count).then_some(())
+        })
+        .await
+    }
+
+    pub async fn ws(&self, user: &str) -> WsClient {
+        let url = format!("ws://{}/ws?token={}", self.addr, self.token(user));
+        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket upgrade");
+        WsClient { stream }
+    }
+
+    /// The upgrade's refusal status, for a URL that must be refused.
+    pub async fn ws_refused(&self, query: &str) -> u16 {
+        let url = format!("ws://{}/ws{}", self.addr, query);
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+            Err(e) => panic!("expected an HTTP refusal, got {e}"),
+            Ok(_) => panic!("the upgrade was accepted"),
+        }
+    }
+}
+
+async fn launch(vars: &HashMap<String, String>) -> RunningApp {
+    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test config");
+    app::start(config).await.expect("chatd starts")
+}
+
+pub fn token_for(secret: &str, user: &str) -> String {
+    let user = UserId::parse(user).expect("valid user id");
+    Authenticator::new(secret.as_bytes()).issue(&user, Duration::from_secs(3600))
+}
+
+/// Polls `check` until it yields a value, failing the test after [`DEADLINE`].
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub struct WsClient {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// What a socket saw next.
+#[derive(Debug)]
+pub enum Seen {
+    Message(Value),
+    Ping,
+    Closed(Option<CloseFrame>),
+}
+
+impl WsClient {
+    /// The next text frame, control frames aside, as JSON.
+    pub async fn next_message(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Seen::Message(message) => return message,
+                Seen::Ping => continue,
+                Seen::Closed(frame) => panic!("socket closed while a message was expected: {frame:?}"),
+            }
+        }
+    }
+
+    /// Every message up to and including the first whose content is `marker`.
+    pub async fn messages_until(&mut self, marker: &str) -> Vec<Value> {
+        let mut seen = Vec::new();
+        loop {
+            let message = self.next_message().await;
+            let done = message["content"] == marker;
+            seen.push(message);
+            if done {
+                return seen;
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Seen {
+        let frame = tokio::time::timeout(DEADLINE, self.stream.next())
+            .await
+            .expect("timed out waiting for a frame");
+        match frame {
+            Some(Ok(WsMessage::Text(text))) => Seen::Message(serde_json::from_str(&text).expect("JSON frame")),
+            Some(Ok(WsMessage::Ping(_))) => Seen::Ping,
+            Some(Ok(WsMessage::Close(frame))) => Seen::Closed(frame),
+            Some(Ok(other)) => panic!("unexpected frame {other:?}"),
+            Some(Err(_)) | None => Seen::Closed(None),
+        }
+    }
+
+    /// Reads past everything else until the close frame and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            if let Seen::Closed(frame) = self.next().await {
+                return frame.map(|f| f.code.into());
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+        // Drain until the server's reply, so the server has seen the close.
+        while let Some(Ok(_)) = self.stream.next().await {}
+    }
+
+    pub async fn send_raw(&mut self, message: WsMessage) {
+        self.stream.send(message).await.expect("send a frame");
+    }
+}
