@@ -21,8 +21,9 @@ use crate::ingest::Ingest;
 use crate::outbox::{Outbox, Relay, StoreHealth};
 use crate::store::{MessageStore, SqliteStore};
 
-const OUTBOX_FILE: &str = "outbox.db";
-const STORE_FILE: &str = "messages.db";
+/// The outbox and the embedded store, inside `DATA_DIR`.
+pub const OUTBOX_FILE: &str = "outbox.db";
+pub const STORE_FILE: &str = "messages.db";
 /// How often idle rate-limit buckets are dropped.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 

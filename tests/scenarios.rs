@@ -28,9 +28,14 @@ async fn ten_users_each_message_the_other_nine_at_once() {
 
     let sends = users.iter().flat_map(|from| {
         let server = &server;
-        users.iter().filter(move |to| *to != from).map(move |to| async move {
-            server.send_ok(from, &[from, to], &format!("{from}->{to}")).await
-        })
+        users
+            .iter()
+            .filter(move |to| *to != from)
+            .map(move |to| async move {
+                server
+                    .send_ok(from, &[from, to], &format!("{from}->{to}"))
+                    .await
+            })
     });
     let accepted = join_all(sends).await;
     assert_eq!(accepted.len(), 90);
@@ -41,12 +46,25 @@ async fn ten_users_each_message_the_other_nine_at_once() {
     for (user, socket) in users.iter().zip(&mut sockets) {
         let mut received = socket.messages_until(MARKER).await;
         received.pop();
-        let senders: BTreeSet<&str> = received.iter().map(|m| m["sender"].as_str().unwrap()).collect();
-        let expected: BTreeSet<&str> = users.iter().filter(|u| *u != user).map(String::as_str).collect();
+        let senders: BTreeSet<&str> = received
+            .iter()
+            .map(|m| m["sender"].as_str().unwrap())
+            .collect();
+        let expected: BTreeSet<&str> = users
+            .iter()
+            .filter(|u| *u != user)
+            .map(String::as_str)
+            .collect();
         assert_eq!(received.len(), 9, "{user} got {received:?}");
-        assert_eq!(senders, expected, "{user} must get one message from each other user, none of its own");
+        assert_eq!(
+            senders, expected,
+            "{user} must get one message from each other user, none of its own"
+        );
         for message in &received {
-            assert_eq!(message["content"], format!("{}->{user}", message["sender"].as_str().unwrap()));
+            assert_eq!(
+                message["content"],
+                format!("{}->{user}", message["sender"].as_str().unwrap())
+            );
         }
     }
 
@@ -54,8 +72,14 @@ async fn ten_users_each_message_the_other_nine_at_once() {
     for (i, a) in users.iter().enumerate() {
         for b in &users[i + 1..] {
             let stored = server.stored(a, &format!("{a},{b}"), 2).await;
-            let contents: BTreeSet<&str> = stored.iter().map(|m| m["content"].as_str().unwrap()).collect();
-            assert_eq!(contents, BTreeSet::from([format!("{a}->{b}").as_str(), format!("{b}->{a}").as_str()]));
+            let contents: BTreeSet<&str> = stored
+                .iter()
+                .map(|m| m["content"].as_str().unwrap())
+                .collect();
+            assert_eq!(
+                contents,
+                BTreeSet::from([format!("{a}->{b}").as_str(), format!("{b}->{a}").as_str()])
+            );
         }
     }
 }
@@ -68,8 +92,17 @@ async fn a_group_of_five_each_sending_one() {
     for user in group {
         sockets.push(server.ws(user).await);
     }
-    let contents: Vec<String> = group.iter().map(|from| format!("hello from {from}")).collect();
-    join_all(group.iter().zip(&contents).map(|(from, content)| server.send_ok(from, &group, content))).await;
+    let contents: Vec<String> = group
+        .iter()
+        .map(|from| format!("hello from {from}"))
+        .collect();
+    join_all(
+        group
+            .iter()
+            .zip(&contents)
+            .map(|(from, content)| server.send_ok(from, &group, content)),
+    )
+    .await;
 
     for user in group {
         send_marker(&server, user).await;
@@ -77,11 +110,17 @@ async fn a_group_of_five_each_sending_one() {
     for (user, socket) in group.iter().zip(&mut sockets) {
         let mut received = socket.messages_until(MARKER).await;
         received.pop();
-        let senders: BTreeSet<&str> = received.iter().map(|m| m["sender"].as_str().unwrap()).collect();
+        let senders: BTreeSet<&str> = received
+            .iter()
+            .map(|m| m["sender"].as_str().unwrap())
+            .collect();
         assert_eq!(received.len(), 4, "{user} got {received:?}");
         assert!(!senders.contains(user), "{user} received its own message");
         for message in &received {
-            assert_eq!(message["participants"], serde_json::json!(["ana", "ben", "cy", "dee", "eve"]));
+            assert_eq!(
+                message["participants"],
+                serde_json::json!(["ana", "ben", "cy", "dee", "eve"])
+            );
         }
     }
     server.stored("cy", "eve,dee,cy,ben,ana", 5).await;
@@ -91,18 +130,32 @@ async fn a_group_of_five_each_sending_one() {
 async fn twenty_five_messages_paged_by_ten() {
     let server = TestServer::start().await;
     for i in 0..25 {
-        server.send_ok("alice", &["alice", "bob"], &format!("message {i:02}")).await;
+        server
+            .send_ok("alice", &["alice", "bob"], &format!("message {i:02}"))
+            .await;
     }
     server.stored("alice", "alice,bob", 25).await;
 
     let mut seen = Vec::new();
     for (page, expected) in [(0, 10), (1, 10), (2, 5), (3, 0)] {
-        let messages = server.history("bob", &format!("participants=alice,bob&page={page}&size=10")).await;
+        let messages = server
+            .history(
+                "bob",
+                &format!("participants=alice,bob&page={page}&size=10"),
+            )
+            .await;
         assert_eq!(messages.len(), expected, "page {page}");
-        seen.extend(messages.into_iter().map(|m| m["content"].as_str().unwrap().to_string()));
+        seen.extend(
+            messages
+                .into_iter()
+                .map(|m| m["content"].as_str().unwrap().to_string()),
+        );
     }
     let newest_first: Vec<String> = (0..25).rev().map(|i| format!("message {i:02}")).collect();
-    assert_eq!(seen, newest_first, "pages are newest first, with no overlap and no gap");
+    assert_eq!(
+        seen, newest_first,
+        "pages are newest first, with no overlap and no gap"
+    );
 }
 
 #[tokio::test]
@@ -111,7 +164,9 @@ async fn a_non_participant_can_neither_send_nor_read() {
     server.send_ok("alice", &["alice", "bob"], "private").await;
     let response = server.send("mallory", &["alice", "bob"], "let me in").await;
     assert_eq!(response.status(), 403);
-    let (status, body) = server.get_history("mallory", "participants=alice,bob").await;
+    let (status, body) = server
+        .get_history("mallory", "participants=alice,bob")
+        .await;
     assert_eq!(status, 403);
     assert!(body["error"].is_string());
 }
@@ -133,20 +188,35 @@ async fn an_invalid_token_is_401() {
 
 #[tokio::test]
 async fn the_rate_limit_answers_429_with_retry_after() {
-    let server = TestServer::start_with(&[("RATE_LIMIT_RPS", "0.5"), ("RATE_LIMIT_BURST", "3")]).await;
+    let server =
+        TestServer::start_with(&[("RATE_LIMIT_RPS", "0.5"), ("RATE_LIMIT_BURST", "3")]).await;
     let mut carol = server.ws("carol").await;
     for i in 0..3 {
-        server.send_ok("alice", &["alice", "carol"], &format!("within the burst {i}")).await;
+        server
+            .send_ok(
+                "alice",
+                &["alice", "carol"],
+                &format!("within the burst {i}"),
+            )
+            .await;
     }
-    let refused = server.send("alice", &["alice", "carol"], "one too many").await;
+    let refused = server
+        .send("alice", &["alice", "carol"], "one too many")
+        .await;
     assert_eq!(refused.status(), 429);
-    let retry_after: u64 = refused.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=2).contains(&retry_after), "Retry-After: {retry_after}");
     let body: serde_json::Value = refused.json().await.unwrap();
     assert!(body["error"].is_string());
 
     // Buckets are per user, and the refused send went nowhere.
-    server.send_ok("bob", &["bob", "carol"], "bob has his own bucket").await;
+    server
+        .send_ok("bob", &["bob", "carol"], "bob has his own bucket")
+        .await;
     send_marker(&server, "carol").await;
     let received: Vec<String> = carol
         .messages_until(MARKER)
@@ -156,6 +226,12 @@ async fn the_rate_limit_answers_429_with_retry_after() {
         .collect();
     assert_eq!(
         received,
-        ["within the burst 0", "within the burst 1", "within the burst 2", "bob has his own bucket", MARKER]
+        [
+            "within the burst 0",
+            "within the burst 1",
+            "within the burst 2",
+            "bob has his own bucket",
+            MARKER
+        ]
     );
 }

@@ -219,10 +219,18 @@ mod tests {
                 evicted: 0
             }
         );
-        assert_eq!((hub.connections("slow"), hub.open()), (0, 1), "evicted sockets leave at once");
+        assert_eq!(
+            (hub.connections("slow"), hub.open()),
+            (0, 1),
+            "evicted sockets leave at once"
+        );
         slow.evicted().await;
         drop(slow);
-        assert_eq!(hub.open(), 1, "dropping an evicted registration must not count it twice");
+        assert_eq!(
+            hub.open(),
+            1,
+            "dropping an evicted registration must not count it twice"
+        );
         for _ in 0..3 {
             assert!(fast_rx.try_recv().is_ok());
         }

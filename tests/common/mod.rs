@@ -82,11 +82,20 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    pub fn secret(&self) -> &str {
+        &self.secret
+    }
+
     pub fn token(&self, user: &str) -> String {
         token_for(&self.secret, user)
     }
 
-    pub async fn send(&self, sender: &str, participants: &[&str], content: &str) -> reqwest::Response {
+    pub async fn send(
+        &self,
+        sender: &str,
+        participants: &[&str],
+        content: &str,
+    ) -> reqwest::Response {
         self.http
             .post(self.url("/api/messages"))
             .bearer_auth(self.token(sender))
@@ -127,10 +136,15 @@ impl TestServer {
 
     /// Waits until the channel's history holds `count` messages and returns them (newest first).
     pub async fn stored(&self, reader: &str, participants: &str, count: usize) -> Vec<Value> {
-        eventually(&format!("{count} messages stored for {participants}"), || async {
-            let page = self.history(reader, &format!("participants={participants}&size=100")).await;
-            (page.len() == count).then_some(page)
-        })
+        eventually(
+            &format!("{count} messages stored for {participants}"),
+            || async {
+                let page = self
+                    .history(reader, &format!("participants={participants}&size=100"))
+                    .await;
+                (page.len() == count).then_some(page)
+            },
+        )
         .await
     }
 
@@ -156,7 +170,9 @@ impl TestServer {
 
     pub async fn ws(&self, user: &str) -> WsClient {
         let url = format!("ws://{}/ws?token={}", self.addr, self.token(user));
-        let (stream, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket upgrade");
+        let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket upgrade");
         WsClient { stream }
     }
 
@@ -192,7 +208,10 @@ where
         if let Some(value) = check().await {
             return value;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -216,7 +235,9 @@ impl WsClient {
             match self.next().await {
                 Seen::Message(message) => return message,
                 Seen::Ping => continue,
-                Seen::Closed(frame) => panic!("socket closed while a message was expected: {frame:?}"),
+                Seen::Closed(frame) => {
+                    panic!("socket closed while a message was expected: {frame:?}")
+                }
             }
         }
     }
@@ -239,7 +260,9 @@ impl WsClient {
             .await
             .expect("timed out waiting for a frame");
         match frame {
-            Some(Ok(WsMessage::Text(text))) => Seen::Message(serde_json::from_str(&text).expect("JSON frame")),
+            Some(Ok(WsMessage::Text(text))) => {
+                Seen::Message(serde_json::from_str(&text).expect("JSON frame"))
+            }
             Some(Ok(WsMessage::Ping(_))) => Seen::Ping,
             Some(Ok(WsMessage::Close(frame))) => Seen::Closed(frame),
             Some(Ok(other)) => panic!("unexpected frame {other:?}"),

@@ -1,0 +1,219 @@
+//! The real `chatd` binary as a child process: what `kill -9` and SIGTERM leave behind.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use chatd::app;
+use chatd::outbox::{Outbox, OutboxCounts};
+use common::{DEADLINE, eventually, token_for};
+use futures_util::{StreamExt, stream};
+use serde_json::{Value, json};
+
+struct Chatd {
+    child: Child,
+    addr: SocketAddr,
+    secret: String,
+    http: reqwest::Client,
+}
+
+impl Chatd {
+    /// Starts the binary on `data_dir` and waits for it to say where it listens.
+    fn start(data_dir: &Path, secret: &str, env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("DATA_DIR", data_dir)
+            .env("JWT_SECRET", secret)
+            .env("RATE_LIMIT_RPS", "0")
+            .env("RUST_LOG", "info")
+            .env("LOG_FORMAT", "pretty")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chatd starts");
+        // Forward the log so the pipe never fills, and pick out the listening address.
+        let (lines, listening) = mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[chatd] {line}");
+                if let Some(rest) = line.split("listening addr=").nth(1) {
+                    let _ = lines.send(
+                        rest.split_whitespace()
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    );
+                }
+            }
+        });
+        let addr = listening
+            .recv_timeout(DEADLINE)
+            .expect("chatd logs its address");
+        Self {
+            child,
+            addr: addr.parse().expect("a socket address"),
+            secret: secret.to_string(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    async fn send(&self, sender: &str, participants: &[&str], content: &str) -> Value {
+        let response = self
+            .http
+            .post(self.url("/api/messages"))
+            .bearer_auth(token_for(&self.secret, sender))
+            .json(&json!({"participants": participants, "content": content}))
+            .send()
+            .await
+            .expect("POST /api/messages");
+        assert_eq!(response.status(), 202);
+        let body: Value = response.json().await.unwrap();
+        body["message"].clone()
+    }
+
+    /// Every message of a channel, newest first, walking the `before` cursor.
+    async fn whole_history(&self, reader: &str, participants: &str) -> Vec<Value> {
+        let mut all: Vec<Value> = Vec::new();
+        loop {
+            let mut url = self.url(&format!(
+                "/api/messages/get?participants={participants}&size=100"
+            ));
+            if let Some(last) = all.last() {
+                url.push_str(&format!("&before={}", last["id"].as_str().unwrap()));
+            }
+            let response = self
+                .http
+                .get(url)
+                .bearer_auth(token_for(&self.secret, reader))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let page: Vec<Value> = response.json().await.unwrap();
+            if page.is_empty() {
+                return all;
+            }
+            all.extend(page);
+        }
+    }
+
+    async fn pending(&self) -> u64 {
+        let health: Value = self
+            .http
+            .get(self.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        health["outbox"]["pending"].as_u64().unwrap()
+    }
+}
+
+impl Drop for Chatd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_right_after_the_last_202_loses_nothing_acknowledged() {
+    const MESSAGES: usize = 3000;
+    const SENDERS: usize = 20;
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret = "kill-9-secret";
+    // A deliberately slow relay, so the kill finds work still in the outbox.
+    let slow_relay = [("RELAY_WORKERS", "1"), ("RELAY_BATCH_SIZE", "8")];
+    let mut chatd = Chatd::start(data_dir.path(), secret, &slow_relay);
+
+    let senders: Vec<String> = (0..SENDERS).map(|i| format!("sender{i}")).collect();
+    let chatd_ref = &chatd;
+    let accepted: Vec<Value> = stream::iter(0..MESSAGES)
+        .map(|i| {
+            let sender = &senders[i % SENDERS];
+            async move {
+                chatd_ref
+                    .send(sender, &[sender, "reader"], &format!("message {i}"))
+                    .await
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    chatd.child.kill().expect("SIGKILL");
+    chatd.child.wait().unwrap();
+    assert_eq!(accepted.len(), MESSAGES);
+
+    let chatd = Chatd::start(data_dir.path(), secret, &[]);
+    eventually("the restarted relay empties the outbox", || async {
+        (chatd.pending().await == 0).then_some(())
+    })
+    .await;
+    let mut stored: HashMap<String, Value> = HashMap::new();
+    for sender in &senders {
+        for message in chatd
+            .whole_history("reader", &format!("{sender},reader"))
+            .await
+        {
+            let id = message["id"].as_str().unwrap().to_string();
+            assert!(
+                stored.insert(id.clone(), message).is_none(),
+                "{id} is stored twice"
+            );
+        }
+    }
+    assert_eq!(
+        stored.len(),
+        MESSAGES,
+        "history holds exactly the acknowledged messages"
+    );
+    for message in &accepted {
+        assert_eq!(stored.get(message["id"].as_str().unwrap()), Some(message));
+    }
+}
+
+#[tokio::test]
+async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret = "sigterm-secret";
+    let mut chatd = Chatd::start(data_dir.path(), secret, &[]);
+    let url = format!("ws://{}/ws?token={}", chatd.addr, token_for(secret, "bob"));
+    let (stream, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut bob = common::WsClient { stream };
+    for i in 0..20 {
+        chatd
+            .send("alice", &["alice", "bob"], &format!("m{i}"))
+            .await;
+    }
+
+    let pid = i32::try_from(chatd.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    assert_eq!(bob.close_code().await, Some(1001));
+    let status = tokio::task::spawn_blocking(move || chatd.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    // Read the stopped chatd's outbox file itself: shutdown drained it before exiting.
+    let outbox = Outbox::open(&data_dir.path().join(app::OUTBOX_FILE), 1).unwrap();
+    assert_eq!(outbox.counts(), OutboxCounts::default());
+    drop(outbox);
+    let chatd = Chatd::start(data_dir.path(), secret, &[]);
+    assert_eq!(chatd.whole_history("bob", "alice,bob").await.len(), 20);
+}

@@ -1,0 +1,112 @@
+//! Socket behaviour: slow consumers, heartbeats, inbound frames and shutdown.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{Seen, TestServer, eventually};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_with_4008_and_never_stalls_the_others() {
+    const MESSAGES: usize = 400;
+    let server =
+        TestServer::start_with(&[("WS_SEND_QUEUE", "16"), ("MAX_MESSAGE_BYTES", "60000")]).await;
+    let mut slow = server.ws("slow").await; // connected, but reads nothing until the end
+    let mut fast = server.ws("fast").await;
+    let fast_reader = tokio::spawn(async move {
+        let received = fast.messages_until("last").await.len();
+        (received, fast)
+    });
+
+    let big = "x".repeat(60_000);
+    for _ in 0..MESSAGES {
+        server
+            .send_ok("sender", &["sender", "slow", "fast"], &big)
+            .await;
+    }
+    // The slow socket's queue filled behind the kernel's buffers and it was evicted...
+    server.await_connections("slow", 0).await;
+    server.send_ok("sender", &["sender", "fast"], "last").await;
+    // ...while the healthy one received every message.
+    let (received, _fast) = fast_reader.await.unwrap();
+    assert_eq!(received, MESSAGES + 1);
+    assert_eq!(server.connections(&["fast"]).await["fast"], 1);
+    // Once it reads, the slow socket finds what was already on its way, then the close frame.
+    assert_eq!(slow.close_code().await, Some(4008));
+}
+
+#[tokio::test]
+async fn a_socket_that_does_not_answer_pings_is_closed() {
+    let server =
+        TestServer::start_with(&[("WS_PING_INTERVAL", "100ms"), ("WS_PONG_TIMEOUT", "500ms")])
+            .await;
+    let _silent = server.ws("silent").await; // never reads, so never answers a ping
+    let mut answering = server.ws("answering").await;
+    let pings = Arc::new(AtomicUsize::new(0));
+    let counted = pings.clone();
+    // Reading is what answers pings: the client library replies to each one it reads.
+    let reader = tokio::spawn(async move {
+        while let Seen::Ping = answering.next().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+
+    server.await_connections("silent", 0).await;
+    // Twice the pong timeout later, the socket that answers is still there.
+    let seen = pings.load(Ordering::SeqCst);
+    eventually("ten more pings", || async {
+        (pings.load(Ordering::SeqCst) >= seen + 10).then_some(())
+    })
+    .await;
+    assert_eq!(server.connections(&["answering"]).await["answering"], 1);
+    reader.abort();
+}
+
+#[tokio::test]
+async fn inbound_frames_are_ignored_and_oversized_ones_end_the_socket() {
+    let server = TestServer::start_with(&[("WS_MAX_INBOUND_BYTES", "1024")]).await;
+    let mut bob = server.ws("bob").await;
+    bob.send_raw(WsMessage::text(
+        "{\"participants\":[\"bob\",\"alice\"],\"content\":\"sneaky\"}",
+    ))
+    .await;
+    bob.send_raw(WsMessage::binary(vec![0u8; 512])).await;
+    let sent = server
+        .send_ok("alice", &["alice", "bob"], "still here")
+        .await;
+    assert_eq!(
+        bob.next_message().await,
+        sent,
+        "data frames from clients change nothing"
+    );
+    assert_eq!(
+        server.history("bob", "participants=alice,bob").await.len(),
+        1
+    );
+
+    bob.send_raw(WsMessage::text("x".repeat(2048))).await;
+    server.await_connections("bob", 0).await;
+    assert!(matches!(bob.next().await, Seen::Closed(_)));
+}
+
+#[tokio::test]
+async fn shutdown_closes_sockets_with_1001_and_history_is_whole_after_it() {
+    let mut server = TestServer::start().await;
+    let mut bob = server.ws("bob").await;
+    let mut accepted = Vec::new();
+    for i in 0..50 {
+        accepted.push(
+            server
+                .send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+                .await,
+        );
+    }
+    let closing = tokio::spawn(async move { bob.close_code().await });
+    server.restart().await;
+    assert_eq!(closing.await.unwrap(), Some(1001));
+    let history = server.stored("bob", "alice,bob", 50).await;
+    accepted.reverse();
+    assert_eq!(history, accepted);
+}
