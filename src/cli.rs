@@ -8,7 +8,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::app;
-use crate::auth::{Authenticator, resolve_secret};
+use crate::auth::{Authenticator, SecretSource, resolve_secret};
 use crate::config::{Config, LogSettings, parse_duration};
 use crate::model::UserId;
 
@@ -72,7 +72,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> {
     let user = UserId::parse(user_id)?;
-    let (secret, _) = resolve_secret(config)?;
+    let (secret, source) = resolve_secret(config)?;
+    if source == SecretSource::Development {
+        eprintln!(
+            "chatd: JWT_SECRET is not set: signed with the development secret in {}",
+            config.data_dir.display()
+        );
+    }
     println!("{}", Authenticator::new(&secret).issue(&user, ttl));
     Ok(())
 }

@@ -108,7 +108,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "WS_PONG_TIMEOUT",
         "60s",
-        "a socket silent this long is closed",
+        "a socket whose last pong is this old is closed (checked at each ping)",
     ),
     setting(
         "SHUTDOWN_TIMEOUT",

@@ -4,6 +4,7 @@ mod secret;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -51,7 +52,7 @@ impl Authenticator {
 
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError::Invalid(e.to_string()))?;
+            .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
         UserId::parse(data.claims.id).map_err(|e| AuthError::Invalid(format!("claim id: {e}")))
     }
 
@@ -67,6 +68,22 @@ impl Authenticator {
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail")
+    }
+}
+
+/// Why a token was refused, in words a client developer can act on.
+fn describe(kind: &ErrorKind) -> String {
+    match kind {
+        ErrorKind::ExpiredSignature => "expired".into(),
+        ErrorKind::ImmatureSignature => "not valid yet".into(),
+        ErrorKind::InvalidSignature => "the signature does not match".into(),
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::MissingAlgorithm
+        | ErrorKind::InvalidAlgorithmName => "the algorithm must be HS256".into(),
+        ErrorKind::MissingRequiredClaim(claim) => format!("the {claim} claim is missing"),
+        ErrorKind::InvalidClaimFormat(claim) => format!("the {claim} claim is malformed"),
+        ErrorKind::Json(e) => format!("malformed claims: {e}"),
+        _ => "not a well-formed JWT".into(),
     }
 }
 
@@ -172,6 +189,53 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let auth = Authenticator::new(b"secret");
+        let why = |claims: serde_json::Value, alg, secret: &[u8]| {
+            auth.verify(&encode(&claims, alg, secret))
+                .unwrap_err()
+                .to_string()
+        };
+        let exp = now() + 60;
+        assert_eq!(
+            why(
+                serde_json::json!({"id": "a", "exp": now() - 120}),
+                Algorithm::HS256,
+                b"secret"
+            ),
+            "invalid token: expired"
+        );
+        assert_eq!(
+            why(
+                serde_json::json!({"id": "a", "exp": exp}),
+                Algorithm::HS256,
+                b"other"
+            ),
+            "invalid token: the signature does not match"
+        );
+        assert_eq!(
+            why(
+                serde_json::json!({"id": "a", "exp": exp}),
+                Algorithm::HS384,
+                b"secret"
+            ),
+            "invalid token: the algorithm must be HS256"
+        );
+        assert!(
+            why(serde_json::json!({"id": "a"}), Algorithm::HS256, b"secret")
+                .contains("missing field `exp`")
+        );
+        assert!(
+            why(serde_json::json!({"exp": exp}), Algorithm::HS256, b"secret")
+                .contains("missing field `id`")
+        );
+        assert_eq!(
+            auth.verify("x.y.z").unwrap_err().to_string(),
+            "invalid token: not a well-formed JWT"
+        );
     }
 
     #[test]

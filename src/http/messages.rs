@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::extract::{JsonBody, user_ids};
@@ -16,11 +17,18 @@ use crate::store::{Cursor, HistoryPage, StoreError};
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 100;
 
+/// The 202 body: the original's status line and the accepted message.
+#[derive(Serialize)]
+pub struct Queued {
+    status: &'static str,
+    message: Message,
+}
+
 pub async fn send(
     State(state): State<AppState>,
     Caller(sender): Caller,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Queued>), ApiError> {
     let channel = channel(user_ids(&body, "participants")?, &state.limits)?;
     let content = match body.get("content") {
         None | Some(Value::Null) => return Err(ApiError::bad_request("content is required")),
@@ -49,8 +57,11 @@ pub async fn send(
                 ApiError::unavailable("the message could not be stored, try again")
             }
         })?;
-    let body = json!({ "status": "message queued", "message": message });
-    Ok((StatusCode::ACCEPTED, Json(body)))
+    let queued = Queued {
+        status: "message queued",
+        message,
+    };
+    Ok((StatusCode::ACCEPTED, Json(queued)))
 }
 
 pub async fn history(
