@@ -9,7 +9,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Backoff, Outbox, PendingEntry};
+use super::{Backoff, Outbox, OutboxError, PendingEntry};
 use crate::config::RelaySettings;
 use crate::store::{MessageStore, StoreError};
 
@@ -172,12 +172,15 @@ impl BatchWriter {
                         } else {
                             tracing::warn!(id = %entry.message.id, attempts = entry.attempts, %error, "message write failed, will retry");
                         }
-                        if let Err(e) = self
-                            .outbox
-                            .record_failure(entry.seq, error, entry.attempts, dead)
-                            .await
-                        {
-                            tracing::error!(error = %e, "recording a failed attempt failed");
+                        let (seq, attempts) = (entry.seq, entry.attempts);
+                        let recorded = self
+                            .until_recorded(stop, || {
+                                self.outbox
+                                    .record_failure(seq, error.clone(), attempts, dead)
+                            })
+                            .await;
+                        if !recorded {
+                            return;
                         }
                         if !dead {
                             retry.push(entry);
@@ -185,12 +188,12 @@ impl BatchWriter {
                     }
                 }
             }
-            if !stored.is_empty() {
-                // If this fails the entries stay pending and are written again after a restart,
-                // which the store's idempotent writes make harmless.
-                if let Err(e) = self.outbox.mark_stored(stored).await {
-                    tracing::error!(error = %e, "removing stored messages from the outbox failed");
-                }
+            if !stored.is_empty()
+                && !self
+                    .until_recorded(stop, || self.outbox.mark_stored(stored.clone()))
+                    .await
+            {
+                return;
             }
             let Some(fewest) = retry.iter().map(|e| e.attempts).min() else {
                 return;
@@ -201,6 +204,28 @@ impl BatchWriter {
             batch = retry;
         }
     }
+
+    /// Retries an outbox update until it succeeds; false if `stop` came first. The dispatcher's
+    /// cursor has moved past these entries, so giving up would strand them until a restart.
+    async fn until_recorded<F, Fut>(&self, stop: &CancellationToken, mut update: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), OutboxError>>,
+    {
+        let mut failures = 0;
+        loop {
+            match update().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
+                    if !sleep_unless_stopped(self.backoff.delay(failures), stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Sleeps for `delay`; false if `stop` came first.
@@ -208,5 +233,122 @@ async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool
     tokio::select! {
         () = tokio::time::sleep(delay) => true,
         () = stop.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::model::{Channel, Message, UserId};
+    use crate::outbox::OutboxCounts;
+    use crate::store::{HistoryPage, WriteOutcome};
+
+    /// A store that is down for its first `outages` writes and always refuses "poison".
+    #[derive(Default)]
+    struct FakeStore {
+        outages: AtomicU32,
+        stored: Mutex<Vec<String>>,
+        poison_attempts: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl MessageStore for FakeStore {
+        fn backend(&self) -> &'static str {
+            "fake"
+        }
+
+        async fn insert_batch(
+            &self,
+            messages: &[Message],
+        ) -> Result<Vec<WriteOutcome>, StoreError> {
+            let down = self
+                .outages
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if down.is_ok() {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            let mut stored = self.stored.lock().unwrap();
+            Ok(messages
+                .iter()
+                .map(|m| {
+                    if m.content == "poison" {
+                        self.poison_attempts.fetch_add(1, Ordering::SeqCst);
+                        return Err("duplicate key on content".to_string());
+                    }
+                    if !stored.contains(&m.id) {
+                        stored.push(m.id.clone());
+                    }
+                    Ok(())
+                })
+                .collect())
+        }
+
+        async fn history(&self, _: &Channel, _: &HistoryPage) -> Result<Vec<Message>, StoreError> {
+            unreachable!("the relay never reads history")
+        }
+    }
+
+    async fn relay_through(store: Arc<FakeStore>, contents: &[&str], attempts: u32) -> Arc<Outbox> {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db"), 64).unwrap());
+        let alice = UserId::parse("alice").unwrap();
+        let channel = Channel::new(vec![alice.clone()], 1).unwrap();
+        for content in contents {
+            outbox
+                .append(Message::accept(&alice, &channel, content.to_string()))
+                .await
+                .unwrap();
+        }
+        let settings = RelaySettings {
+            workers: 2,
+            batch_size: 2,
+            retry_attempts: attempts,
+            retry_base: Duration::from_millis(1),
+            retry_max: Duration::from_millis(5),
+        };
+        let health = Arc::new(StoreHealth::default());
+        let stop = CancellationToken::new();
+        let relay = tokio::spawn(
+            Relay::new(outbox.clone(), store, health.clone(), settings).run(stop.clone()),
+        );
+        tokio::time::timeout(Duration::from_secs(10), outbox.drained())
+            .await
+            .expect("the outbox drains");
+        assert!(health.is_up());
+        stop.cancel();
+        relay.await.unwrap();
+        outbox
+    }
+
+    #[tokio::test]
+    async fn a_poison_message_is_dead_lettered_after_its_attempts_and_the_rest_are_stored() {
+        let store = Arc::new(FakeStore::default());
+        let outbox = relay_through(store.clone(), &["a", "poison", "b", "c", "d"], 3).await;
+        assert_eq!(store.poison_attempts.load(Ordering::SeqCst), 3);
+        assert_eq!(store.stored.lock().unwrap().len(), 4);
+        assert_eq!(
+            outbox.counts(),
+            OutboxCounts {
+                pending: 0,
+                dead_lettered: 1
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn an_outage_spends_no_attempts() {
+        // One attempt each: had the outage cost an attempt, every message would be dead.
+        let store = Arc::new(FakeStore {
+            outages: AtomicU32::new(6),
+            ..FakeStore::default()
+        });
+        let outbox = relay_through(store.clone(), &["a", "b", "c", "d", "e"], 1).await;
+        assert_eq!(store.stored.lock().unwrap().len(), 5);
+        assert_eq!(outbox.counts(), OutboxCounts::default());
     }
 }
