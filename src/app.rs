@@ -1,7 +1,9 @@
 //! Wires the pipeline together and runs it until shutdown. Tests start chatd through
 //! [`start`] exactly as the binary does.
 
+use std::fs::{File, TryLockError};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +26,7 @@ use crate::store::{MessageStore, SqliteStore};
 /// The outbox and the embedded store, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";
 pub const STORE_FILE: &str = "messages.db";
+const LOCK_FILE: &str = "lock";
 /// How often idle rate-limit buckets are dropped.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
 
@@ -52,6 +55,7 @@ impl RunningApp {
 pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
+    let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let (secret, source) = resolve_secret(&config).context("reading the JWT secret")?;
     if source == SecretSource::Development {
         tracing::warn!(
@@ -128,6 +132,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         outbox,
         pipeline,
         pipeline_stop,
+        data_dir_lock,
     };
     let stopped = tokio::spawn(stopping.run());
     Ok(RunningApp {
@@ -146,6 +151,8 @@ struct Stopping {
     outbox: Arc<Outbox>,
     pipeline: TaskTracker,
     pipeline_stop: CancellationToken,
+    /// Released only once everything else has stopped.
+    data_dir_lock: File,
 }
 
 impl Stopping {
@@ -189,7 +196,29 @@ impl Stopping {
         self.pipeline_stop.cancel();
         self.pipeline.close();
         self.pipeline.wait().await;
+        drop(self.data_dir_lock);
         tracing::info!("stopped");
+    }
+}
+
+/// Two chatd processes on one `DATA_DIR` would relay the same outbox: the second is refused.
+/// The operating system releases the lock however the holder ends, `kill -9` included.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join(LOCK_FILE);
+    let file = File::options()
+        .create(true)
+        .write(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => {
+            anyhow::bail!("another chatd is already using DATA_DIR {}", dir.display())
+        }
+        Err(TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
     }
 }
 

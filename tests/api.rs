@@ -501,3 +501,16 @@ async fn history_and_health_survive_a_restart() {
     assert_eq!(health["store"], json!({"backend": "sqlite", "up": true}));
     assert_eq!(health["outbox"], json!({"pending": 0, "dead_lettered": 0}));
 }
+
+#[tokio::test]
+async fn a_second_chatd_on_the_same_data_dir_is_refused() {
+    let server = TestServer::start().await;
+    let refused = chatd::app::start(server.config())
+        .await
+        .err()
+        .expect("the second start fails");
+    assert!(refused.to_string().contains("another chatd"), "{refused:#}");
+    server
+        .send_ok("alice", &["alice"], "the first one still serves")
+        .await;
+}

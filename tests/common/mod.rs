@@ -185,11 +185,19 @@ impl TestServer {
             Ok(_) => panic!("the upgrade was accepted"),
         }
     }
+
+    /// This server's configuration, for starting another chatd beside it.
+    pub fn config(&self) -> Config {
+        config(&self.vars)
+    }
+}
+
+fn config(vars: &HashMap<String, String>) -> Config {
+    Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test config")
 }
 
 async fn launch(vars: &HashMap<String, String>) -> RunningApp {
-    let config = Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test config");
-    app::start(config).await.expect("chatd starts")
+    app::start(config(vars)).await.expect("chatd starts")
 }
 
 pub fn token_for(secret: &str, user: &str) -> String {
