@@ -43,6 +43,8 @@ fn deliver(hub: &Hub, event: &Event) {
     };
     let delivery = hub.deliver(recipients, &frame);
     if delivery.evicted > 0 {
+        metrics::counter!("chat_slow_consumer_disconnects_total")
+            .increment(delivery.evicted as u64);
         tracing::info!(sockets = delivery.evicted, "closing slow consumers");
     }
 }
