@@ -81,10 +81,7 @@ async fn inbound_frames_are_ignored_and_oversized_ones_end_the_socket() {
         sent,
         "data frames from clients change nothing"
     );
-    assert_eq!(
-        server.history("bob", "participants=alice,bob").await.len(),
-        1
-    );
+    server.stored("bob", "alice,bob", 1).await;
 
     bob.send_raw(WsMessage::text("x".repeat(2048))).await;
     server.await_connections("bob", 0).await;
