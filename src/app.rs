@@ -20,12 +20,11 @@ use crate::fanout;
 use crate::http::{self, AppState, RateLimiter};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
-use crate::outbox::{Outbox, Relay, StoreHealth};
-use crate::store::{MessageStore, SqliteStore};
+use crate::outbox::{Backoff, DeadLetters, Outbox, Relay, StoreHealth};
+use crate::store::{self, MessageStore};
 
-/// The outbox and the embedded store, inside `DATA_DIR`.
+/// The outbox, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";
-pub const STORE_FILE: &str = "messages.db";
 const LOCK_FILE: &str = "lock";
 /// How often idle rate-limit buckets are dropped.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
@@ -67,10 +66,9 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         Outbox::open(&config.data_dir.join(OUTBOX_FILE), config.outbox_queue)
             .context("opening the outbox")?,
     );
-    let store: Arc<dyn MessageStore> = Arc::new(
-        SqliteStore::open(&config.data_dir.join(STORE_FILE))
-            .context("opening the embedded store")?,
-    );
+    let store = store::open(&config.store, &config.data_dir)
+        .await
+        .context("opening the store")?;
     let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.bus_capacity));
     let hub = Arc::new(Hub::new());
     let store_health = Arc::new(StoreHealth::default());
@@ -84,15 +82,20 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         hub.clone(),
         pipeline_stop.clone(),
     ));
-    pipeline.spawn(
-        Relay::new(
-            outbox.clone(),
-            store.clone(),
-            store_health.clone(),
-            config.relay,
-        )
-        .run(pipeline_stop.clone()),
+    let relay = Relay::new(
+        outbox.clone(),
+        store.clone(),
+        store_health.clone(),
+        config.relay,
+        config.instance_id.clone(),
     );
+    let migrations = Backoff::new(config.relay.retry_base, config.relay.retry_max);
+    pipeline.spawn(migrate_then_relay(
+        store.clone(),
+        migrations,
+        relay,
+        pipeline_stop.clone(),
+    ));
     pipeline.spawn(sweep_rate_limiter(limiter.clone(), pipeline_stop.clone()));
 
     let listener = TcpListener::bind((config.host, config.port))
@@ -107,10 +110,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         auth: Arc::new(Authenticator::new(&secret)),
         ingest: Arc::new(Ingest::new(outbox.clone(), bus)),
         outbox: outbox.clone(),
+        dead_letters: Arc::new(DeadLetters::new(store.clone())),
         store,
         store_health,
         hub,
         limiter,
+        admin_token: config.admin_token.as_deref().map(Arc::from),
         limits: config.limits,
         socket: config.socket,
         connections_require_auth: config.connections_require_auth,
@@ -199,6 +204,36 @@ impl Stopping {
         drop(self.data_dir_lock);
         tracing::info!("stopped");
     }
+}
+
+/// Applies the store's migrations, retrying while the store is away (messages meanwhile wait
+/// in the outbox), then relays the outbox into it.
+async fn migrate_then_relay(
+    store: Arc<dyn MessageStore>,
+    backoff: Backoff,
+    relay: Relay,
+    stop: CancellationToken,
+) {
+    let mut failures = 0;
+    loop {
+        match store.migrate().await {
+            Ok(applied) => {
+                for name in applied {
+                    tracing::info!(migration = %name, store = store.backend(), "migration applied");
+                }
+                break;
+            }
+            Err(e) => {
+                failures += 1;
+                tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.delay(failures)) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+    relay.run(stop).await;
 }
 
 /// Two chatd processes on one `DATA_DIR` would relay the same outbox: the second is refused.

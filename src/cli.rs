@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use chrono::SecondsFormat;
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -11,6 +12,8 @@ use crate::app;
 use crate::auth::{Authenticator, SecretSource, resolve_secret};
 use crate::config::{Config, LogSettings, parse_duration};
 use crate::model::UserId;
+use crate::outbox::{DeadLetterView, DeadLetters, ReplayResult, Selection};
+use crate::store;
 
 #[derive(Parser)]
 #[command(
@@ -34,6 +37,47 @@ enum Command {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         ttl: Duration,
     },
+    /// Apply the store's migrations and exit (the server also applies them at start-up).
+    Migrate,
+    /// Dead letters: messages the store refused on every attempt.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Only those whose error contains this text (ignoring case).
+        #[arg(long)]
+        error: Option<String>,
+    },
+    /// Show one dead letter in full, as JSON.
+    Show { id: String },
+    /// Write dead letters back into the messages; each is removed once it is stored.
+    Replay {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        #[arg(long)]
+        all: bool,
+        /// Say what would be replayed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Delete dead letters for good.
+    Purge {
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        ids: Vec<String>,
+        /// Every dead letter; needs --yes.
+        #[arg(long, requires = "yes")]
+        all: bool,
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 pub async fn run() -> ExitCode {
@@ -52,6 +96,8 @@ pub async fn run() -> ExitCode {
     let outcome = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config).await,
         Command::Token { user_id, ttl } => token(&config, user_id, ttl),
+        Command::Migrate => migrate(&config).await,
+        Command::Dlq { command } => dlq(&config, command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,6 +127,96 @@ fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> 
     }
     println!("{}", Authenticator::new(&secret).issue(&user, ttl));
     Ok(())
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = store::open(&config.store, &config.data_dir).await?;
+    let applied = store.migrate().await?;
+    if applied.is_empty() {
+        println!("{}: every migration was already applied", store.backend());
+    }
+    for name in applied {
+        println!("{}: applied {name}", store.backend());
+    }
+    Ok(())
+}
+
+/// Works on the store's dead letters directly, so it works whether or not a server runs.
+async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    let store = store::open(&config.store, &config.data_dir).await?;
+    store.migrate().await?;
+    let dead_letters = DeadLetters::new(store);
+    match command {
+        DlqCommand::List { limit, error } => {
+            let letters = dead_letters.list(limit, error).await?;
+            if letters.is_empty() {
+                println!("no dead letters");
+            }
+            for letter in letters {
+                println!(
+                    "{}  attempts={}  last_failed_at={}  {}: {}",
+                    letter.id(),
+                    letter.attempts,
+                    letter
+                        .last_failed_at
+                        .to_rfc3339_opts(SecondsFormat::Millis, true),
+                    letter.error.kind,
+                    letter.error.message
+                );
+            }
+        }
+        DlqCommand::Show { id } => match dead_letters.show(&id).await? {
+            Some(letter) => println!(
+                "{}",
+                serde_json::to_string_pretty(&DeadLetterView::from(letter))?
+            ),
+            None => anyhow::bail!("no dead letter has the id {id}"),
+        },
+        DlqCommand::Replay { ids, all, dry_run } => {
+            let outcomes = dead_letters.replay(selection(ids, all), dry_run).await?;
+            let mut unsuccessful = 0;
+            for outcome in &outcomes {
+                match &outcome.result {
+                    ReplayResult::Replayed => println!("replayed {}", outcome.id),
+                    ReplayResult::WouldReplay => println!("would replay {}", outcome.id),
+                    ReplayResult::NotFound => {
+                        unsuccessful += 1;
+                        println!("not found {}", outcome.id);
+                    }
+                    ReplayResult::Failed { error } => {
+                        unsuccessful += 1;
+                        println!("failed {}: {error}", outcome.id);
+                    }
+                }
+            }
+            if unsuccessful > 0 {
+                anyhow::bail!(
+                    "{unsuccessful} of {} dead letters were not replayed",
+                    outcomes.len()
+                );
+            }
+        }
+        DlqCommand::Purge { ids, all, yes: _ } => {
+            let asked = ids.len();
+            let purged = dead_letters.purge(selection(ids, all)).await?;
+            println!("purged {purged} dead letters");
+            if !all && (purged as usize) < asked {
+                anyhow::bail!(
+                    "{} of the {asked} ids were not dead letters",
+                    asked - purged as usize
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn selection(ids: Vec<String>, all: bool) -> Selection {
+    if all {
+        Selection::All
+    } else {
+        Selection::Ids(ids)
+    }
 }
 
 fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {

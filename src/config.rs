@@ -38,6 +38,37 @@ pub const SETTINGS: &[Setting] = &[
         "HS256 secret; unset: a development secret is generated once in DATA_DIR",
     ),
     setting(
+        "MONGO_URI",
+        "",
+        "MongoDB connection string; unset: the embedded store in DATA_DIR",
+    ),
+    setting("MONGO_DB", "chatdb", "MongoDB database"),
+    setting(
+        "MONGO_COLLECTION",
+        "messages",
+        "MongoDB collection of messages",
+    ),
+    setting(
+        "MONGO_DEAD_LETTER_COLLECTION",
+        "dead_letters",
+        "MongoDB collection of messages that spent every attempt",
+    ),
+    setting(
+        "STORE_TIMEOUT",
+        "10s",
+        "a store call taking longer counts as the store being unavailable",
+    ),
+    setting(
+        "ADMIN_TOKEN",
+        "",
+        "bearer token for /admin/*; unset: the admin API is off (404)",
+    ),
+    setting(
+        "INSTANCE_ID",
+        "",
+        "this instance's name in dead letters; unset: hostname:pid",
+    ),
+    setting(
         "CONNECTIONS_REQUIRE_AUTH",
         "false",
         "require a JWT on POST /api/connections (the original left it open)",
@@ -129,6 +160,9 @@ pub struct Config {
     pub port: u16,
     pub data_dir: PathBuf,
     pub jwt_secret: Option<String>,
+    pub store: StoreSettings,
+    pub admin_token: Option<String>,
+    pub instance_id: String,
     pub connections_require_auth: bool,
     pub rate_limit: RateLimit,
     pub limits: Limits,
@@ -144,6 +178,21 @@ pub struct Config {
 pub struct LogSettings {
     pub filter: String,
     pub json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    /// `None`: the embedded SQLite store in `DATA_DIR`.
+    pub mongo: Option<MongoSettings>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct MongoSettings {
+    pub uri: String,
+    pub database: String,
+    pub messages: String,
+    pub dead_letters: String,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -197,7 +246,20 @@ impl Config {
             host: vars.parse("HOST")?,
             port: vars.parse("PORT")?,
             data_dir: PathBuf::from(vars.text("DATA_DIR")),
-            jwt_secret: Some(vars.text("JWT_SECRET")).filter(|s| !s.is_empty()),
+            jwt_secret: vars.optional("JWT_SECRET"),
+            store: StoreSettings {
+                mongo: vars.optional("MONGO_URI").map(|uri| MongoSettings {
+                    uri,
+                    database: vars.text("MONGO_DB"),
+                    messages: vars.text("MONGO_COLLECTION"),
+                    dead_letters: vars.text("MONGO_DEAD_LETTER_COLLECTION"),
+                }),
+                timeout: vars.duration("STORE_TIMEOUT")?,
+            },
+            admin_token: vars.optional("ADMIN_TOKEN"),
+            instance_id: vars
+                .optional("INSTANCE_ID")
+                .unwrap_or_else(default_instance_id),
             connections_require_auth: vars.parse("CONNECTIONS_REQUIRE_AUTH")?,
             rate_limit: RateLimit {
                 per_second: vars
@@ -264,6 +326,10 @@ impl Config {
 struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
 
 impl Vars<'_> {
+    fn optional(&self, name: &'static str) -> Option<String> {
+        Some(self.text(name)).filter(|value| !value.is_empty())
+    }
+
     fn text(&self, name: &'static str) -> String {
         match (self.0)(name) {
             Some(value) if !value.is_empty() => value,
@@ -321,6 +387,16 @@ fn default_of(name: &str) -> &'static str {
         .unwrap_or_else(|| panic!("{name} is missing from SETTINGS"))
 }
 
+/// `hostname:pid`, which tells apart instances on one host and restarts of one instance.
+fn default_instance_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "chatd".into());
+    format!("{host}:{}", std::process::id())
+}
+
 /// A duration as `10s`, `1m30s`, `250ms`, or a bare number of seconds.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     match text.parse::<u64>() {
@@ -349,6 +425,9 @@ mod tests {
         assert_eq!(c.port, 8080);
         assert_eq!(c.data_dir, PathBuf::from("./data"));
         assert_eq!(c.jwt_secret, None);
+        assert!(c.store.mongo.is_none());
+        assert_eq!(c.admin_token, None);
+        assert!(c.instance_id.ends_with(&format!(":{}", std::process::id())));
         assert_eq!(c.rate_limit.per_second, 5.0);
         assert_eq!(c.rate_limit.burst, 10);
         assert_eq!(c.limits.max_message_bytes, 4096);
@@ -369,6 +448,22 @@ mod tests {
         for s in SETTINGS {
             assert!(help.contains(s.name), "{} missing from help", s.name);
         }
+    }
+
+    #[test]
+    fn mongo_settings_come_with_mongo_uri() {
+        let c = config(&[
+            ("MONGO_URI", "mongodb://db:27017"),
+            ("MONGO_COLLECTION", "msgs"),
+        ])
+        .unwrap();
+        let mongo = c.store.mongo.unwrap();
+        assert_eq!(mongo.uri, "mongodb://db:27017");
+        assert_eq!(
+            (mongo.database.as_str(), mongo.messages.as_str()),
+            ("chatdb", "msgs")
+        );
+        assert_eq!(mongo.dead_letters, "dead_letters");
     }
 
     #[test]

@@ -26,14 +26,15 @@ pub struct Migration {
 }
 
 /// Applies, in order, each migration not yet recorded in `_migrations`, each in its own
-/// transaction with its record.
-pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Result<()> {
+/// transaction with its record, and returns the names of those it applied.
+pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Result<Vec<String>> {
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS _migrations (
              name TEXT PRIMARY KEY NOT NULL,
              applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
          )",
     )?;
+    let mut applied_now = Vec::new();
     for migration in migrations {
         let tx = conn.transaction()?;
         let applied = tx
@@ -50,10 +51,11 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Res
                 "INSERT INTO _migrations (name) VALUES (?1)",
                 [migration.name],
             )?;
+            applied_now.push(migration.name.to_string());
         }
         tx.commit()?;
     }
-    Ok(())
+    Ok(applied_now)
 }
 
 /// Read connections for blocking tasks: one is taken per read and put back after, so concurrent
@@ -132,9 +134,9 @@ mod tests {
             },
         ];
         let mut conn = open(&dir.path().join("db")).unwrap();
-        migrate(&mut conn, &migrations[..1]).unwrap();
-        migrate(&mut conn, &migrations).unwrap();
-        migrate(&mut conn, &migrations).unwrap();
+        assert_eq!(migrate(&mut conn, &migrations[..1]).unwrap(), ["0001_t"]);
+        assert_eq!(migrate(&mut conn, &migrations).unwrap(), ["0002_u"]);
+        assert!(migrate(&mut conn, &migrations).unwrap().is_empty());
         let names: Vec<String> = conn
             .prepare("SELECT name FROM _migrations ORDER BY name")
             .unwrap()

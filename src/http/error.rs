@@ -2,6 +2,8 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::store::StoreError;
+
 /// Every refusal: the contract's `{"error": "..."}` body with its status.
 #[derive(Debug)]
 pub struct ApiError {
@@ -46,6 +48,23 @@ impl ApiError {
     pub fn retry_after(mut self, seconds: u64) -> Self {
         self.retry_after_secs = Some(seconds);
         self
+    }
+}
+
+/// A store that is away is worth retrying (503); any other store error is ours (500). The
+/// details go to the log, not to the client.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(reason) => {
+                tracing::warn!(%reason, "store unavailable");
+                Self::unavailable("the store is unavailable right now, try again")
+            }
+            StoreError::Failed(reason) => {
+                tracing::error!(%reason, "store error");
+                Self::internal("the store could not answer")
+            }
+        }
     }
 }
 

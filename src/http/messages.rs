@@ -12,7 +12,7 @@ use super::{ApiError, AppState, Caller};
 use crate::config::Limits;
 use crate::model::{Channel, Message, UserId, uuid_timestamp};
 use crate::outbox::OutboxError;
-use crate::store::{Cursor, HistoryPage, StoreError};
+use crate::store::{Cursor, HistoryPage};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 100;
@@ -69,24 +69,17 @@ pub async fn history(
     Caller(reader): Caller,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<Message>>, ApiError> {
-    let (participants, page) = parse_history_query(query.as_deref().unwrap_or(""))?;
-    let channel = channel(participants, &state.limits)?;
+    let request = parse_history_query(query.as_deref().unwrap_or(""))?;
+    let channel = channel(request.participants, &state.limits)?;
     require_participant(&channel, &reader)?;
-    let messages = state
-        .store
-        .history(&channel, &page)
-        .await
-        .map_err(|e| match e {
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "history read failed: store unavailable");
-                ApiError::unavailable("history is unavailable right now, try again")
-            }
-            StoreError::Failed(reason) => {
-                tracing::error!(%reason, "history read failed");
-                ApiError::internal("history could not be read")
-            }
-        })?;
-    Ok(Json(messages))
+    let mut page = request.page;
+    if let Some(id) = request.before_stored {
+        // Not a UUID v7: an id of the original's (an ObjectId), whose time only the store knows.
+        let cursor = state.store.locate(&id).await?;
+        page.before =
+            Some(cursor.ok_or_else(|| ApiError::bad_request("before: no message has this id"))?);
+    }
+    Ok(Json(state.store.history(&channel, &page).await?))
 }
 
 fn channel(participants: Vec<UserId>, limits: &Limits) -> Result<Channel, ApiError> {
@@ -104,8 +97,15 @@ fn require_participant(channel: &Channel, user: &UserId) -> Result<(), ApiError>
     }
 }
 
+struct HistoryRequest {
+    participants: Vec<UserId>,
+    page: HistoryPage,
+    /// A `before` id whose position must be looked up in the store.
+    before_stored: Option<String>,
+}
+
 /// `participants=a,b&page=0&size=50&before=<id>`; of a repeated key the first counts.
-fn parse_history_query(query: &str) -> Result<(Vec<UserId>, HistoryPage), ApiError> {
+fn parse_history_query(query: &str) -> Result<HistoryRequest, ApiError> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
         .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
     let get = |key: &str| {
@@ -139,30 +139,40 @@ fn parse_history_query(query: &str) -> Result<(Vec<UserId>, HistoryPage), ApiErr
             .ok_or_else(|| ApiError::bad_request("size must be a whole number, 1 or more"))?
             .min(MAX_PAGE_SIZE),
     };
-    let before = get("before").map(cursor).transpose()?;
-    Ok((
+    let (before, before_stored) = match get("before") {
+        None => (None, None),
+        Some(id) => match v7_cursor(id) {
+            Some(cursor) => (Some(cursor), None),
+            None if is_object_id(id) => (None, Some(id.to_ascii_lowercase())),
+            None => return Err(ApiError::bad_request("before must be the id of a message")),
+        },
+    };
+    Ok(HistoryRequest {
         participants,
-        HistoryPage {
+        page: HistoryPage {
             before,
             offset: page.saturating_mul(u64::from(size)),
             limit: size,
         },
-    ))
+        before_stored,
+    })
 }
 
-/// A message id as a history cursor. chatd's ids are UUID v7s, which carry their own
-/// `created_at`, so the cursor works even for a message not yet in the store.
-fn cursor(id: &str) -> Result<Cursor, ApiError> {
-    Uuid::parse_str(id)
+/// chatd's ids are UUID v7s, which carry their own `created_at`: the cursor works even for a
+/// message not yet in the store.
+fn v7_cursor(id: &str) -> Option<Cursor> {
+    let uuid = Uuid::parse_str(id)
         .ok()
-        .filter(|uuid| uuid.get_version_num() == 7)
-        .and_then(|uuid| {
-            Some(Cursor {
-                created_at: uuid_timestamp(&uuid)?,
-                id: uuid.to_string(),
-            })
-        })
-        .ok_or_else(|| ApiError::bad_request("before must be the id of a message"))
+        .filter(|uuid| uuid.get_version_num() == 7)?;
+    Some(Cursor {
+        created_at: uuid_timestamp(&uuid)?,
+        id: uuid.to_string(),
+    })
+}
+
+/// The original service's ids: 24 hex digits.
+fn is_object_id(id: &str) -> bool {
+    id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -170,7 +180,7 @@ mod tests {
     use super::*;
 
     fn page_of(query: &str) -> HistoryPage {
-        parse_history_query(query).unwrap().1
+        parse_history_query(query).unwrap().page
     }
 
     #[test]
@@ -188,7 +198,9 @@ mod tests {
 
     #[test]
     fn participants_are_decoded_and_checked() {
-        let (ids, _) = parse_history_query("participants=alice%20s,bob&participants=zed").unwrap();
+        let ids = parse_history_query("participants=alice%20s,bob&participants=zed")
+            .unwrap()
+            .participants;
         let names: Vec<&str> = ids.iter().map(UserId::as_str).collect();
         assert_eq!(names, ["alice s", "bob"]);
         for bad in [
@@ -219,10 +231,17 @@ mod tests {
         let before = page.before.unwrap();
         assert_eq!(before.id, id.to_string());
         assert_eq!(Some(before.created_at), uuid_timestamp(&id));
+        let legacy = parse_history_query("participants=a&before=65F1C0FFEE00000000000001").unwrap();
+        assert_eq!(legacy.page.before, None);
+        assert_eq!(
+            legacy.before_stored.as_deref(),
+            Some("65f1c0ffee00000000000001")
+        );
         for bad in [
             "x",
             "00000000-0000-0000-0000-000000000000",
             "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "65f1c0ffee0000000000000g",
         ] {
             assert!(
                 parse_history_query(&format!("participants=a&before={bad}")).is_err(),

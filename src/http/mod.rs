@@ -1,5 +1,6 @@
 //! The HTTP surface: routes, the API guard and the contract's errors.
 
+mod admin;
 mod connections;
 mod error;
 mod extract;
@@ -21,7 +22,7 @@ use crate::auth::Authenticator;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
-use crate::outbox::{Outbox, StoreHealth};
+use crate::outbox::{DeadLetters, Outbox, StoreHealth};
 use crate::store::MessageStore;
 
 pub use error::ApiError;
@@ -38,6 +39,9 @@ pub struct AppState {
     pub store_health: Arc<StoreHealth>,
     pub hub: Arc<Hub>,
     pub limiter: Arc<RateLimiter>,
+    pub dead_letters: Arc<DeadLetters>,
+    /// `None`: the admin API is not mounted.
+    pub admin_token: Option<Arc<str>>,
     pub limits: Limits,
     pub socket: SocketSettings,
     pub connections_require_auth: bool,
@@ -55,10 +59,22 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             guard::api_guard,
         ));
-    Router::new()
+    let mut router = Router::new()
         .route("/health", get(health::health))
         .route("/ws", get(ws::upgrade))
-        .nest("/api", api)
+        .nest("/api", api);
+    if state.admin_token.is_some() {
+        let admin = Router::new()
+            .route("/dead-letters", get(admin::list))
+            .route("/dead-letters/replay", post(admin::replay))
+            .route("/dead-letters/{id}", get(admin::show).delete(admin::purge))
+            .route_layer(axum::middleware::from_fn_with_state(
+                state.clone(),
+                admin::admin_guard,
+            ));
+        router = router.nest("/admin", admin);
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -1,7 +1,7 @@
 use std::time::Instant;
 
-use chrono::{DateTime, SecondsFormat, Utc};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{Channel, UserId};
@@ -16,7 +16,7 @@ pub struct Message {
     pub content: String,
     /// Canonical (sorted, de-duplicated) participants.
     pub participants: Vec<String>,
-    #[serde(serialize_with = "rfc3339_millis", deserialize_with = "rfc3339")]
+    #[serde(with = "rfc3339_millis")]
     pub created_at: DateTime<Utc>,
 }
 
@@ -54,15 +54,23 @@ pub struct Event {
     pub accepted_at: Instant,
 }
 
-fn rfc3339_millis<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
-}
+/// Timestamps as the contract writes them: RFC 3339, UTC, milliseconds.
+pub(super) mod rfc3339_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
 
-fn rfc3339<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
-    let text = String::deserialize(deserializer)?;
-    DateTime::parse_from_rfc3339(&text)
-        .map(|at| at.with_timezone(&Utc))
-        .map_err(serde::de::Error::custom)
+    pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&text)
+            .map(|at| at.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]

@@ -2,9 +2,11 @@
 //! (messages, and the events that carry them through the pipeline).
 
 mod channel;
+mod dead_letter;
 mod message;
 mod user_id;
 
 pub use channel::{Channel, ChannelError};
+pub use dead_letter::{DeadLetter, Failure};
 pub use message::{Event, Message, uuid_timestamp};
 pub use user_id::{InvalidUserId, UserId};

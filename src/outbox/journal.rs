@@ -7,7 +7,7 @@ use rusqlite::{Connection, Transaction, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::{OutboxCounts, OutboxError};
-use crate::model::Message;
+use crate::model::{Failure, Message};
 use crate::sqlite::participants_json;
 
 /// Most commands applied in one transaction.
@@ -26,9 +26,14 @@ pub(super) enum Command {
     },
     Failed {
         seq: i64,
-        error: String,
+        failure: Failure,
         attempts: u32,
         dead: bool,
+        done: Done,
+    },
+    /// These dead entries are in the store's dead letters now.
+    Forgotten {
+        seqs: Vec<i64>,
         done: Done,
     },
 }
@@ -38,7 +43,8 @@ impl Command {
         match self {
             Command::Append { done, .. }
             | Command::Stored { done, .. }
-            | Command::Failed { done, .. } => done,
+            | Command::Failed { done, .. }
+            | Command::Forgotten { done, .. } => done,
         }
     }
 }
@@ -55,6 +61,7 @@ struct Delta {
     appended: u64,
     stored: u64,
     dead_lettered: u64,
+    forgotten: u64,
 }
 
 impl Journal {
@@ -105,7 +112,8 @@ impl Journal {
                 self.counts.send_modify(|c| {
                     c.pending = (c.pending + delta.appended)
                         .saturating_sub(delta.stored + delta.dead_lettered);
-                    c.dead_lettered += delta.dead_lettered;
+                    c.dead_lettered =
+                        (c.dead_lettered + delta.dead_lettered).saturating_sub(delta.forgotten);
                 });
                 if delta.appended > 0 {
                     self.new_work.notify_one();
@@ -149,7 +157,7 @@ fn apply(tx: &Transaction<'_>, command: &Command, delta: &mut Delta) -> rusqlite
         }
         Command::Failed {
             seq,
-            error,
+            failure,
             attempts,
             dead,
             ..
@@ -157,13 +165,26 @@ fn apply(tx: &Transaction<'_>, command: &Command, delta: &mut Delta) -> rusqlite
             let now = Utc::now().timestamp_millis();
             let changed = tx
                 .prepare_cached(
-                    "UPDATE outbox SET attempts = ?2, last_error = ?3, dead = ?4,
-                         first_failed_at = COALESCE(first_failed_at, ?5), last_failed_at = ?5
+                    "UPDATE outbox SET attempts = ?2, error_kind = ?3, last_error = ?4, dead = ?5,
+                         first_failed_at = COALESCE(first_failed_at, ?6), last_failed_at = ?6
                      WHERE seq = ?1 AND dead = 0",
                 )?
-                .execute(params![seq, attempts, error, dead, now])?;
+                .execute(params![
+                    seq,
+                    attempts,
+                    failure.kind,
+                    failure.message,
+                    dead,
+                    now
+                ])?;
             if *dead {
                 delta.dead_lettered += changed as u64;
+            }
+        }
+        Command::Forgotten { seqs, .. } => {
+            let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND dead = 1")?;
+            for seq in seqs {
+                delta.forgotten += delete.execute([seq])? as u64;
             }
         }
     }

@@ -1,36 +1,46 @@
 //! The durable local outbox. A message is appended here, and committed to disk, before its
-//! sender hears 202; the [`Relay`] then drains it into the store. What the store cannot take
-//! after every attempt stays here, marked dead, for operators.
+//! sender hears 202; the [`Relay`] then drains it into the store. What the store refuses on
+//! every attempt is marked dead here until it is safe in the store's dead letters, which
+//! operators manage through [`DeadLetters`].
 
 mod backoff;
+mod dead_letters;
 mod journal;
 mod relay;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use chrono::DateTime;
 use rusqlite::params;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::model::Message;
+use crate::model::{DeadLetter, Failure, Message};
 use crate::sqlite::{self, Migration, ReadPool};
 
 pub use backoff::Backoff;
+pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
 pub use relay::{Relay, StoreHealth};
 
 use journal::{Command, Journal};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    name: "0001_outbox",
-    sql: include_str!("../../migrations/outbox/0001_outbox.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "0001_outbox",
+        sql: include_str!("../../migrations/outbox/0001_outbox.sql"),
+    },
+    Migration {
+        name: "0002_error_kind",
+        sql: include_str!("../../migrations/outbox/0002_error_kind.sql"),
+    },
+];
 
 /// How many messages wait in the outbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OutboxCounts {
     /// Appended and not yet in the store.
     pub pending: u64,
-    /// Spent every attempt; kept for operators.
+    /// Spent every attempt and not yet moved to the store's dead letters.
     pub dead_lettered: u64,
 }
 
@@ -134,22 +144,69 @@ impl Outbox {
         self.command(|done| Command::Stored { seqs, done }).await
     }
 
-    /// One more failed attempt for an entry; with `dead` it stops being retried.
+    /// One more failed attempt for an entry; with `dead` it stops being retried and waits to
+    /// be moved to the store's dead letters.
     pub async fn record_failure(
         &self,
         seq: i64,
-        error: String,
+        failure: Failure,
         attempts: u32,
         dead: bool,
     ) -> Result<(), OutboxError> {
         self.command(|done| Command::Failed {
             seq,
-            error,
+            failure,
             attempts,
             dead,
             done,
         })
         .await
+    }
+
+    /// Up to `limit` dead entries, oldest first, as dead letters signed by `instance`.
+    pub async fn dead_entries(
+        &self,
+        limit: usize,
+        instance: &str,
+    ) -> Result<Vec<(i64, DeadLetter)>, OutboxError> {
+        let readers = self.readers.clone();
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let instance = instance.to_string();
+        tokio::task::spawn_blocking(move || {
+            readers.read(|conn| {
+                conn.prepare_cached(
+                    "SELECT seq, id, sender, content, participants, created_at, attempts,
+                            COALESCE(error_kind, 'unknown'), COALESCE(last_error, ''),
+                            first_failed_at, last_failed_at
+                     FROM outbox WHERE dead = 1 ORDER BY seq LIMIT ?1",
+                )?
+                .query_map([limit], |row| {
+                    let millis = |column: usize| -> rusqlite::Result<_> {
+                        let value: i64 = row.get(column)?;
+                        DateTime::from_timestamp_millis(value)
+                            .ok_or(rusqlite::Error::IntegralValueOutOfRange(column, value))
+                    };
+                    let letter = DeadLetter {
+                        message: sqlite::message_from_row(row, 1)?,
+                        attempts: row.get(6)?,
+                        error: Failure::new(row.get::<_, String>(7)?, row.get::<_, String>(8)?),
+                        first_failed_at: millis(9)?,
+                        last_failed_at: millis(10)?,
+                        instance: instance.clone(),
+                    };
+                    Ok((row.get(0)?, letter))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+        })
+        .await
+        .map_err(|e| OutboxError::Storage(e.to_string()))?
+        .map_err(OutboxError::from)
+    }
+
+    /// These dead entries are safe in the store's dead letters: they leave the outbox.
+    pub async fn forget_dead(&self, seqs: Vec<i64>) -> Result<(), OutboxError> {
+        self.command(|done| Command::Forgotten { seqs, done }).await
     }
 
     pub fn counts(&self) -> OutboxCounts {

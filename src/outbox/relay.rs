@@ -5,12 +5,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::dead_letters::DeadLetterMover;
 use super::{Backoff, Outbox, OutboxError, PendingEntry};
 use crate::config::RelaySettings;
+use crate::model::Failure;
 use crate::store::{MessageStore, StoreError};
 
 /// What the relay last saw of the store: shared with the health endpoint.
@@ -49,26 +51,40 @@ impl StoreHealth {
 pub struct Relay {
     outbox: Arc<Outbox>,
     writer: Arc<BatchWriter>,
+    mover: DeadLetterMover,
     settings: RelaySettings,
 }
 
 impl Relay {
+    /// `instance` names this chatd in the dead letters it makes.
     pub fn new(
         outbox: Arc<Outbox>,
         store: Arc<dyn MessageStore>,
         health: Arc<StoreHealth>,
         settings: RelaySettings,
+        instance: String,
     ) -> Self {
+        let backoff = Backoff::new(settings.retry_base, settings.retry_max);
+        let dead_letters = Arc::new(Notify::new());
         let writer = BatchWriter {
             outbox: outbox.clone(),
-            store,
+            store: store.clone(),
             health,
-            backoff: Backoff::new(settings.retry_base, settings.retry_max),
+            backoff,
             max_attempts: settings.retry_attempts,
+            dead_letters: dead_letters.clone(),
+        };
+        let mover = DeadLetterMover {
+            outbox: outbox.clone(),
+            store,
+            instance,
+            wake: dead_letters,
+            backoff,
         };
         Self {
             outbox,
             writer: Arc::new(writer),
+            mover,
             settings,
         }
     }
@@ -79,6 +95,7 @@ impl Relay {
     pub async fn run(self, stop: CancellationToken) {
         let workers = Arc::new(Semaphore::new(self.settings.workers));
         let tasks = TaskTracker::new();
+        tasks.spawn(self.mover.run(stop.clone()));
         let mut cursor = 0;
         loop {
             let permit = tokio::select! {
@@ -125,6 +142,8 @@ struct BatchWriter {
     health: Arc<StoreHealth>,
     backoff: Backoff,
     max_attempts: u32,
+    /// Woken when an entry is dead-lettered, so it moves to the store's dead letters at once.
+    dead_letters: Arc<Notify>,
 }
 
 impl BatchWriter {
@@ -146,7 +165,7 @@ impl BatchWriter {
                         outcomes.len(),
                         batch.len()
                     );
-                    vec![Err(e); batch.len()]
+                    vec![Err(Failure::new("store_error", e)); batch.len()]
                 }
                 Err(StoreError::Unavailable(reason)) => {
                     let outages = self.health.unreachable();
@@ -156,7 +175,9 @@ impl BatchWriter {
                     }
                     continue;
                 }
-                Err(StoreError::Failed(reason)) => vec![Err(reason); batch.len()],
+                Err(StoreError::Failed(reason)) => {
+                    vec![Err(Failure::new("store_error", reason)); batch.len()]
+                }
             };
 
             let mut stored = Vec::new();
@@ -164,25 +185,29 @@ impl BatchWriter {
             for (mut entry, outcome) in batch.into_iter().zip(outcomes) {
                 match outcome {
                     Ok(()) => stored.push(entry.seq),
-                    Err(error) => {
+                    Err(failure) => {
                         entry.attempts += 1;
                         let dead = entry.attempts >= self.max_attempts;
+                        let (id, attempts, error) =
+                            (&entry.message.id, entry.attempts, &failure.message);
                         if dead {
-                            tracing::error!(id = %entry.message.id, attempts = entry.attempts, %error, "message dead-lettered");
+                            tracing::error!(%id, attempts, %error, "message dead-lettered");
                         } else {
-                            tracing::warn!(id = %entry.message.id, attempts = entry.attempts, %error, "message write failed, will retry");
+                            tracing::warn!(%id, attempts, %error, "message write failed, will retry");
                         }
                         let (seq, attempts) = (entry.seq, entry.attempts);
                         let recorded = self
                             .until_recorded(stop, || {
                                 self.outbox
-                                    .record_failure(seq, error.clone(), attempts, dead)
+                                    .record_failure(seq, failure.clone(), attempts, dead)
                             })
                             .await;
                         if !recorded {
                             return;
                         }
-                        if !dead {
+                        if dead {
+                            self.dead_letters.notify_one();
+                        } else {
                             retry.push(entry);
                         }
                     }
@@ -239,27 +264,45 @@ async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     use async_trait::async_trait;
 
     use super::*;
-    use crate::model::{Channel, Message, UserId};
+    use crate::model::{Channel, DeadLetter, Message, UserId};
     use crate::outbox::OutboxCounts;
-    use crate::store::{HistoryPage, WriteOutcome};
+    use crate::store::{Cursor, DeadLetterQuery, HistoryPage, WriteOutcome};
 
-    /// A store that is down for its first `outages` writes and always refuses "poison".
-    #[derive(Default)]
+    /// A store that is down for its first `outages` writes, always refuses "poison", and takes
+    /// dead letters only while `takes_dead_letters` is set.
     struct FakeStore {
         outages: AtomicU32,
         stored: Mutex<Vec<String>>,
         poison_attempts: AtomicUsize,
+        takes_dead_letters: AtomicBool,
+        dead_letters: Mutex<Vec<DeadLetter>>,
+    }
+
+    impl FakeStore {
+        fn new(outages: u32, takes_dead_letters: bool) -> Arc<Self> {
+            Arc::new(Self {
+                outages: AtomicU32::new(outages),
+                stored: Mutex::default(),
+                poison_attempts: AtomicUsize::new(0),
+                takes_dead_letters: AtomicBool::new(takes_dead_letters),
+                dead_letters: Mutex::default(),
+            })
+        }
     }
 
     #[async_trait]
     impl MessageStore for FakeStore {
         fn backend(&self) -> &'static str {
             "fake"
+        }
+
+        async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+            Ok(Vec::new())
         }
 
         async fn insert_batch(
@@ -278,7 +321,7 @@ mod tests {
                 .map(|m| {
                     if m.content == "poison" {
                         self.poison_attempts.fetch_add(1, Ordering::SeqCst);
-                        return Err("duplicate key on content".to_string());
+                        return Err(Failure::new("duplicate_key", "E11000 on content"));
                     }
                     if !stored.contains(&m.id) {
                         stored.push(m.id.clone());
@@ -291,9 +334,40 @@ mod tests {
         async fn history(&self, _: &Channel, _: &HistoryPage) -> Result<Vec<Message>, StoreError> {
             unreachable!("the relay never reads history")
         }
+
+        async fn locate(&self, _: &str) -> Result<Option<Cursor>, StoreError> {
+            unreachable!("the relay never reads history")
+        }
+
+        async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+            if !self.takes_dead_letters.load(Ordering::SeqCst) {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            self.dead_letters.lock().unwrap().push(letter.clone());
+            Ok(())
+        }
+
+        async fn dead_letters(&self, _: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
+            Ok(self.dead_letters.lock().unwrap().clone())
+        }
+
+        async fn dead_letter(&self, _: &str) -> Result<Option<DeadLetter>, StoreError> {
+            unreachable!("the relay never reads dead letters back")
+        }
+
+        async fn remove_dead_letters(&self, _: &[String]) -> Result<u64, StoreError> {
+            unreachable!("the relay never removes dead letters")
+        }
     }
 
-    async fn relay_through(store: Arc<FakeStore>, contents: &[&str], attempts: u32) -> Arc<Outbox> {
+    struct Running {
+        outbox: Arc<Outbox>,
+        stop: CancellationToken,
+        relay: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    async fn relay_through(store: Arc<FakeStore>, contents: &[&str], attempts: u32) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db"), 64).unwrap());
         let alice = UserId::parse("alice").unwrap();
@@ -313,42 +387,95 @@ mod tests {
         };
         let health = Arc::new(StoreHealth::default());
         let stop = CancellationToken::new();
-        let relay = tokio::spawn(
-            Relay::new(outbox.clone(), store, health.clone(), settings).run(stop.clone()),
+        let relay = Relay::new(
+            outbox.clone(),
+            store,
+            health.clone(),
+            settings,
+            "test:1".into(),
         );
+        let relay = tokio::spawn(relay.run(stop.clone()));
         tokio::time::timeout(Duration::from_secs(10), outbox.drained())
             .await
             .expect("the outbox drains");
         assert!(health.is_up());
-        stop.cancel();
-        relay.await.unwrap();
-        outbox
+        Running {
+            outbox,
+            stop,
+            relay,
+            _dir: dir,
+        }
+    }
+
+    /// Polls a condition every few milliseconds for up to ten seconds.
+    async fn until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !condition() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting until {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]
-    async fn a_poison_message_is_dead_lettered_after_its_attempts_and_the_rest_are_stored() {
-        let store = Arc::new(FakeStore::default());
-        let outbox = relay_through(store.clone(), &["a", "poison", "b", "c", "d"], 3).await;
+    async fn a_poison_message_is_dead_lettered_into_the_store_after_its_attempts() {
+        let store = FakeStore::new(0, true);
+        let running = relay_through(store.clone(), &["a", "poison", "b", "c", "d"], 3).await;
+        until("the dead letter reaches the store", || {
+            store.dead_letters.lock().unwrap().len() == 1
+        })
+        .await;
+        until("it leaves the outbox", || {
+            running.outbox.counts() == OutboxCounts::default()
+        })
+        .await;
         assert_eq!(store.poison_attempts.load(Ordering::SeqCst), 3);
         assert_eq!(store.stored.lock().unwrap().len(), 4);
+        let letter = store.dead_letters.lock().unwrap()[0].clone();
+        assert_eq!(letter.message.content, "poison");
+        assert_eq!(letter.attempts, 3);
         assert_eq!(
-            outbox.counts(),
-            OutboxCounts {
-                pending: 0,
-                dead_lettered: 1
-            }
+            letter.error,
+            Failure::new("duplicate_key", "E11000 on content")
         );
+        assert!(letter.first_failed_at <= letter.last_failed_at);
+        assert_eq!(letter.instance, "test:1");
+        running.stop.cancel();
+        running.relay.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_the_store_cannot_take_stays_in_the_outbox_until_it_can() {
+        let store = FakeStore::new(0, false);
+        let running = relay_through(store.clone(), &["poison"], 1).await;
+        until("the entry is dead", || {
+            running.outbox.counts().dead_lettered == 1
+        })
+        .await;
+        store.takes_dead_letters.store(true, Ordering::SeqCst);
+        until("the dead letter reaches the store", || {
+            store.dead_letters.lock().unwrap().len() == 1
+        })
+        .await;
+        until("it leaves the outbox", || {
+            running.outbox.counts().dead_lettered == 0
+        })
+        .await;
+        running.stop.cancel();
+        running.relay.await.unwrap();
     }
 
     #[tokio::test]
     async fn an_outage_spends_no_attempts() {
         // One attempt each: had the outage cost an attempt, every message would be dead.
-        let store = Arc::new(FakeStore {
-            outages: AtomicU32::new(6),
-            ..FakeStore::default()
-        });
-        let outbox = relay_through(store.clone(), &["a", "b", "c", "d", "e"], 1).await;
+        let store = FakeStore::new(6, true);
+        let running = relay_through(store.clone(), &["a", "b", "c", "d", "e"], 1).await;
         assert_eq!(store.stored.lock().unwrap().len(), 5);
-        assert_eq!(outbox.counts(), OutboxCounts::default());
+        assert_eq!(running.outbox.counts(), OutboxCounts::default());
+        assert!(store.dead_letters.lock().unwrap().is_empty());
+        running.stop.cancel();
+        running.relay.await.unwrap();
     }
 }

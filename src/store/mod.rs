@@ -1,18 +1,28 @@
-//! Where history lives. The relay writes batches through [`MessageStore`] and the history
-//! endpoint reads through it; the embedded SQLite store is the default backend.
+//! Where history and dead letters live. The relay writes batches through [`MessageStore`], the
+//! history endpoint reads through it, and the dead-letter tools manage what could not be
+//! written. The embedded SQLite store is the default; MongoDB is used when `MONGO_URI` is set.
 
+mod mongo;
 mod sqlite;
+
+use std::path::Path;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::model::{Channel, Message};
+use crate::config::StoreSettings;
+use crate::model::{Channel, DeadLetter, Failure, Message};
 
+pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
+/// The embedded store's file inside `DATA_DIR`.
+pub const SQLITE_FILE: &str = "messages.db";
+
 /// One message's outcome in a batch write: `Ok` when it is stored (or already was), else why
-/// this message alone could not be.
-pub type WriteOutcome = Result<(), String>;
+/// the store refused this message alone.
+pub type WriteOutcome = Result<(), Failure>;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -41,10 +51,23 @@ pub struct Cursor {
     pub id: String,
 }
 
+/// Which dead letters to list, in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterQuery {
+    pub limit: u32,
+    /// Only those whose error text contains this, ignoring case.
+    pub error_contains: Option<String>,
+    /// Only those with an id after this one (paging).
+    pub after: Option<String>,
+}
+
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
     /// A short name for health reports and logs.
     fn backend(&self) -> &'static str;
+
+    /// Applies the migrations not yet applied, in order, and returns their names.
+    async fn migrate(&self) -> Result<Vec<String>, StoreError>;
 
     /// Writes a batch idempotently: an id that is already stored counts as written. `Err` means
     /// the batch as a whole failed; otherwise there is one outcome per message, in order.
@@ -56,4 +79,32 @@ pub trait MessageStore: Send + Sync + 'static {
         channel: &Channel,
         page: &HistoryPage,
     ) -> Result<Vec<Message>, StoreError>;
+
+    /// The history position of a stored message, for ids that do not carry their own time.
+    async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError>;
+
+    /// Keeps a dead letter, replacing an earlier one for the same message.
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError>;
+
+    async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError>;
+
+    /// Removes these dead letters and returns how many there were.
+    async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError>;
+}
+
+/// Opens the configured store. Its migrations are applied separately ([`MessageStore::migrate`]),
+/// so chatd can start while MongoDB is away.
+pub async fn open(
+    settings: &StoreSettings,
+    data_dir: &Path,
+) -> Result<Arc<dyn MessageStore>, StoreError> {
+    Ok(match &settings.mongo {
+        Some(mongo) => Arc::new(MongoStore::connect(mongo, settings.timeout).await?),
+        None => Arc::new(
+            SqliteStore::open(&data_dir.join(SQLITE_FILE))
+                .map_err(|e| StoreError::Failed(format!("opening the embedded store: {e}")))?,
+        ),
+    })
 }

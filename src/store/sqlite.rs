@@ -2,20 +2,30 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use rusqlite::{Connection, ErrorCode, params};
+use chrono::DateTime;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 
-use super::{HistoryPage, MessageStore, StoreError, WriteOutcome};
-use crate::model::{Channel, Message};
+use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
+use crate::model::{Channel, DeadLetter, Failure, Message};
 use crate::sqlite::{self, Migration, ReadPool, message_from_row, participants_json};
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    name: "0001_messages",
-    sql: include_str!("../../migrations/sqlite/0001_messages.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        name: "0001_messages",
+        sql: include_str!("../../migrations/sqlite/0001_messages.sql"),
+    },
+    Migration {
+        name: "0002_dead_letters",
+        sql: include_str!("../../migrations/sqlite/0002_dead_letters.sql"),
+    },
+];
 
 const READERS: usize = 4;
 
-/// The embedded store: history in a SQLite file in `DATA_DIR`.
+const DEAD_LETTER_COLUMNS: &str = "id, sender, content, participants, created_at, error_kind, \
+     error_message, attempts, first_failed_at, last_failed_at, instance";
+
+/// The embedded store: history and dead letters in a SQLite file in `DATA_DIR`.
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReadPool>,
@@ -23,12 +33,28 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        let mut writer = sqlite::open(path)?;
-        sqlite::migrate(&mut writer, MIGRATIONS)?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(writer)),
+            writer: Arc::new(Mutex::new(sqlite::open(path)?)),
             readers: Arc::new(ReadPool::new(path, READERS)),
         })
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let writer = self.writer.clone();
+        blocking(move || f(&mut writer.lock().expect("store writer lock")))
+            .await?
+            .map_err(classify)
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let readers = self.readers.clone();
+        blocking(move || readers.read(f)).await?.map_err(classify)
     }
 }
 
@@ -38,15 +64,13 @@ impl MessageStore for SqliteStore {
         "sqlite"
     }
 
+    async fn migrate(&self) -> Result<Vec<String>, StoreError> {
+        self.write(|conn| sqlite::migrate(conn, MIGRATIONS)).await
+    }
+
     async fn insert_batch(&self, messages: &[Message]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let writer = self.writer.clone();
         let messages = messages.to_vec();
-        blocking(move || {
-            let mut conn = writer.lock().expect("store writer lock");
-            insert_all(&mut conn, &messages)
-        })
-        .await?
-        .map_err(classify)
+        self.write(move |conn| insert_all(conn, &messages)).await
     }
 
     async fn history(
@@ -54,12 +78,102 @@ impl MessageStore for SqliteStore {
         channel: &Channel,
         page: &HistoryPage,
     ) -> Result<Vec<Message>, StoreError> {
-        let readers = self.readers.clone();
         let key = channel.key();
         let page = page.clone();
-        blocking(move || readers.read(|conn| read_page(conn, &key, &page)))
-            .await?
-            .map_err(classify)
+        self.read(move |conn| read_page(conn, &key, &page)).await
+    }
+
+    async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT created_at FROM messages WHERE id = ?1",
+                [&id],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()
+            .map(|at| {
+                at.and_then(DateTime::from_timestamp_millis)
+                    .map(|created_at| Cursor { created_at, id })
+            })
+        })
+        .await
+    }
+
+    async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
+        let letter = letter.clone();
+        self.write(move |conn| {
+            let m = &letter.message;
+            conn.execute(
+                &format!(
+                    "INSERT OR REPLACE INTO dead_letters ({DEAD_LETTER_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ),
+                params![
+                    m.id,
+                    m.sender,
+                    m.content,
+                    participants_json(&m.participants),
+                    m.created_at.timestamp_millis(),
+                    letter.error.kind,
+                    letter.error.message,
+                    letter.attempts,
+                    letter.first_failed_at.timestamp_millis(),
+                    letter.last_failed_at.timestamp_millis(),
+                    letter.instance,
+                ],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError> {
+        let query = query.clone();
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters
+                 WHERE (?1 IS NULL OR id > ?1)
+                   AND (?2 IS NULL OR instr(lower(error_message), lower(?2)) > 0)
+                 ORDER BY id LIMIT ?3"
+            ))?
+            .query_map(
+                params![query.after, query.error_contains, query.limit],
+                dead_letter_from_row,
+            )?
+            .collect()
+        })
+        .await
+    }
+
+    async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        let id = id.to_string();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?1"),
+                [&id],
+                dead_letter_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let ids = ids.to_vec();
+        self.write(move |conn| {
+            let tx = conn.transaction()?;
+            let mut removed = 0;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM dead_letters WHERE id = ?1")?;
+                for id in &ids {
+                    removed += delete.execute([id])? as u64;
+                }
+            }
+            tx.commit()?;
+            Ok(removed)
+        })
+        .await
     }
 }
 
@@ -92,7 +206,9 @@ fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<V
             ]);
             match result {
                 Ok(_) => outcomes.push(Ok(())),
-                Err(e) if is_constraint(&e) => outcomes.push(Err(e.to_string())),
+                Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
+                    outcomes.push(Err(Failure::new("constraint", e.to_string())));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -139,8 +255,20 @@ fn read_page(
     }
 }
 
-fn is_constraint(e: &rusqlite::Error) -> bool {
-    e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation)
+fn dead_letter_from_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
+    let millis = |column: usize| -> rusqlite::Result<_> {
+        let value: i64 = row.get(column)?;
+        DateTime::from_timestamp_millis(value)
+            .ok_or(rusqlite::Error::IntegralValueOutOfRange(column, value))
+    };
+    Ok(DeadLetter {
+        message: message_from_row(row, 0)?,
+        error: Failure::new(row.get::<_, String>(5)?, row.get::<_, String>(6)?),
+        attempts: row.get(7)?,
+        first_failed_at: millis(8)?,
+        last_failed_at: millis(9)?,
+        instance: row.get(10)?,
+    })
 }
 
 /// Errors that waiting cures (a locked, full or unreadable database) make the store
@@ -161,9 +289,10 @@ fn classify(e: rusqlite::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
     use crate::model::UserId;
-    use crate::store::Cursor;
 
     fn channel(names: &[&str]) -> Channel {
         Channel::new(
@@ -184,10 +313,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn writes_are_idempotent_and_history_pages_newest_first() {
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+        assert_eq!(
+            store.migrate().await.unwrap(),
+            ["0001_messages", "0002_dead_letters"]
+        );
+        assert!(store.migrate().await.unwrap().is_empty());
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn writes_are_idempotent_and_history_pages_newest_first() {
+        let (_dir, store) = store().await;
         let ab = channel(&["a", "b"]);
         let alice = UserId::parse("a").unwrap();
         let sent: Vec<Message> = (0..5)
@@ -220,5 +359,66 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        let located = store.locate(&sent[2].id).await.unwrap().unwrap();
+        assert_eq!(
+            located,
+            Cursor {
+                created_at: sent[2].created_at,
+                id: sent[2].id.clone()
+            }
+        );
+        assert_eq!(store.locate("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_are_kept_listed_filtered_and_removed() {
+        let (_dir, store) = store().await;
+        let alice = UserId::parse("a").unwrap();
+        let notes = channel(&["a"]);
+        let letters: Vec<DeadLetter> = ["disk on fire", "Duplicate key", "duplicate KEY"]
+            .into_iter()
+            .map(|error| DeadLetter {
+                message: Message::accept(&alice, &notes, "x".into()),
+                error: Failure::new("constraint", error),
+                attempts: 5,
+                first_failed_at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+                    .unwrap(),
+                last_failed_at: DateTime::from_timestamp_millis(Utc::now().timestamp_millis())
+                    .unwrap(),
+                instance: "host:1".into(),
+            })
+            .collect();
+        for letter in &letters {
+            store.put_dead_letter(letter).await.unwrap();
+        }
+        store.put_dead_letter(&letters[0]).await.unwrap();
+        let all = DeadLetterQuery {
+            limit: 10,
+            error_contains: None,
+            after: None,
+        };
+        assert_eq!(store.dead_letters(&all).await.unwrap(), letters);
+        let duplicates = DeadLetterQuery {
+            error_contains: Some("duplicate key".into()),
+            ..all.clone()
+        };
+        assert_eq!(store.dead_letters(&duplicates).await.unwrap(), letters[1..]);
+        let after_first = DeadLetterQuery {
+            after: Some(letters[0].id().into()),
+            limit: 1,
+            ..all.clone()
+        };
+        assert_eq!(
+            store.dead_letters(&after_first).await.unwrap(),
+            letters[1..2]
+        );
+        assert_eq!(
+            store.dead_letter(letters[2].id()).await.unwrap().as_ref(),
+            Some(&letters[2])
+        );
+
+        let ids = vec![letters[0].id().to_string(), "missing".to_string()];
+        assert_eq!(store.remove_dead_letters(&ids).await.unwrap(), 1);
+        assert_eq!(store.dead_letters(&all).await.unwrap(), letters[1..]);
     }
 }

@@ -1,0 +1,255 @@
+//! Dead letters: messages the store refused on every attempt. The relay marks them dead in the
+//! outbox; the [`DeadLetterMover`] carries them into the store's dead letters and only then
+//! removes them from the outbox, so a dead letter is never dropped; operators list, replay and
+//! purge them through [`DeadLetters`], from the admin API and the CLI alike.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, Outbox};
+use crate::model::DeadLetter;
+use crate::store::{DeadLetterQuery, MessageStore, StoreError};
+
+/// How often the mover looks for dead entries it was not told about (after a restart, say).
+const SWEEP: Duration = Duration::from_secs(30);
+/// Dead entries moved per outbox read.
+const MOVE_BATCH: usize = 100;
+/// Dead letters read per page when an operator acts on all of them.
+const PAGE: u32 = 500;
+
+pub(super) struct DeadLetterMover {
+    pub outbox: Arc<Outbox>,
+    pub store: Arc<dyn MessageStore>,
+    pub instance: String,
+    pub wake: Arc<Notify>,
+    pub backoff: Backoff,
+}
+
+impl DeadLetterMover {
+    pub async fn run(self, stop: CancellationToken) {
+        let mut failures = 0;
+        loop {
+            match self.move_all().await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "dead letters wait in the outbox until the store takes them");
+                }
+            }
+            let wait = if failures == 0 {
+                SWEEP
+            } else {
+                self.backoff.delay(failures)
+            };
+            tokio::select! {
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                () = stop.cancelled() => break,
+            }
+        }
+    }
+
+    /// Moves every dead entry into the store. Each is written to the store before it leaves
+    /// the outbox; writing one twice (after a failure in between) replaces it with itself.
+    async fn move_all(&self) -> Result<(), String> {
+        loop {
+            let entries = self
+                .outbox
+                .dead_entries(MOVE_BATCH, &self.instance)
+                .await
+                .map_err(|e| e.to_string())?;
+            if entries.is_empty() {
+                return Ok(());
+            }
+            let mut moved = Vec::with_capacity(entries.len());
+            for (seq, letter) in &entries {
+                self.store
+                    .put_dead_letter(letter)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(id = %letter.id(), error = %letter.error.message, "dead letter stored");
+                moved.push(*seq);
+            }
+            self.outbox
+                .forget_dead(moved)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+    }
+}
+
+/// A dead letter as operators see it, from the API and the CLI alike: its id first, then the
+/// letter.
+#[derive(Debug, Serialize)]
+pub struct DeadLetterView {
+    id: String,
+    #[serde(flatten)]
+    letter: DeadLetter,
+}
+
+impl From<DeadLetter> for DeadLetterView {
+    fn from(letter: DeadLetter) -> Self {
+        Self {
+            id: letter.id().to_string(),
+            letter,
+        }
+    }
+}
+
+/// Which dead letters an operator means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    Ids(Vec<String>),
+    All,
+}
+
+/// What replaying one dead letter did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReplayOutcome {
+    pub id: String,
+    #[serde(flatten)]
+    pub result: ReplayResult,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum ReplayResult {
+    /// Written to the messages (or found already there) and removed from the dead letters.
+    Replayed,
+    /// A dry run: it would have been replayed.
+    WouldReplay,
+    NotFound,
+    /// The store refused it again; it stays a dead letter.
+    Failed {
+        error: String,
+    },
+}
+
+/// The operators' view of the store's dead letters.
+pub struct DeadLetters {
+    store: Arc<dyn MessageStore>,
+}
+
+impl DeadLetters {
+    pub fn new(store: Arc<dyn MessageStore>) -> Self {
+        Self { store }
+    }
+
+    pub async fn list(
+        &self,
+        limit: u32,
+        error_contains: Option<String>,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let query = DeadLetterQuery {
+            limit,
+            error_contains,
+            after: None,
+        };
+        self.store.dead_letters(&query).await
+    }
+
+    pub async fn show(&self, id: &str) -> Result<Option<DeadLetter>, StoreError> {
+        self.store.dead_letter(id).await
+    }
+
+    /// Writes each selected message into the messages first and removes its dead letter only
+    /// once that write succeeded. A message that is already stored counts as written, so a
+    /// replay never stores anything twice.
+    pub async fn replay(
+        &self,
+        selection: Selection,
+        dry_run: bool,
+    ) -> Result<Vec<ReplayOutcome>, StoreError> {
+        let mut outcomes = Vec::new();
+        match selection {
+            Selection::Ids(ids) => {
+                for id in ids {
+                    let outcome = match self.store.dead_letter(&id).await? {
+                        Some(letter) => self.replay_one(&letter, dry_run).await?,
+                        None => ReplayResult::NotFound,
+                    };
+                    outcomes.push(ReplayOutcome {
+                        id,
+                        result: outcome,
+                    });
+                }
+            }
+            Selection::All => {
+                let mut after = None;
+                loop {
+                    let page = self.page(after.take()).await?;
+                    let Some(last) = page.last() else { break };
+                    after = Some(last.id().to_string());
+                    for letter in &page {
+                        let result = self.replay_one(letter, dry_run).await?;
+                        outcomes.push(ReplayOutcome {
+                            id: letter.id().to_string(),
+                            result,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Removes the selected dead letters for good; returns how many there were.
+    pub async fn purge(&self, selection: Selection) -> Result<u64, StoreError> {
+        match selection {
+            Selection::Ids(ids) => self.store.remove_dead_letters(&ids).await,
+            Selection::All => {
+                let mut purged = 0;
+                loop {
+                    let page = self.page(None).await?;
+                    if page.is_empty() {
+                        return Ok(purged);
+                    }
+                    let ids: Vec<String> = page.iter().map(|l| l.id().to_string()).collect();
+                    purged += self.store.remove_dead_letters(&ids).await?;
+                }
+            }
+        }
+    }
+
+    async fn page(&self, after: Option<String>) -> Result<Vec<DeadLetter>, StoreError> {
+        let query = DeadLetterQuery {
+            limit: PAGE,
+            error_contains: None,
+            after,
+        };
+        self.store.dead_letters(&query).await
+    }
+
+    async fn replay_one(
+        &self,
+        letter: &DeadLetter,
+        dry_run: bool,
+    ) -> Result<ReplayResult, StoreError> {
+        if dry_run {
+            return Ok(ReplayResult::WouldReplay);
+        }
+        let outcomes = self
+            .store
+            .insert_batch(std::slice::from_ref(&letter.message))
+            .await?;
+        match outcomes.into_iter().next() {
+            Some(Ok(())) => {
+                self.store
+                    .remove_dead_letters(&[letter.id().to_string()])
+                    .await?;
+                tracing::info!(id = %letter.id(), "dead letter replayed");
+                Ok(ReplayResult::Replayed)
+            }
+            Some(Err(failure)) => Ok(ReplayResult::Failed {
+                error: failure.message,
+            }),
+            None => Ok(ReplayResult::Failed {
+                error: "the store answered no outcome".into(),
+            }),
+        }
+    }
+}
