@@ -21,7 +21,7 @@ use crate::http::{self, AppState, RateLimiter};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
 use crate::outbox::{Backoff, DeadLetters, Outbox, Relay, StoreHealth};
-use crate::store::{self, MessageStore};
+use crate::store::{self, MessageStore, StoreError};
 
 /// The outbox, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";
@@ -89,10 +89,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         config.relay,
         config.instance_id.clone(),
     );
-    let migrations = Backoff::new(config.relay.retry_base, config.relay.retry_max);
+    let migrated = apply_migrations(store.as_ref()).await?;
+    let retry = Backoff::new(config.relay.retry_base, config.relay.retry_max);
     pipeline.spawn(migrate_then_relay(
         store.clone(),
-        migrations,
+        migrated,
+        retry,
         relay,
         pipeline_stop.clone(),
     ));
@@ -206,34 +208,58 @@ impl Stopping {
     }
 }
 
-/// Applies the store's migrations, retrying while the store is away (messages meanwhile wait
-/// in the outbox), then relays the outbox into it.
+/// Applies the store's migrations before serving; `false` if the store is away, in which
+/// case they are retried in the background while messages wait in the outbox. Any other
+/// failure stops start-up.
+async fn apply_migrations(store: &dyn MessageStore) -> anyhow::Result<bool> {
+    match store.migrate().await {
+        Ok(applied) => {
+            log_applied(store, applied);
+            Ok(true)
+        }
+        Err(StoreError::Unavailable(reason)) => {
+            tracing::warn!(%reason, "the store is unavailable: serving anyway, messages wait in the outbox");
+            Ok(false)
+        }
+        Err(e) => Err(e).context("applying the store's migrations"),
+    }
+}
+
+/// Applies the migrations if start-up could not, retrying while the store is away, then
+/// relays the outbox into the store.
 async fn migrate_then_relay(
     store: Arc<dyn MessageStore>,
-    backoff: Backoff,
+    migrated: bool,
+    retry: Backoff,
     relay: Relay,
     stop: CancellationToken,
 ) {
-    let mut failures = 0;
-    loop {
-        match store.migrate().await {
-            Ok(applied) => {
-                for name in applied {
-                    tracing::info!(migration = %name, store = store.backend(), "migration applied");
+    if !migrated {
+        let mut failures = 0;
+        loop {
+            match store.migrate().await {
+                Ok(applied) => {
+                    log_applied(store.as_ref(), applied);
+                    break;
                 }
-                break;
-            }
-            Err(e) => {
-                failures += 1;
-                tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.delay(failures)) => {}
-                    () = stop.cancelled() => return,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(retry.delay(failures)) => {}
+                        () = stop.cancelled() => return,
+                    }
                 }
             }
         }
     }
     relay.run(stop).await;
+}
+
+fn log_applied(store: &dyn MessageStore, applied: Vec<String>) {
+    for name in applied {
+        tracing::info!(migration = %name, store = store.backend(), "migration applied");
+    }
 }
 
 /// Two chatd processes on one `DATA_DIR` would relay the same outbox: the second is refused.

@@ -3,132 +3,13 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 
 use chatd::app;
 use chatd::outbox::{Outbox, OutboxCounts};
-use common::{DEADLINE, eventually, token_for};
+use common::process::Chatd;
+use common::{eventually, token_for};
 use futures_util::{StreamExt, stream};
-use serde_json::{Value, json};
-
-struct Chatd {
-    child: Child,
-    addr: SocketAddr,
-    secret: String,
-    http: reqwest::Client,
-}
-
-impl Chatd {
-    /// Starts the binary on `data_dir` and waits for it to say where it listens.
-    fn start(data_dir: &Path, secret: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("DATA_DIR", data_dir)
-            .env("JWT_SECRET", secret)
-            .env("RATE_LIMIT_RPS", "0")
-            .env("RUST_LOG", "info")
-            .env("LOG_FORMAT", "pretty")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("chatd starts");
-        // Forward the log so the pipe never fills, and pick out the listening address.
-        let (lines, listening) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("[chatd] {line}");
-                if let Some(rest) = line.split("listening addr=").nth(1) {
-                    let _ = lines.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
-            }
-        });
-        let addr = listening
-            .recv_timeout(DEADLINE)
-            .expect("chatd logs its address");
-        Self {
-            child,
-            addr: addr.parse().expect("a socket address"),
-            secret: secret.to_string(),
-            http: reqwest::Client::new(),
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
-    async fn send(&self, sender: &str, participants: &[&str], content: &str) -> Value {
-        let response = self
-            .http
-            .post(self.url("/api/messages"))
-            .bearer_auth(token_for(&self.secret, sender))
-            .json(&json!({"participants": participants, "content": content}))
-            .send()
-            .await
-            .expect("POST /api/messages");
-        assert_eq!(response.status(), 202);
-        let body: Value = response.json().await.unwrap();
-        body["message"].clone()
-    }
-
-    /// Every message of a channel, newest first, walking the `before` cursor.
-    async fn whole_history(&self, reader: &str, participants: &str) -> Vec<Value> {
-        let mut all: Vec<Value> = Vec::new();
-        loop {
-            let mut url = self.url(&format!(
-                "/api/messages/get?participants={participants}&size=100"
-            ));
-            if let Some(last) = all.last() {
-                url.push_str(&format!("&before={}", last["id"].as_str().unwrap()));
-            }
-            let response = self
-                .http
-                .get(url)
-                .bearer_auth(token_for(&self.secret, reader))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            let page: Vec<Value> = response.json().await.unwrap();
-            if page.is_empty() {
-                return all;
-            }
-            all.extend(page);
-        }
-    }
-
-    async fn pending(&self) -> u64 {
-        let health: Value = self
-            .http
-            .get(self.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        health["outbox"]["pending"].as_u64().unwrap()
-    }
-}
-
-impl Drop for Chatd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_right_after_the_last_202_loses_nothing_acknowledged() {

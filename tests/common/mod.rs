@@ -2,6 +2,9 @@
 //! and its own data directory, driven over real TCP with HTTP and WebSocket clients.
 #![allow(dead_code)] // each test file uses its own share of these helpers
 
+pub mod mongo;
+pub mod process;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
