@@ -489,17 +489,12 @@ async fn history_and_health_survive_a_restart() {
         .await;
     let stored = server.stored("alice", "alice,bob", 4).await;
     assert_eq!(stored[0], after, "ids keep increasing across the restart");
-    let health: Value = server
-        .http
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = eventually("the outbox empties", || async {
+        let health = server.health().await;
+        (health["outbox"] == json!({"pending": 0, "dead_lettered": 0})).then_some(health)
+    })
+    .await;
     assert_eq!(health["store"], json!({"backend": "sqlite", "up": true}));
-    assert_eq!(health["outbox"], json!({"pending": 0, "dead_lettered": 0}));
 }
 
 #[tokio::test]

@@ -78,20 +78,10 @@ async fn the_embedded_store_keeps_dead_letters_that_operators_replay_and_purge()
             .contains("UNIQUE"),
         "{letter}"
     );
-    let health: Value = server
-        .http
-        .get(server.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(
-        health["outbox"],
-        json!({"pending": 0, "dead_lettered": 0}),
-        "moved out of the outbox"
-    );
+    common::eventually("the dead letter leaves the outbox", || async {
+        (server.health().await["outbox"] == json!({"pending": 0, "dead_lettered": 0})).then_some(())
+    })
+    .await;
 
     let listing = run_cli(&["dlq", "list", "--error", "unique"], &cli_env);
     assert!(

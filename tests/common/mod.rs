@@ -85,6 +85,17 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    pub async fn health(&self) -> Value {
+        let response = self
+            .http
+            .get(self.url("/health"))
+            .send()
+            .await
+            .expect("GET /health");
+        assert_eq!(response.status(), 200);
+        response.json().await.expect("JSON body")
+    }
+
     pub fn secret(&self) -> &str {
         &self.secret
     }
