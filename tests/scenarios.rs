@@ -8,13 +8,32 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::TestServer;
+use common::{TestServer, WsClient};
 use futures_util::future::join_all;
+use serde_json::Value;
 
 const MARKER: &str = "end-of-scenario";
 
 async fn send_marker(server: &TestServer, to: &str) {
     server.send_ok("marker", &["marker", to], MARKER).await;
+}
+
+/// What each user's socket received (marker aside) once everything sent so far has arrived.
+async fn received_by(
+    server: &TestServer,
+    users: &[&str],
+    sockets: &mut [WsClient],
+) -> Vec<Vec<Value>> {
+    for user in users {
+        send_marker(server, user).await;
+    }
+    let mut everyone = Vec::new();
+    for socket in sockets {
+        let mut received = socket.messages_until(MARKER).await;
+        received.pop();
+        everyone.push(received);
+    }
+    everyone
 }
 
 #[tokio::test]
@@ -40,12 +59,9 @@ async fn ten_users_each_message_the_other_nine_at_once() {
     let accepted = join_all(sends).await;
     assert_eq!(accepted.len(), 90);
 
-    for user in &users {
-        send_marker(&server, user).await;
-    }
-    for (user, socket) in users.iter().zip(&mut sockets) {
-        let mut received = socket.messages_until(MARKER).await;
-        received.pop();
+    let user_names: Vec<&str> = users.iter().map(String::as_str).collect();
+    let everyone = received_by(&server, &user_names, &mut sockets).await;
+    for (user, received) in users.iter().zip(everyone) {
         let senders: BTreeSet<&str> = received
             .iter()
             .map(|m| m["sender"].as_str().unwrap())
@@ -104,12 +120,8 @@ async fn a_group_of_five_each_sending_one() {
     )
     .await;
 
-    for user in group {
-        send_marker(&server, user).await;
-    }
-    for (user, socket) in group.iter().zip(&mut sockets) {
-        let mut received = socket.messages_until(MARKER).await;
-        received.pop();
+    let everyone = received_by(&server, &group, &mut sockets).await;
+    for (user, received) in group.iter().zip(everyone) {
         let senders: BTreeSet<&str> = received
             .iter()
             .map(|m| m["sender"].as_str().unwrap())
