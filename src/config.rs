@@ -28,6 +28,11 @@ pub const SETTINGS: &[Setting] = &[
         "HTTP and WebSocket port (0 picks a free one)",
     ),
     setting(
+        "METRICS_PORT",
+        "",
+        "serve /metrics on its own port instead of the main one",
+    ),
+    setting(
         "DATA_DIR",
         "./data",
         "the embedded store, the local outbox and the development secret",
@@ -158,6 +163,8 @@ pub const SETTINGS: &[Setting] = &[
 pub struct Config {
     pub host: IpAddr,
     pub port: u16,
+    /// `None`: `/metrics` is on the main port.
+    pub metrics_port: Option<u16>,
     pub data_dir: PathBuf,
     pub jwt_secret: Option<String>,
     pub store: StoreSettings,
@@ -245,6 +252,10 @@ impl Config {
         let config = Self {
             host: vars.parse("HOST")?,
             port: vars.parse("PORT")?,
+            metrics_port: match vars.optional("METRICS_PORT") {
+                Some(_) => Some(vars.parse("METRICS_PORT")?),
+                None => None,
+            },
             data_dir: PathBuf::from(vars.text("DATA_DIR")),
             jwt_secret: vars.optional("JWT_SECRET"),
             store: StoreSettings {

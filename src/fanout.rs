@@ -3,10 +3,12 @@
 
 use std::sync::Arc;
 
+use ::metrics::counter;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{Received, Subscription};
 use crate::hub::{Frame, Hub};
+use crate::metrics;
 use crate::model::Event;
 
 pub async fn run(mut subscription: Subscription, hub: Arc<Hub>, stop: CancellationToken) {
@@ -18,6 +20,7 @@ pub async fn run(mut subscription: Subscription, hub: Arc<Hub>, stop: Cancellati
         match received {
             Some(Received::Event(event)) => deliver(&hub, &event),
             Some(Received::Missed(missed)) => {
+                counter!(metrics::FANOUT_MISSED).increment(missed);
                 tracing::warn!(
                     missed,
                     "fan-out fell behind the bus; those events reach sockets only through history"
@@ -43,8 +46,7 @@ fn deliver(hub: &Hub, event: &Event) {
     };
     let delivery = hub.deliver(recipients, &frame);
     if delivery.evicted > 0 {
-        metrics::counter!("chat_slow_consumer_disconnects_total")
-            .increment(delivery.evicted as u64);
+        ::metrics::counter!(crate::metrics::SLOW_CONSUMERS).increment(delivery.evicted as u64);
         tracing::info!(sockets = delivery.evicted, "closing slow consumers");
     }
 }

@@ -34,6 +34,7 @@ impl Ingest {
         let durable = message.clone();
         tokio::spawn(async move {
             outbox.append(durable.clone()).await?;
+            ::metrics::counter!(crate::metrics::MESSAGES_ACCEPTED).increment(1);
             bus.publish(Arc::new(Event {
                 message: durable,
                 accepted_at,

@@ -12,6 +12,7 @@ pub mod fanout;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod sqlite;

@@ -7,13 +7,16 @@ mod extract;
 mod guard;
 mod health;
 mod messages;
+mod observe;
 mod rate_limit;
 mod ws;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
 use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,8 +25,10 @@ use crate::auth::Authenticator;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
-use crate::outbox::{DeadLetters, Outbox, StoreHealth};
+use crate::metrics::Metrics;
+use crate::outbox::{DeadLetters, Outbox};
 use crate::store::MessageStore;
+use crate::store::StoreHealth;
 
 pub use error::ApiError;
 pub use extract::Caller;
@@ -40,6 +45,9 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub limiter: Arc<RateLimiter>,
     pub dead_letters: Arc<DeadLetters>,
+    pub metrics: Metrics,
+    /// Serve `/metrics` on the main router (else on its own listener, `METRICS_PORT`).
+    pub metrics_on_main: bool,
     /// `None`: the admin API is not mounted.
     pub admin_token: Option<Arc<str>>,
     pub limits: Limits,
@@ -61,8 +69,12 @@ pub fn router(state: AppState) -> Router {
         ));
     let mut router = Router::new()
         .route("/health", get(health::health))
+        .route("/ready", get(observe::ready))
         .route("/ws", get(ws::upgrade))
         .nest("/api", api);
+    if state.metrics_on_main {
+        router = router.route("/metrics", get(observe::scrape));
+    }
     if state.admin_token.is_some() {
         let admin = Router::new()
             .route("/dead-letters", get(admin::list))
@@ -75,12 +87,29 @@ pub fn router(state: AppState) -> Router {
         router = router.nest("/admin", admin);
     }
     router
+        .route_layer(axum::middleware::from_fn(observe::record_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(observe::request_id))
         .with_state(state)
 }
 
-async fn not_found() -> ApiError {
+/// `/metrics` alone, for its own listener.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(observe::scrape))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+/// Unmatched requests miss the route layer, so they are counted here.
+async fn not_found(method: Method) -> ApiError {
+    observe::record_request(
+        "unmatched".into(),
+        observe::method_label(&method),
+        StatusCode::NOT_FOUND,
+        Duration::ZERO,
+    );
     ApiError::new(StatusCode::NOT_FOUND, "no such route")
 }
 

@@ -37,6 +37,7 @@ pub async fn upgrade(
     // Registered before the 101 goes out: a message sent the moment the client sees its socket
     // open is queued for it, not lost.
     let (registration, frames) = state.hub.register(user, state.socket.send_queue);
+    ::metrics::counter!(crate::metrics::WS_OPENED).increment(1);
     let settings = state.socket;
     let shutdown = state.shutdown.clone();
     let sockets = state.sockets.clone();

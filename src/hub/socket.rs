@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use ::metrics::{counter, histogram};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Frame, Registration};
 use crate::config::SocketSettings;
+use crate::metrics;
 
 /// How long a closing handshake may take before the connection is simply dropped. A slow
 /// consumer's close frame waits behind what it has not read yet, so this is generous.
@@ -20,11 +22,42 @@ pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 /// Why the socket ended.
+#[derive(Clone, Copy)]
 enum End {
-    /// Close with this code and reason.
-    Close(u16, &'static str),
-    /// The peer closed, vanished or broke the protocol: nothing more to say to it.
-    Gone,
+    Shutdown,
+    SlowConsumer,
+    /// No pong for `WS_PONG_TIMEOUT`: the peer is gone and would not read a close frame.
+    PongTimeout,
+    /// The peer closed the socket or went away.
+    ClientClosed,
+    /// Writing failed or the peer broke the protocol (an oversized frame, say).
+    Broken,
+}
+
+impl End {
+    /// The close frame to send, if the peer is still there to read one.
+    fn close_frame(self) -> Option<CloseFrame> {
+        let (code, reason) = match self {
+            End::Shutdown => (CLOSE_GOING_AWAY, "server shutting down"),
+            End::SlowConsumer => (CLOSE_SLOW_CONSUMER, "slow consumer"),
+            End::PongTimeout | End::ClientClosed | End::Broken => return None,
+        };
+        Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })
+    }
+
+    /// The `reason` label of `chat_ws_connections_closed_total`.
+    fn label(self) -> &'static str {
+        match self {
+            End::Shutdown => "shutdown",
+            End::SlowConsumer => "slow_consumer",
+            End::PongTimeout => "pong_timeout",
+            End::ClientClosed => "client",
+            End::Broken => "error",
+        }
+    }
 }
 
 pub async fn serve(
@@ -44,8 +77,8 @@ pub async fn serve(
     // Either of these may fire while a write is stuck on a peer that does not read.
     let stop = async {
         tokio::select! {
-            () = shutdown.cancelled() => End::Close(CLOSE_GOING_AWAY, "server shutting down"),
-            () = registration.evicted() => End::Close(CLOSE_SLOW_CONSUMER, "slow consumer"),
+            () = shutdown.cancelled() => End::Shutdown,
+            () = registration.evicted() => End::SlowConsumer,
         }
     };
     tokio::pin!(stop);
@@ -54,9 +87,15 @@ pub async fn serve(
         tokio::select! {
             end = &mut stop => break end,
             frame = frames.recv() => {
-                let Some(frame) = frame else { break End::Gone };
+                let Some(frame) = frame else { break End::Broken };
                 tokio::select! {
-                    sent = sink.send(Message::Text(frame.text)) => if sent.is_err() { break End::Gone },
+                    sent = sink.send(Message::Text(frame.text)) => {
+                        if sent.is_err() {
+                            break End::Broken;
+                        }
+                        counter!(metrics::MESSAGES_DELIVERED).increment(1);
+                        histogram!(metrics::DELIVERY_LATENCY).record(frame.accepted_at.elapsed());
+                    }
                     end = &mut stop => break end,
                 }
             }
@@ -64,29 +103,24 @@ pub async fn serve(
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
                 // Clients have nothing to say on this socket: data frames are read and dropped.
                 Some(Ok(Message::Text(_) | Message::Binary(_) | Message::Ping(_))) => {}
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break End::Gone,
+                Some(Ok(Message::Close(_))) | None => break End::ClientClosed,
+                Some(Err(_)) => break End::Broken,
             },
             _ = ping.tick() => {
                 if last_pong.elapsed() >= settings.pong_timeout {
-                    break End::Gone;
+                    break End::PongTimeout;
                 }
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    break End::Gone;
+                    break End::Broken;
                 }
             }
         }
     };
 
-    let close = match end {
-        End::Close(code, reason) => Some(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        }))),
-        End::Gone => None,
-    };
+    counter!(metrics::WS_CLOSED, "reason" => end.label()).increment(1);
     let _ = timeout(CLOSE_GRACE, async {
-        if let Some(close) = close {
-            sink.send(close).await?;
+        if let Some(frame) = end.close_frame() {
+            sink.send(Message::Close(Some(frame))).await?;
         }
         sink.close().await
     })

@@ -6,11 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ::metrics::counter;
 use serde::Serialize;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, Outbox};
+use crate::metrics;
 use crate::model::DeadLetter;
 use crate::store::{DeadLetterQuery, MessageStore, StoreError};
 
@@ -71,7 +73,7 @@ impl DeadLetterMover {
                     .put_dead_letter(letter)
                     .await
                     .map_err(|e| e.to_string())?;
-                tracing::info!(id = %letter.id(), error = %letter.error.message, "dead letter stored");
+                tracing::info!(id = %letter.id(), kind = %letter.error.kind, "dead letter stored");
                 moved.push(*seq);
             }
             self.outbox
@@ -158,7 +160,8 @@ impl DeadLetters {
 
     /// Writes each selected message into the messages first and removes its dead letter only
     /// once that write succeeded. A message that is already stored counts as written, so a
-    /// replay never stores anything twice.
+    /// replay never stores anything twice. A store error on one letter is that letter's
+    /// outcome; only failing to read the list of all letters ends the replay early.
     pub async fn replay(
         &self,
         selection: Selection,
@@ -168,14 +171,14 @@ impl DeadLetters {
         match selection {
             Selection::Ids(ids) => {
                 for id in ids {
-                    let outcome = match self.store.dead_letter(&id).await? {
-                        Some(letter) => self.replay_one(&letter, dry_run).await?,
-                        None => ReplayResult::NotFound,
+                    let result = match self.store.dead_letter(&id).await {
+                        Ok(Some(letter)) => self.replay_one(&letter, dry_run).await,
+                        Ok(None) => ReplayResult::NotFound,
+                        Err(e) => ReplayResult::Failed {
+                            error: e.to_string(),
+                        },
                     };
-                    outcomes.push(ReplayOutcome {
-                        id,
-                        result: outcome,
-                    });
+                    outcomes.push(ReplayOutcome { id, result });
                 }
             }
             Selection::All => {
@@ -185,13 +188,23 @@ impl DeadLetters {
                     let Some(last) = page.last() else { break };
                     after = Some(last.id().to_string());
                     for letter in &page {
-                        let result = self.replay_one(letter, dry_run).await?;
+                        let result = self.replay_one(letter, dry_run).await;
                         outcomes.push(ReplayOutcome {
                             id: letter.id().to_string(),
                             result,
                         });
                     }
                 }
+            }
+        }
+        if !dry_run {
+            for outcome in &outcomes {
+                let result = match outcome.result {
+                    ReplayResult::Replayed | ReplayResult::WouldReplay => "replayed",
+                    ReplayResult::Failed { .. } => "failed",
+                    ReplayResult::NotFound => "not_found",
+                };
+                counter!(metrics::DLQ_REPLAYS, "result" => result).increment(1);
             }
         }
         Ok(outcomes)
@@ -224,32 +237,32 @@ impl DeadLetters {
         self.store.dead_letters(&query).await
     }
 
-    async fn replay_one(
-        &self,
-        letter: &DeadLetter,
-        dry_run: bool,
-    ) -> Result<ReplayResult, StoreError> {
+    async fn replay_one(&self, letter: &DeadLetter, dry_run: bool) -> ReplayResult {
         if dry_run {
-            return Ok(ReplayResult::WouldReplay);
+            return ReplayResult::WouldReplay;
         }
-        let outcomes = self
+        let id = letter.id().to_string();
+        let failed = |error: String| ReplayResult::Failed { error };
+        match self
             .store
             .insert_batch(std::slice::from_ref(&letter.message))
-            .await?;
-        match outcomes.into_iter().next() {
-            Some(Ok(())) => {
-                self.store
-                    .remove_dead_letters(&[letter.id().to_string()])
-                    .await?;
-                tracing::info!(id = %letter.id(), "dead letter replayed");
-                Ok(ReplayResult::Replayed)
-            }
-            Some(Err(failure)) => Ok(ReplayResult::Failed {
-                error: failure.message,
-            }),
-            None => Ok(ReplayResult::Failed {
-                error: "the store answered no outcome".into(),
-            }),
+            .await
+        {
+            Ok(outcomes) => match outcomes.into_iter().next() {
+                Some(Ok(())) => match self.store.remove_dead_letters(&[id]).await {
+                    Ok(_) => {
+                        tracing::info!(id = %letter.id(), "dead letter replayed");
+                        ReplayResult::Replayed
+                    }
+                    // Stored, but still listed: a second replay finds it stored and removes it.
+                    Err(e) => failed(format!(
+                        "stored, but the dead letter could not be removed: {e}"
+                    )),
+                },
+                Some(Err(failure)) => failed(failure.message),
+                None => failed("the store answered no outcome".into()),
+            },
+            Err(e) => failed(e.to_string()),
         }
     }
 }

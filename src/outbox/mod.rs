@@ -11,8 +11,8 @@ mod relay;
 use std::path::Path;
 use std::sync::Arc;
 
-use chrono::DateTime;
-use rusqlite::params;
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::model::{DeadLetter, Failure, Message};
@@ -20,7 +20,7 @@ use crate::sqlite::{self, Migration, ReadPool};
 
 pub use backoff::Backoff;
 pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
-pub use relay::{Relay, StoreHealth};
+pub use relay::Relay;
 
 use journal::{Command, Journal};
 
@@ -207,6 +207,24 @@ impl Outbox {
     /// These dead entries are safe in the store's dead letters: they leave the outbox.
     pub async fn forget_dead(&self, seqs: Vec<i64>) -> Result<(), OutboxError> {
         self.command(|done| Command::Forgotten { seqs, done }).await
+    }
+
+    /// When the oldest message still waiting for the store was accepted.
+    pub async fn oldest_pending(&self) -> Result<Option<DateTime<Utc>>, OutboxError> {
+        let readers = self.readers.clone();
+        let millis: Option<i64> = tokio::task::spawn_blocking(move || {
+            readers.read(|conn| {
+                conn.query_row(
+                    "SELECT created_at FROM outbox WHERE dead = 0 ORDER BY seq LIMIT 1",
+                    [],
+                    |row| row.get(0),
+                )
+                .optional()
+            })
+        })
+        .await
+        .map_err(|e| OutboxError::Storage(e.to_string()))??;
+        Ok(millis.and_then(DateTime::from_timestamp_millis))
     }
 
     pub fn counts(&self) -> OutboxCounts {

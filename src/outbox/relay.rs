@@ -2,8 +2,9 @@
 //! bus, so a lagging bus receiver cannot cost it an event.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use ::metrics::{counter, histogram};
 
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -12,41 +13,9 @@ use tokio_util::task::TaskTracker;
 use super::dead_letters::DeadLetterMover;
 use super::{Backoff, Outbox, OutboxError, PendingEntry};
 use crate::config::RelaySettings;
+use crate::metrics;
 use crate::model::Failure;
-use crate::store::{MessageStore, StoreError};
-
-/// What the relay last saw of the store: shared with the health endpoint.
-#[derive(Debug)]
-pub struct StoreHealth {
-    up: AtomicBool,
-    consecutive_outages: AtomicU32,
-}
-
-impl Default for StoreHealth {
-    fn default() -> Self {
-        Self {
-            up: AtomicBool::new(true),
-            consecutive_outages: AtomicU32::new(0),
-        }
-    }
-}
-
-impl StoreHealth {
-    pub fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
-    }
-
-    fn reachable(&self) {
-        self.consecutive_outages.store(0, Ordering::Relaxed);
-        self.up.store(true, Ordering::Relaxed);
-    }
-
-    /// Records an outage and returns how many have come in a row.
-    fn unreachable(&self) -> u32 {
-        self.up.store(false, Ordering::Relaxed);
-        self.consecutive_outages.fetch_add(1, Ordering::Relaxed) + 1
-    }
-}
+use crate::store::{MessageStore, StoreError, StoreHealth};
 
 pub struct Relay {
     outbox: Arc<Outbox>,
@@ -154,9 +123,18 @@ impl BatchWriter {
     async fn write(&self, mut batch: Vec<PendingEntry>, stop: &CancellationToken) {
         while !batch.is_empty() {
             let messages: Vec<_> = batch.iter().map(|e| e.message.clone()).collect();
-            let outcomes = match self.store.insert_batch(&messages).await {
+            let writing = Instant::now();
+            let written = self.store.insert_batch(&messages).await;
+            histogram!(metrics::PERSIST_DURATION).record(writing.elapsed());
+            let outcomes = match written {
                 Ok(outcomes) if outcomes.len() == batch.len() => {
                     self.health.reachable();
+                    let result = if outcomes.iter().all(Result::is_ok) {
+                        "ok"
+                    } else {
+                        "partial"
+                    };
+                    counter!(metrics::PERSIST_BATCHES, "result" => result).increment(1);
                     outcomes
                 }
                 Ok(outcomes) => {
@@ -165,9 +143,11 @@ impl BatchWriter {
                         outcomes.len(),
                         batch.len()
                     );
+                    counter!(metrics::PERSIST_BATCHES, "result" => "failed").increment(1);
                     vec![Err(Failure::new("store_error", e)); batch.len()]
                 }
                 Err(StoreError::Unavailable(reason)) => {
+                    counter!(metrics::PERSIST_BATCHES, "result" => "unavailable").increment(1);
                     let outages = self.health.unreachable();
                     tracing::warn!(%reason, outages, "store unavailable, batch waits in the outbox");
                     if !sleep_unless_stopped(self.backoff.delay(outages), stop).await {
@@ -176,6 +156,7 @@ impl BatchWriter {
                     continue;
                 }
                 Err(StoreError::Failed(reason)) => {
+                    counter!(metrics::PERSIST_BATCHES, "result" => "failed").increment(1);
                     vec![Err(Failure::new("store_error", reason)); batch.len()]
                 }
             };
@@ -188,12 +169,16 @@ impl BatchWriter {
                     Err(failure) => {
                         entry.attempts += 1;
                         let dead = entry.attempts >= self.max_attempts;
-                        let (id, attempts, error) =
-                            (&entry.message.id, entry.attempts, &failure.message);
+                        // The store's text can quote the message (a duplicate key's value), so
+                        // only its kind is logged above debug.
+                        let (id, attempts, kind) =
+                            (&entry.message.id, entry.attempts, &failure.kind);
+                        tracing::debug!(%id, error = %failure.message, "store refused a message");
                         if dead {
-                            tracing::error!(%id, attempts, %error, "message dead-lettered");
+                            counter!(metrics::DEAD_LETTERS).increment(1);
+                            tracing::error!(%id, attempts, %kind, "message dead-lettered");
                         } else {
-                            tracing::warn!(%id, attempts, %error, "message write failed, will retry");
+                            tracing::warn!(%id, attempts, %kind, "message write failed, will retry");
                         }
                         let (seq, attempts) = (entry.seq, entry.attempts);
                         let recorded = self
@@ -223,6 +208,7 @@ impl BatchWriter {
             let Some(fewest) = retry.iter().map(|e| e.attempts).min() else {
                 return;
             };
+            counter!(metrics::PERSIST_RETRIES).increment(retry.len() as u64);
             if !sleep_unless_stopped(self.backoff.delay(fewest), stop).await {
                 return;
             }
@@ -264,7 +250,7 @@ async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 
     use async_trait::async_trait;
 
@@ -299,6 +285,10 @@ mod tests {
     impl MessageStore for FakeStore {
         fn backend(&self) -> &'static str {
             "fake"
+        }
+
+        async fn ping(&self) -> Result<(), StoreError> {
+            Ok(())
         }
 
         async fn migrate(&self) -> Result<Vec<String>, StoreError> {
@@ -353,6 +343,10 @@ mod tests {
 
         async fn dead_letter(&self, _: &str) -> Result<Option<DeadLetter>, StoreError> {
             unreachable!("the relay never reads dead letters back")
+        }
+
+        async fn count_dead_letters(&self) -> Result<u64, StoreError> {
+            Ok(self.dead_letters.lock().unwrap().len() as u64)
         }
 
         async fn remove_dead_letters(&self, _: &[String]) -> Result<u64, StoreError> {

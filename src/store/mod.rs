@@ -2,6 +2,7 @@
 //! history endpoint reads through it, and the dead-letter tools manage what could not be
 //! written. The embedded SQLite store is the default; MongoDB is used when `MONGO_URI` is set.
 
+mod health;
 mod mongo;
 mod sqlite;
 
@@ -14,6 +15,7 @@ use chrono::{DateTime, Utc};
 use crate::config::StoreSettings;
 use crate::model::{Channel, DeadLetter, Failure, Message};
 
+pub use health::StoreHealth;
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
 
@@ -66,6 +68,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// A short name for health reports and logs.
     fn backend(&self) -> &'static str;
 
+    /// Answers when the store is reachable.
+    async fn ping(&self) -> Result<(), StoreError>;
+
     /// Applies the migrations not yet applied, in order, and returns their names.
     async fn migrate(&self) -> Result<Vec<String>, StoreError>;
 
@@ -89,6 +94,8 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn dead_letters(&self, query: &DeadLetterQuery) -> Result<Vec<DeadLetter>, StoreError>;
 
     async fn dead_letter(&self, id: &str) -> Result<Option<DeadLetter>, StoreError>;
+
+    async fn count_dead_letters(&self) -> Result<u64, StoreError>;
 
     /// Removes these dead letters and returns how many there were.
     async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError>;

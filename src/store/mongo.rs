@@ -124,6 +124,12 @@ impl MessageStore for MongoStore {
         "mongodb"
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.call(self.database.run_command(doc! { "ping": 1 }))
+            .await
+            .map(drop)
+    }
+
     async fn migrate(&self) -> Result<Vec<String>, StoreError> {
         let applied: Collection<Document> = self.database.collection("_migrations");
         let mut applied_now = Vec::new();
@@ -308,6 +314,10 @@ impl MessageStore for MongoStore {
             .call(self.dead_letters.find_one(doc! { "_id": id_bson(id) }))
             .await?;
         found.as_ref().map(dead_letter_from_doc).transpose()
+    }
+
+    async fn count_dead_letters(&self) -> Result<u64, StoreError> {
+        self.call(self.dead_letters.count_documents(doc! {})).await
     }
 
     async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError> {

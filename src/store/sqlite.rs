@@ -64,6 +64,11 @@ impl MessageStore for SqliteStore {
         "sqlite"
     }
 
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
+            .await
+    }
+
     async fn migrate(&self) -> Result<Vec<String>, StoreError> {
         self.write(|conn| sqlite::migrate(conn, MIGRATIONS)).await
     }
@@ -157,6 +162,11 @@ impl MessageStore for SqliteStore {
             .optional()
         })
         .await
+    }
+
+    async fn count_dead_letters(&self) -> Result<u64, StoreError> {
+        self.read(|conn| conn.query_row("SELECT COUNT(*) FROM dead_letters", [], |row| row.get(0)))
+            .await
     }
 
     async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError> {

@@ -1,11 +1,14 @@
 //! Wires the pipeline together and runs it until shutdown. Tests start chatd through
 //! [`start`] exactly as the binary does.
 
+mod background;
+mod shutdown;
+
 use std::fs::{File, TryLockError};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
@@ -20,18 +23,24 @@ use crate::fanout;
 use crate::http::{self, AppState, RateLimiter};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
-use crate::outbox::{Backoff, DeadLetters, Outbox, Relay, StoreHealth};
-use crate::store::{self, MessageStore, StoreError};
+use crate::metrics::Metrics;
+use crate::outbox::{Backoff, DeadLetters, Outbox, Relay};
+use crate::store::{self, StoreHealth};
 
 /// The outbox, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";
 const LOCK_FILE: &str = "lock";
 /// How often idle rate-limit buckets are dropped.
 const LIMITER_SWEEP: Duration = Duration::from_secs(30);
+/// How often recorded histogram samples are folded into buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// How often the store is asked whether it is there.
+const STORE_PROBE: Duration = Duration::from_secs(5);
 
 /// A chatd that is serving.
 pub struct RunningApp {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     stopped: JoinHandle<()>,
 }
@@ -39,6 +48,11 @@ pub struct RunningApp {
 impl RunningApp {
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where `/metrics` is served when `METRICS_PORT` moved it off the main port.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Shuts down gracefully and returns once everything has stopped.
@@ -66,6 +80,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         Outbox::open(&config.data_dir.join(OUTBOX_FILE), config.outbox_queue)
             .context("opening the outbox")?,
     );
+    let metrics = Metrics::install();
     let store = store::open(&config.store, &config.data_dir)
         .await
         .context("opening the store")?;
@@ -89,22 +104,53 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         config.relay,
         config.instance_id.clone(),
     );
-    let migrated = apply_migrations(store.as_ref()).await?;
+    let migrated = background::apply_migrations(store.as_ref(), &store_health).await?;
     let retry = Backoff::new(config.relay.retry_base, config.relay.retry_max);
-    pipeline.spawn(migrate_then_relay(
+    pipeline.spawn(background::migrate_then_relay(
         store.clone(),
+        store_health.clone(),
         migrated,
         retry,
         relay,
         pipeline_stop.clone(),
     ));
-    pipeline.spawn(sweep_rate_limiter(limiter.clone(), pipeline_stop.clone()));
+    pipeline.spawn(background::every(LIMITER_SWEEP, pipeline_stop.clone(), {
+        let limiter = limiter.clone();
+        move || {
+            limiter.evict_idle(std::time::Instant::now());
+            std::future::ready(())
+        }
+    }));
+    pipeline.spawn(background::every(METRICS_UPKEEP, pipeline_stop.clone(), {
+        let metrics = metrics.clone();
+        move || {
+            metrics.upkeep();
+            std::future::ready(())
+        }
+    }));
+    pipeline.spawn(background::every(STORE_PROBE, pipeline_stop.clone(), {
+        let (store, health) = (store.clone(), store_health.clone());
+        move || {
+            let (store, health) = (store.clone(), health.clone());
+            async move { background::probe_store(store.as_ref(), &health).await }
+        }
+    }));
 
     let listener = TcpListener::bind((config.host, config.port))
         .await
         .with_context(|| format!("binding {}:{}", config.host, config.port))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, store = store.backend(), pending = outbox.counts().pending, "listening");
+    let metrics_listener = match config.metrics_port {
+        Some(port) => {
+            let listener = TcpListener::bind((config.host, port))
+                .await
+                .with_context(|| format!("binding METRICS_PORT {}:{port}", config.host))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving /metrics");
+            Some(listener)
+        }
+        None => None,
+    };
 
     let shutdown = CancellationToken::new();
     let sockets = TaskTracker::new();
@@ -113,6 +159,8 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         ingest: Arc::new(Ingest::new(outbox.clone(), bus)),
         outbox: outbox.clone(),
         dead_letters: Arc::new(DeadLetters::new(store.clone())),
+        metrics,
+        metrics_on_main: metrics_listener.is_none(),
         store,
         store_health,
         hub,
@@ -124,6 +172,19 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         sockets: sockets.clone(),
         shutdown: shutdown.clone(),
     };
+    let metrics_addr = metrics_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()?;
+    if let Some(listener) = metrics_listener {
+        let scrapes = axum::serve(listener, http::metrics_router(state.clone()))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        pipeline.spawn(async move {
+            if let Err(e) = scrapes.await {
+                tracing::error!(error = %e, "the metrics listener failed");
+            }
+        });
+    }
     let service = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let server = tokio::spawn(
         axum::serve(listener, service)
@@ -131,7 +192,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             .into_future(),
     );
 
-    let stopping = Stopping {
+    let stopping = shutdown::Stopping {
         shutdown: shutdown.clone(),
         timeout: config.shutdown_timeout,
         server,
@@ -144,122 +205,10 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let stopped = tokio::spawn(stopping.run());
     Ok(RunningApp {
         addr,
+        metrics_addr,
         shutdown,
         stopped,
     })
-}
-
-/// Everything graceful shutdown has to stop, in the order it stops them.
-struct Stopping {
-    shutdown: CancellationToken,
-    timeout: Duration,
-    server: JoinHandle<std::io::Result<()>>,
-    sockets: TaskTracker,
-    outbox: Arc<Outbox>,
-    pipeline: TaskTracker,
-    pipeline_stop: CancellationToken,
-    /// Released only once everything else has stopped.
-    data_dir_lock: File,
-}
-
-impl Stopping {
-    /// Waits for shutdown, then: stop accepting and finish the requests in flight (every 202
-    /// already given is in the outbox), close the sockets with 1001, let the relay drain the
-    /// outbox until `SHUTDOWN_TIMEOUT`, and stop the pipeline. What is still pending stays in the
-    /// outbox for the next start.
-    async fn run(self) {
-        self.shutdown.cancelled().await;
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        tracing::info!("shutting down");
-
-        let server = self.server;
-        tokio::pin!(server);
-        match tokio::time::timeout_at(deadline, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the HTTP server failed"),
-            Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
-            Err(_) => {
-                tracing::warn!("requests still open at the shutdown timeout were cut off");
-                server.abort();
-            }
-        }
-
-        self.sockets.close();
-        if tokio::time::timeout_at(deadline, self.sockets.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("some sockets did not finish closing before the shutdown timeout");
-        }
-
-        let draining = Instant::now();
-        match tokio::time::timeout_at(deadline, self.outbox.drained()).await {
-            Ok(()) => tracing::info!(took = ?draining.elapsed(), "outbox drained"),
-            Err(_) => tracing::warn!(
-                pending = self.outbox.counts().pending,
-                "shutdown timeout: pending messages stay in the outbox for the next start"
-            ),
-        }
-        self.pipeline_stop.cancel();
-        self.pipeline.close();
-        self.pipeline.wait().await;
-        drop(self.data_dir_lock);
-        tracing::info!("stopped");
-    }
-}
-
-/// Applies the store's migrations before serving; `false` if the store is away, in which
-/// case they are retried in the background while messages wait in the outbox. Any other
-/// failure stops start-up.
-async fn apply_migrations(store: &dyn MessageStore) -> anyhow::Result<bool> {
-    match store.migrate().await {
-        Ok(applied) => {
-            log_applied(store, applied);
-            Ok(true)
-        }
-        Err(StoreError::Unavailable(reason)) => {
-            tracing::warn!(%reason, "the store is unavailable: serving anyway, messages wait in the outbox");
-            Ok(false)
-        }
-        Err(e) => Err(e).context("applying the store's migrations"),
-    }
-}
-
-/// Applies the migrations if start-up could not, retrying while the store is away, then
-/// relays the outbox into the store.
-async fn migrate_then_relay(
-    store: Arc<dyn MessageStore>,
-    migrated: bool,
-    retry: Backoff,
-    relay: Relay,
-    stop: CancellationToken,
-) {
-    if !migrated {
-        let mut failures = 0;
-        loop {
-            match store.migrate().await {
-                Ok(applied) => {
-                    log_applied(store.as_ref(), applied);
-                    break;
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(retry.delay(failures)) => {}
-                        () = stop.cancelled() => return,
-                    }
-                }
-            }
-        }
-    }
-    relay.run(stop).await;
-}
-
-fn log_applied(store: &dyn MessageStore, applied: Vec<String>) {
-    for name in applied {
-        tracing::info!(migration = %name, store = store.backend(), "migration applied");
-    }
 }
 
 /// Two chatd processes on one `DATA_DIR` would relay the same outbox: the second is refused.
@@ -279,16 +228,6 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
         }
         Err(TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("locking {}", path.display()))
-        }
-    }
-}
-
-async fn sweep_rate_limiter(limiter: Arc<RateLimiter>, stop: CancellationToken) {
-    let mut every = tokio::time::interval(LIMITER_SWEEP);
-    loop {
-        tokio::select! {
-            _ = every.tick() => limiter.evict_idle(std::time::Instant::now()),
-            () = stop.cancelled() => break,
         }
     }
 }

@@ -1,0 +1,246 @@
+//! Prometheus metrics: every series chatd exports is named here, described, and registered at
+//! zero on start-up, so dashboards and alerts never meet a missing series. The pipeline records
+//! through the `metrics` macros with these names; [`Metrics::render`] writes the text format.
+
+use std::sync::OnceLock;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const WS_CONNECTIONS: &str = "chat_ws_connections";
+pub const WS_OPENED: &str = "chat_ws_connections_opened_total";
+pub const WS_CLOSED: &str = "chat_ws_connections_closed_total";
+pub const SLOW_CONSUMERS: &str = "chat_slow_consumer_disconnects_total";
+pub const MESSAGES_ACCEPTED: &str = "chat_messages_accepted_total";
+pub const MESSAGES_REJECTED: &str = "chat_messages_rejected_total";
+pub const MESSAGES_DELIVERED: &str = "chat_messages_delivered_total";
+pub const DELIVERY_LATENCY: &str = "chat_delivery_latency_seconds";
+pub const FANOUT_MISSED: &str = "chat_fanout_missed_events_total";
+pub const OUTBOX_DEPTH: &str = "chat_outbox_depth";
+pub const OUTBOX_OLDEST_AGE: &str = "chat_outbox_oldest_age_seconds";
+pub const PERSIST_BATCHES: &str = "chat_persist_batches_total";
+pub const PERSIST_RETRIES: &str = "chat_persist_retries_total";
+pub const PERSIST_DURATION: &str = "chat_persist_duration_seconds";
+pub const STORE_UP: &str = "chat_store_up";
+pub const DEAD_LETTERS: &str = "chat_dead_letters_total";
+pub const DEAD_LETTER_BACKLOG: &str = "chat_dead_letter_backlog";
+pub const DLQ_REPLAYS: &str = "chat_dlq_replays_total";
+pub const HTTP_REQUESTS: &str = "chat_http_requests_total";
+pub const HTTP_DURATION: &str = "chat_http_request_duration_seconds";
+pub const RATE_LIMITED: &str = "chat_rate_limited_total";
+pub const BUILD_INFO: &str = "chat_build_info";
+
+/// Why a socket closed (`chat_ws_connections_closed_total{reason}`).
+pub const CLOSE_REASONS: &[&str] = &[
+    "client",
+    "slow_consumer",
+    "shutdown",
+    "pong_timeout",
+    "error",
+];
+/// Why a send was refused (`chat_messages_rejected_total{reason}`).
+pub const REJECT_REASONS: &[&str] = &[
+    "invalid",
+    "unauthorized",
+    "forbidden",
+    "too_large",
+    "rate_limited",
+    "unavailable",
+];
+/// How a store write went (`chat_persist_batches_total{result}`).
+pub const BATCH_RESULTS: &[&str] = &["ok", "partial", "failed", "unavailable"];
+/// How a dead-letter replay went (`chat_dlq_replays_total{result}`).
+pub const REPLAY_RESULTS: &[&str] = &["replayed", "failed", "not_found"];
+
+/// Delivery is sub-millisecond when healthy; the upper buckets catch stalls.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Store writes and HTTP requests: milliseconds to the store timeout.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The process's Prometheus recorder. There is one per process (the `metrics` facade has one
+/// global recorder), shared by every chatd the process starts.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    pub fn install() -> Self {
+        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+        let handle = HANDLE
+            .get_or_init(|| {
+                let handle = PrometheusBuilder::new()
+                    .set_buckets_for_metric(Matcher::Full(DELIVERY_LATENCY.into()), LATENCY_BUCKETS)
+                    .and_then(|b| b.set_buckets(DURATION_BUCKETS))
+                    .expect("bucket lists are not empty")
+                    .install_recorder()
+                    .expect("the only metrics recorder of this process");
+                describe();
+                register();
+                handle
+            })
+            .clone();
+        Self { handle }
+    }
+
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Folds recorded histogram samples into their buckets; run it every few seconds so memory
+    /// stays bounded between scrapes.
+    pub fn upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    describe_gauge!(WS_CONNECTIONS, "WebSockets open now");
+    describe_counter!(WS_OPENED, "WebSockets opened");
+    describe_counter!(WS_CLOSED, "WebSockets closed, by reason");
+    describe_counter!(
+        SLOW_CONSUMERS,
+        "WebSockets closed with 4008 because their send queue was full"
+    );
+    describe_counter!(
+        MESSAGES_ACCEPTED,
+        "messages accepted (202, durable in the outbox)"
+    );
+    describe_counter!(MESSAGES_REJECTED, "sends refused, by reason");
+    describe_counter!(MESSAGES_DELIVERED, "frames written to sockets");
+    describe_histogram!(
+        DELIVERY_LATENCY,
+        Unit::Seconds,
+        "from acceptance to the frame written to a socket"
+    );
+    describe_counter!(
+        FANOUT_MISSED,
+        "events the fan-out skipped after falling behind the bus"
+    );
+    describe_gauge!(OUTBOX_DEPTH, "messages in the outbox not yet in the store");
+    describe_gauge!(
+        OUTBOX_OLDEST_AGE,
+        "age of the oldest message waiting in the outbox"
+    );
+    describe_counter!(PERSIST_BATCHES, "batch writes to the store, by result");
+    describe_counter!(
+        PERSIST_RETRIES,
+        "message writes scheduled again after the store refused them"
+    );
+    describe_histogram!(
+        PERSIST_DURATION,
+        Unit::Seconds,
+        "duration of one batch write to the store"
+    );
+    describe_gauge!(STORE_UP, "1 when the store answered its last call, else 0");
+    describe_counter!(
+        DEAD_LETTERS,
+        "messages dead-lettered after spending every attempt"
+    );
+    describe_gauge!(DEAD_LETTER_BACKLOG, "dead letters waiting for an operator");
+    describe_counter!(DLQ_REPLAYS, "dead-letter replays, by result");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests, by route, method and status");
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "HTTP request duration, by route"
+    );
+    describe_counter!(RATE_LIMITED, "API requests refused with 429");
+    describe_gauge!(BUILD_INFO, "always 1; the version is a label");
+}
+
+/// Creates every series at zero (histograms without samples), labelled ones for every label
+/// value they can take.
+fn register() {
+    for name in [
+        WS_OPENED,
+        SLOW_CONSUMERS,
+        MESSAGES_ACCEPTED,
+        MESSAGES_DELIVERED,
+        FANOUT_MISSED,
+        PERSIST_RETRIES,
+        DEAD_LETTERS,
+        RATE_LIMITED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for (name, label, values) in [
+        (WS_CLOSED, "reason", CLOSE_REASONS),
+        (MESSAGES_REJECTED, "reason", REJECT_REASONS),
+        (PERSIST_BATCHES, "result", BATCH_RESULTS),
+        (DLQ_REPLAYS, "result", REPLAY_RESULTS),
+    ] {
+        for value in values {
+            counter!(name, label => *value).absolute(0);
+        }
+    }
+    for name in [
+        WS_CONNECTIONS,
+        OUTBOX_DEPTH,
+        OUTBOX_OLDEST_AGE,
+        STORE_UP,
+        DEAD_LETTER_BACKLOG,
+    ] {
+        gauge!(name).set(0.0);
+    }
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
+        // Registering the handle is enough for the series to exist, with empty buckets.
+        let _registered = histogram!(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_series_exists_from_the_start() {
+        let text = Metrics::install().render();
+        for name in [
+            WS_CONNECTIONS,
+            WS_OPENED,
+            WS_CLOSED,
+            SLOW_CONSUMERS,
+            MESSAGES_ACCEPTED,
+            MESSAGES_REJECTED,
+            MESSAGES_DELIVERED,
+            FANOUT_MISSED,
+            OUTBOX_DEPTH,
+            OUTBOX_OLDEST_AGE,
+            PERSIST_BATCHES,
+            PERSIST_RETRIES,
+            STORE_UP,
+            DEAD_LETTERS,
+            DEAD_LETTER_BACKLOG,
+            DLQ_REPLAYS,
+            RATE_LIMITED,
+            BUILD_INFO,
+        ] {
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} missing from\n{text}"
+            );
+        }
+        for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
+            assert!(
+                text.contains(&format!("# TYPE {name} histogram")),
+                "{name} missing from\n{text}"
+            );
+            assert!(
+                text.contains(&format!("{name}_bucket{{le=\"0.005\"}} 0")),
+                "{name} has no buckets in\n{text}"
+            );
+        }
+        assert!(text.contains(&format!(
+            "chat_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
+}
