@@ -1,6 +1,6 @@
 //! The `chatd` command line: `serve` (the default) and `token`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -101,6 +101,8 @@ pub async fn run() -> ExitCode {
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped reading (`chatd dlq list | head`) is not a failure.
+        Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chatd: {e:#}");
             ExitCode::FAILURE
@@ -117,6 +119,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 }
 
 fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let user = UserId::parse(user_id)?;
     let (secret, source) = resolve_secret(config)?;
     if source == SecretSource::Development {
@@ -125,24 +128,30 @@ fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> 
             config.data_dir.display()
         );
     }
-    println!("{}", Authenticator::new(&secret).issue(&user, ttl));
+    writeln!(out, "{}", Authenticator::new(&secret).issue(&user, ttl))?;
     Ok(())
 }
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let store = store::open(&config.store, &config.data_dir).await?;
     let applied = store.migrate().await?;
     if applied.is_empty() {
-        println!("{}: every migration was already applied", store.backend());
+        writeln!(
+            out,
+            "{}: every migration was already applied",
+            store.backend()
+        )?;
     }
     for name in applied {
-        println!("{}: applied {name}", store.backend());
+        writeln!(out, "{}: applied {name}", store.backend())?;
     }
     Ok(())
 }
 
 /// Works on the store's dead letters directly, so it works whether or not a server runs.
 async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
     let store = store::open(&config.store, &config.data_dir).await?;
     store.migrate().await?;
     let dead_letters = DeadLetters::new(store);
@@ -150,10 +159,11 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
         DlqCommand::List { limit, error } => {
             let letters = dead_letters.list(limit, error).await?;
             if letters.is_empty() {
-                println!("no dead letters");
+                writeln!(out, "no dead letters")?;
             }
             for letter in letters {
-                println!(
+                writeln!(
+                    out,
                     "{}  attempts={}  last_failed_at={}  {}: {}",
                     letter.id(),
                     letter.attempts,
@@ -162,14 +172,15 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
                         .to_rfc3339_opts(SecondsFormat::Millis, true),
                     letter.error.kind,
                     letter.error.message
-                );
+                )?;
             }
         }
         DlqCommand::Show { id } => match dead_letters.show(&id).await? {
-            Some(letter) => println!(
+            Some(letter) => writeln!(
+                out,
                 "{}",
                 serde_json::to_string_pretty(&DeadLetterView::from(letter))?
-            ),
+            )?,
             None => anyhow::bail!("no dead letter has the id {id}"),
         },
         DlqCommand::Replay { ids, all, dry_run } => {
@@ -177,15 +188,15 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
             let mut unsuccessful = 0;
             for outcome in &outcomes {
                 match &outcome.result {
-                    ReplayResult::Replayed => println!("replayed {}", outcome.id),
-                    ReplayResult::WouldReplay => println!("would replay {}", outcome.id),
+                    ReplayResult::Replayed => writeln!(out, "replayed {}", outcome.id)?,
+                    ReplayResult::WouldReplay => writeln!(out, "would replay {}", outcome.id)?,
                     ReplayResult::NotFound => {
                         unsuccessful += 1;
-                        println!("not found {}", outcome.id);
+                        writeln!(out, "not found {}", outcome.id)?;
                     }
                     ReplayResult::Failed { error } => {
                         unsuccessful += 1;
-                        println!("failed {}: {error}", outcome.id);
+                        writeln!(out, "failed {}: {error}", outcome.id)?;
                     }
                 }
             }
@@ -199,7 +210,7 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
         DlqCommand::Purge { ids, all, yes: _ } => {
             let asked = ids.len();
             let purged = dead_letters.purge(selection(ids, all)).await?;
-            println!("purged {purged} dead letters");
+            writeln!(out, "purged {purged} dead letters")?;
             if !all && (purged as usize) < asked {
                 anyhow::bail!(
                     "{} of the {asked} ids were not dead letters",
@@ -209,6 +220,12 @@ async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+        .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
 }
 
 fn selection(ids: Vec<String>, all: bool) -> Selection {

@@ -92,7 +92,7 @@ async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 
     // Read the stopped chatd's outbox file itself: shutdown drained it before exiting.
-    let outbox = Outbox::open(&data_dir.path().join(app::OUTBOX_FILE), 1).unwrap();
+    let outbox = Outbox::open(&data_dir.path().join(app::OUTBOX_FILE), 1, "test").unwrap();
     assert_eq!(outbox.counts(), OutboxCounts::default());
     drop(outbox);
     let chatd = Chatd::start(data_dir.path(), secret, &[]);

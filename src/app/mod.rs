@@ -77,8 +77,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         );
     }
     let outbox = Arc::new(
-        Outbox::open(&config.data_dir.join(OUTBOX_FILE), config.outbox_queue)
-            .context("opening the outbox")?,
+        Outbox::open(
+            &config.data_dir.join(OUTBOX_FILE),
+            config.outbox_queue,
+            &config.instance_id,
+        )
+        .context("opening the outbox")?,
     );
     let metrics = Metrics::install();
     let store = store::open(&config.store, &config.data_dir)
@@ -102,7 +106,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         store.clone(),
         store_health.clone(),
         config.relay,
-        config.instance_id.clone(),
     );
     let migrated = background::apply_migrations(store.as_ref(), &store_health).await?;
     let retry = Backoff::new(config.relay.retry_base, config.relay.retry_max);

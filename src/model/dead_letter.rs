@@ -27,7 +27,7 @@ impl DeadLetter {
 /// Why the store refused one message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
-    /// A stable, short name: `duplicate_key`, `validation`, `constraint`, …
+    /// A stable, short name: `duplicate_key`, `document_validation`, `constraint`, …
     pub kind: String,
     pub message: String,
 }

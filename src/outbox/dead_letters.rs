@@ -26,7 +26,6 @@ const PAGE: u32 = 500;
 pub(super) struct DeadLetterMover {
     pub outbox: Arc<Outbox>,
     pub store: Arc<dyn MessageStore>,
-    pub instance: String,
     pub wake: Arc<Notify>,
     pub backoff: Backoff,
 }
@@ -61,7 +60,7 @@ impl DeadLetterMover {
         loop {
             let entries = self
                 .outbox
-                .dead_entries(MOVE_BATCH, &self.instance)
+                .dead_entries(MOVE_BATCH)
                 .await
                 .map_err(|e| e.to_string())?;
             if entries.is_empty() {

@@ -51,6 +51,8 @@ impl Command {
 
 pub(super) struct Journal {
     conn: Connection,
+    /// Named in the failures this journal records.
+    instance: String,
     counts: watch::Sender<OutboxCounts>,
     new_work: Arc<Notify>,
 }
@@ -67,11 +69,13 @@ struct Delta {
 impl Journal {
     pub(super) fn new(
         conn: Connection,
+        instance: String,
         counts: watch::Sender<OutboxCounts>,
         new_work: Arc<Notify>,
     ) -> Self {
         Self {
             conn,
+            instance,
             counts,
             new_work,
         }
@@ -126,14 +130,19 @@ impl Journal {
         let tx = self.conn.transaction()?;
         let mut delta = Delta::default();
         for command in group {
-            apply(&tx, command, &mut delta)?;
+            apply(&tx, command, &self.instance, &mut delta)?;
         }
         tx.commit()?;
         Ok(delta)
     }
 }
 
-fn apply(tx: &Transaction<'_>, command: &Command, delta: &mut Delta) -> rusqlite::Result<()> {
+fn apply(
+    tx: &Transaction<'_>,
+    command: &Command,
+    instance: &str,
+    delta: &mut Delta,
+) -> rusqlite::Result<()> {
     match command {
         Command::Append { message: m, .. } => {
             tx.prepare_cached(
@@ -166,7 +175,8 @@ fn apply(tx: &Transaction<'_>, command: &Command, delta: &mut Delta) -> rusqlite
             let changed = tx
                 .prepare_cached(
                     "UPDATE outbox SET attempts = ?2, error_kind = ?3, last_error = ?4, dead = ?5,
-                         first_failed_at = COALESCE(first_failed_at, ?6), last_failed_at = ?6
+                         first_failed_at = COALESCE(first_failed_at, ?6), last_failed_at = ?6,
+                         failed_by = ?7
                      WHERE seq = ?1 AND dead = 0",
                 )?
                 .execute(params![
@@ -175,7 +185,8 @@ fn apply(tx: &Transaction<'_>, command: &Command, delta: &mut Delta) -> rusqlite
                     failure.kind,
                     failure.message,
                     dead,
-                    now
+                    now,
+                    instance
                 ])?;
             if *dead {
                 delta.dead_lettered += changed as u64;

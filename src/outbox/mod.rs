@@ -30,8 +30,8 @@ const MIGRATIONS: &[Migration] = &[
         sql: include_str!("../../migrations/outbox/0001_outbox.sql"),
     },
     Migration {
-        name: "0002_error_kind",
-        sql: include_str!("../../migrations/outbox/0002_error_kind.sql"),
+        name: "0002_failure_details",
+        sql: include_str!("../../migrations/outbox/0002_failure_details.sql"),
     },
 ];
 
@@ -78,15 +78,15 @@ pub struct Outbox {
 
 impl Outbox {
     /// Opens (or creates) the outbox at `path` and starts its journal thread. At most `queue`
-    /// commands wait for the next commit.
-    pub fn open(path: &Path, queue: usize) -> Result<Self, OutboxError> {
+    /// commands wait for the next commit; failures it records name `instance`.
+    pub fn open(path: &Path, queue: usize, instance: &str) -> Result<Self, OutboxError> {
         let mut conn = sqlite::open(path)?;
         sqlite::migrate(&mut conn, MIGRATIONS)?;
         let initial = count(&conn)?;
         let (counts_tx, counts) = watch::channel(initial);
         let new_work = Arc::new(Notify::new());
         let (commands, receiver) = mpsc::channel(queue);
-        Journal::new(conn, counts_tx, new_work.clone())
+        Journal::new(conn, instance.to_string(), counts_tx, new_work.clone())
             .spawn(receiver)
             .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
         Ok(Self {
@@ -164,20 +164,15 @@ impl Outbox {
     }
 
     /// Up to `limit` dead entries, oldest first, as dead letters signed by `instance`.
-    pub async fn dead_entries(
-        &self,
-        limit: usize,
-        instance: &str,
-    ) -> Result<Vec<(i64, DeadLetter)>, OutboxError> {
+    pub async fn dead_entries(&self, limit: usize) -> Result<Vec<(i64, DeadLetter)>, OutboxError> {
         let readers = self.readers.clone();
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let instance = instance.to_string();
         tokio::task::spawn_blocking(move || {
             readers.read(|conn| {
                 conn.prepare_cached(
                     "SELECT seq, id, sender, content, participants, created_at, attempts,
                             COALESCE(error_kind, 'unknown'), COALESCE(last_error, ''),
-                            first_failed_at, last_failed_at
+                            first_failed_at, last_failed_at, COALESCE(failed_by, '')
                      FROM outbox WHERE dead = 1 ORDER BY seq LIMIT ?1",
                 )?
                 .query_map([limit], |row| {
@@ -192,7 +187,7 @@ impl Outbox {
                         error: Failure::new(row.get::<_, String>(7)?, row.get::<_, String>(8)?),
                         first_failed_at: millis(9)?,
                         last_failed_at: millis(10)?,
-                        instance: instance.clone(),
+                        instance: row.get(11)?,
                     };
                     Ok((row.get(0)?, letter))
                 })?

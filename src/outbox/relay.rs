@@ -25,13 +25,11 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// `instance` names this chatd in the dead letters it makes.
     pub fn new(
         outbox: Arc<Outbox>,
         store: Arc<dyn MessageStore>,
         health: Arc<StoreHealth>,
         settings: RelaySettings,
-        instance: String,
     ) -> Self {
         let backoff = Backoff::new(settings.retry_base, settings.retry_max);
         let dead_letters = Arc::new(Notify::new());
@@ -46,7 +44,6 @@ impl Relay {
         let mover = DeadLetterMover {
             outbox: outbox.clone(),
             store,
-            instance,
             wake: dead_letters,
             backoff,
         };
@@ -363,7 +360,7 @@ mod tests {
 
     async fn relay_through(store: Arc<FakeStore>, contents: &[&str], attempts: u32) -> Running {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db"), 64).unwrap());
+        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db"), 64, "test:1").unwrap());
         let alice = UserId::parse("alice").unwrap();
         let channel = Channel::new(vec![alice.clone()], 1).unwrap();
         for content in contents {
@@ -381,13 +378,7 @@ mod tests {
         };
         let health = Arc::new(StoreHealth::default());
         let stop = CancellationToken::new();
-        let relay = Relay::new(
-            outbox.clone(),
-            store,
-            health.clone(),
-            settings,
-            "test:1".into(),
-        );
+        let relay = Relay::new(outbox.clone(), store, health.clone(), settings);
         let relay = tokio::spawn(relay.run(stop.clone()));
         tokio::time::timeout(Duration::from_secs(10), outbox.drained())
             .await

@@ -109,9 +109,14 @@ pub async fn open(
 ) -> Result<Arc<dyn MessageStore>, StoreError> {
     Ok(match &settings.mongo {
         Some(mongo) => Arc::new(MongoStore::connect(mongo, settings.timeout).await?),
-        None => Arc::new(
-            SqliteStore::open(&data_dir.join(SQLITE_FILE))
-                .map_err(|e| StoreError::Failed(format!("opening the embedded store: {e}")))?,
-        ),
+        None => {
+            std::fs::create_dir_all(data_dir).map_err(|e| {
+                StoreError::Failed(format!("creating DATA_DIR {}: {e}", data_dir.display()))
+            })?;
+            Arc::new(
+                SqliteStore::open(&data_dir.join(SQLITE_FILE))
+                    .map_err(|e| StoreError::Failed(format!("opening the embedded store: {e}")))?,
+            )
+        }
     })
 }

@@ -22,16 +22,10 @@ struct MongoMigration {
     command: &'static str,
 }
 
-const MIGRATIONS: &[MongoMigration] = &[
-    MongoMigration {
-        name: "0001_messages_history_index",
-        command: include_str!("../../migrations/mongo/0001_messages_history_index.json"),
-    },
-    MongoMigration {
-        name: "0002_dead_letters_index",
-        command: include_str!("../../migrations/mongo/0002_dead_letters_index.json"),
-    },
-];
+const MIGRATIONS: &[MongoMigration] = &[MongoMigration {
+    name: "0001_messages_history_index",
+    command: include_str!("../../migrations/mongo/0001_messages_history_index.json"),
+}];
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -182,7 +176,10 @@ impl MessageStore for MongoStore {
                     write_concern_error: None,
                     ..
                 }) => errors.clone(),
-                _ => return Err(classify(&e)),
+                // Not about any one document (a write concern not met, lost permissions, an
+                // unreachable server): no message is to blame, so none spends an attempt. The
+                // batch waits and is written again; writes are idempotent.
+                _ => return Err(StoreError::Unavailable(e.to_string())),
             },
         };
 
