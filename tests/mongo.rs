@@ -577,3 +577,74 @@ async fn kill_9_of_chatd_while_mongodb_is_down_loses_nothing() {
         .collect();
     assert_eq!(stored, accepted);
 }
+
+#[tokio::test]
+async fn logs_at_info_hold_no_message_content_and_no_token() {
+    let mongo = MongoServer::start().await;
+    let database = MongoServer::database();
+    let db = mongo.client().await.database(&database);
+    let messages: Collection<Document> = db.collection("messages");
+    let unique_content = IndexOptions::builder().unique(true).build();
+    messages
+        .create_index(
+            IndexModel::builder()
+                .keys(doc! { "content": 1 })
+                .options(unique_content)
+                .build(),
+        )
+        .await
+        .unwrap();
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret = "logs-secret";
+    let env = [
+        ("MONGO_URI", mongo.uri.as_str()),
+        ("MONGO_DB", database.as_str()),
+        ("RETRY_ATTEMPTS", "2"),
+        ("RETRY_BASE_MS", "10"),
+    ];
+    let chatd = Chatd::start(data_dir.path(), secret, &env);
+
+    // MongoDB's refusal quotes the duplicate value: the content.
+    let content = "top-secret-content-4f2a";
+    chatd.send("alice", &["alice", "bob"], content).await;
+    chatd.send("alice", &["alice", "bob"], content).await;
+    let refused = common::token_for("some-other-secret", "mallory");
+    let response = reqwest::Client::new()
+        .post(chatd.url("/api/messages"))
+        .bearer_auth(&refused)
+        .json(&json!({"participants": ["mallory"], "content": content}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let dead_letters: Collection<Document> = db.collection("dead_letters");
+    await_count(&dead_letters, doc! {}, 1).await;
+    let letter = dead_letters.find_one(doc! {}).await.unwrap().unwrap();
+    let error = letter
+        .get_document("error")
+        .unwrap()
+        .get_str("message")
+        .unwrap();
+    assert!(
+        error.contains(content),
+        "the store's own text quotes the content: {error}"
+    );
+
+    let logs = chatd.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("message dead-lettered")),
+        "{logs:#?}"
+    );
+    let token = common::token_for(secret, "alice");
+    for line in logs {
+        assert!(
+            !line.contains(content),
+            "message content in the log: {line}"
+        );
+        assert!(!line.contains(&refused), "a token in the log: {line}");
+        assert!(
+            !line.contains(&token[token.len() - 20..]),
+            "a token in the log: {line}"
+        );
+    }
+}

@@ -98,3 +98,42 @@ async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
     let chatd = Chatd::start(data_dir.path(), secret, &[]);
     assert_eq!(chatd.whole_history("bob", "alice,bob").await.len(), 20);
 }
+
+/// The value of one exact series line of a scrape.
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} is not in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn gauges_show_an_unreachable_store_and_what_waits_for_it() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let uri = format!("mongodb://{closed}");
+    let env = [("MONGO_URI", uri.as_str()), ("STORE_TIMEOUT", "300ms")];
+    let chatd = Chatd::start(data_dir.path(), "gauges", &env);
+    let _bob = {
+        let url = format!(
+            "ws://{}/ws?token={}",
+            chatd.addr,
+            token_for("gauges", "bob")
+        );
+        tokio_tungstenite::connect_async(url).await.unwrap()
+    };
+    chatd
+        .send("alice", &["alice", "bob"], "waits in the outbox")
+        .await;
+    chatd.send("alice", &["alice", "bob"], "so does this").await;
+    let scrape = chatd.metrics().await;
+    assert_eq!(metric(&scrape, "chat_store_up"), 0.0);
+    assert_eq!(metric(&scrape, "chat_outbox_depth"), 2.0);
+    assert!(metric(&scrape, "chat_outbox_oldest_age_seconds") >= 0.0);
+    assert_eq!(metric(&scrape, "chat_ws_connections"), 1.0);
+    assert_eq!(metric(&scrape, "chat_messages_accepted_total"), 2.0);
+}

@@ -85,6 +85,12 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `/metrics` on its own listener, when `METRICS_PORT` is set.
+    pub fn metrics_url(&self) -> Option<String> {
+        let addr = self.app.as_ref()?.metrics_addr()?;
+        Some(format!("http://{addr}/metrics"))
+    }
+
     pub async fn health(&self) -> Value {
         let response = self
             .http
@@ -185,6 +191,19 @@ impl TestServer {
     pub async fn ws(&self, user: &str) -> WsClient {
         let url = format!("ws://{}/ws?token={}", self.addr, self.token(user));
         let (stream, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket upgrade");
+        WsClient { stream }
+    }
+
+    /// A socket whose kernel receive buffer is small, so that a client that stops reading
+    /// backs up into the server quickly and has little to read once it starts again.
+    pub async fn ws_with_small_buffer(&self, user: &str) -> WsClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
+        let tcp = socket.connect(self.addr).await.expect("connect");
+        let url = format!("ws://{}/ws?token={}", self.addr, self.token(user));
+        let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
             .await
             .expect("WebSocket upgrade");
         WsClient { stream }
@@ -292,11 +311,38 @@ impl WsClient {
         }
     }
 
-    /// Reads past everything else until the close frame and returns its code.
+    /// How many text frames arrive up to and including the message whose content is `marker`,
+    /// counted without parsing them (for floods of large frames).
+    pub async fn count_until(&mut self, marker: &str) -> usize {
+        let needle = format!("\"content\":{}", serde_json::to_string(marker).unwrap());
+        let mut count = 0;
+        loop {
+            let frame = tokio::time::timeout(DEADLINE, self.stream.next())
+                .await
+                .expect("timed out waiting for a frame");
+            match frame {
+                Some(Ok(WsMessage::Text(text))) => {
+                    count += 1;
+                    if text.contains(&needle) {
+                        return count;
+                    }
+                }
+                Some(Ok(_)) => continue,
+                other => panic!("socket ended while counting frames: {other:?}"),
+            }
+        }
+    }
+
+    /// Reads past everything else, unparsed, until the close frame and returns its code.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
-            if let Seen::Closed(frame) = self.next().await {
-                return frame.map(|f| f.code.into());
+            let frame = tokio::time::timeout(DEADLINE, self.stream.next())
+                .await
+                .expect("timed out waiting for the close frame");
+            match frame {
+                Some(Ok(WsMessage::Close(frame))) => return frame.map(|f| f.code.into()),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return None,
             }
         }
     }

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{Arc, Mutex, mpsc};
 
 use serde_json::{Value, json};
 
@@ -15,6 +15,7 @@ pub struct Chatd {
     pub addr: SocketAddr,
     secret: String,
     http: reqwest::Client,
+    logs: Arc<Mutex<Vec<String>>>,
 }
 
 impl Chatd {
@@ -36,9 +37,12 @@ impl Chatd {
         // Forward the log so the pipe never fills, and pick out the listening address.
         let (lines, listening) = mpsc::channel();
         let stderr = child.stderr.take().unwrap();
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let kept = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[chatd] {line}");
+                kept.lock().unwrap().push(line.clone());
                 if let Some(rest) = line.split("listening addr=").nth(1) {
                     let _ = lines.send(
                         rest.split_whitespace()
@@ -57,7 +61,19 @@ impl Chatd {
             addr: addr.parse().expect("a socket address"),
             secret: secret.to_string(),
             http: reqwest::Client::new(),
+            logs,
         }
+    }
+
+    /// Every line chatd has logged so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {

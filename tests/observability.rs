@@ -1,0 +1,248 @@
+//! What operators see: metrics, request ids, readiness, and the dashboard and alerts that
+//! depend on them.
+//!
+//! The metrics recorder is one per process, shared by the chatds these tests start side by
+//! side: counters are compared before and after, and gauges (which each scrape sets from its
+//! own chatd) are checked on the real binary in `process.rs`.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{TestServer, eventually};
+use serde_json::Value;
+
+/// The series the observability issue names, each of which must exist from start-up.
+const REQUIRED: &[&str] = &[
+    "chat_ws_connections",
+    "chat_ws_connections_opened_total",
+    "chat_ws_connections_closed_total",
+    "chat_slow_consumer_disconnects_total",
+    "chat_messages_accepted_total",
+    "chat_messages_rejected_total",
+    "chat_messages_delivered_total",
+    "chat_delivery_latency_seconds",
+    "chat_outbox_depth",
+    "chat_outbox_oldest_age_seconds",
+    "chat_persist_batches_total",
+    "chat_persist_retries_total",
+    "chat_persist_duration_seconds",
+    "chat_store_up",
+    "chat_dead_letters_total",
+    "chat_dead_letter_backlog",
+    "chat_dlq_replays_total",
+    "chat_rate_limited_total",
+    "chat_build_info",
+];
+
+async fn scrape(server: &TestServer, url: &str) -> String {
+    let response = server.http.get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
+    response.text().await.unwrap()
+}
+
+/// Metric names in an exposition, histograms under their own name too.
+fn exported(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name = line.split(['{', ' ']).next().unwrap();
+        names.insert(name.to_string());
+        for suffix in ["_bucket", "_sum", "_count"] {
+            if let Some(base) = name.strip_suffix(suffix) {
+                names.insert(base.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// The value of one exact series line, e.g. `chat_messages_rejected_total{reason="forbidden"}`.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} is not in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+/// Every `chat_…` identifier in a text.
+fn referenced(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("chat_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+#[tokio::test]
+async fn every_series_exists_from_start_up() {
+    let server = TestServer::start().await;
+    let names = exported(&scrape(&server, &server.url("/metrics")).await);
+    for name in REQUIRED {
+        assert!(names.contains(*name), "{name} is not exported");
+    }
+}
+
+#[tokio::test]
+async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
+    let server = TestServer::start().await;
+    let names = exported(&scrape(&server, &server.url("/metrics")).await);
+    let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops");
+    let dashboard = std::fs::read_to_string(ops.join("grafana/dashboards/chatd.json")).unwrap();
+    let dashboard: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let expressions: Vec<&str> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|panel| panel["targets"].as_array().unwrap())
+        .map(|target| target["expr"].as_str().unwrap())
+        .collect();
+    let alerts = std::fs::read_to_string(ops.join("alerts.yml")).unwrap();
+    for (source, text) in [
+        ("the dashboard", expressions.join("\n")),
+        ("alerts.yml", alerts),
+    ] {
+        let used = referenced(&text);
+        assert!(used.len() >= 5, "{source} names too few metrics: {used:?}");
+        for name in used {
+            assert!(
+                names.contains(&name),
+                "{source} names {name}, which chatd does not export"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_pipeline_is_counted() {
+    let server = TestServer::start().await;
+    let url = server.url("/metrics");
+    let before = scrape(&server, &url).await;
+    let mut bob = server.ws("bob").await;
+    for i in 0..3 {
+        let sent = server
+            .send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+            .await;
+        assert_eq!(bob.next_message().await, sent);
+    }
+    assert_eq!(
+        server
+            .send("mallory", &["alice", "bob"], "no")
+            .await
+            .status(),
+        403
+    );
+    server.stored("bob", "alice,bob", 3).await;
+
+    let after = eventually("the writes are counted", || async {
+        let after = scrape(&server, &url).await;
+        (value(&after, "chat_persist_batches_total{result=\"ok\"}")
+            > value(&before, "chat_persist_batches_total{result=\"ok\"}"))
+        .then_some(after)
+    })
+    .await;
+    let delta = |series: &str| value(&after, series) - value(&before, series);
+    assert_eq!(delta("chat_messages_accepted_total"), 3.0);
+    assert_eq!(
+        delta("chat_messages_rejected_total{reason=\"forbidden\"}"),
+        1.0
+    );
+    assert_eq!(delta("chat_messages_delivered_total"), 3.0);
+    assert_eq!(delta("chat_delivery_latency_seconds_count"), 3.0);
+    assert_eq!(delta("chat_ws_connections_opened_total"), 1.0);
+    assert!(delta("chat_persist_duration_seconds_count") >= 1.0);
+    let posted = "chat_http_requests_total{route=\"/api/messages\",method=\"POST\",status=\"202\"}";
+    assert_eq!(
+        value(&after, posted)
+            - before
+                .lines()
+                .find_map(|l| l.strip_prefix(posted)?.trim().parse().ok())
+                .unwrap_or(0.0),
+        3.0
+    );
+}
+
+#[tokio::test]
+async fn every_request_carries_an_id() {
+    let server = TestServer::start().await;
+    let fresh = server.http.get(server.url("/health")).send().await.unwrap();
+    let id = fresh.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 32, "{id}");
+    let kept = server
+        .http
+        .get(server.url("/nowhere"))
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kept.status(), 404);
+    assert_eq!(kept.headers()["x-request-id"], "trace-abc-123");
+    let replaced = server
+        .http
+        .get(server.url("/health"))
+        .header("x-request-id", "x".repeat(65))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replaced.headers()["x-request-id"].len(), 32);
+}
+
+#[tokio::test]
+async fn ready_waits_for_a_reachable_store_while_sends_are_still_accepted() {
+    let embedded = TestServer::start().await;
+    let ready = embedded
+        .http
+        .get(embedded.url("/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+
+    // A MongoDB nobody listens for: chatd starts anyway and keeps messages in its outbox.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let uri = format!("mongodb://{closed}");
+    let away = TestServer::start_with(&[("MONGO_URI", &uri), ("STORE_TIMEOUT", "300ms")]).await;
+    let not_ready = away.http.get(away.url("/ready")).send().await.unwrap();
+    assert_eq!(not_ready.status(), 503);
+    let body: Value = not_ready.json().await.unwrap();
+    assert_eq!(body["error"], "not ready: the store is unreachable");
+    away.send_ok("alice", &["alice"], "kept in the outbox")
+        .await;
+    let health = away.health().await;
+    assert_eq!(health["store"]["up"], false);
+    assert_eq!(health["outbox"]["pending"], 1);
+}
+
+#[tokio::test]
+async fn metrics_port_moves_metrics_to_its_own_listener() {
+    let server = TestServer::start_with(&[("METRICS_PORT", "0")]).await;
+    let on_main = server
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(on_main.status(), 404);
+    let url = server.metrics_url().expect("a metrics listener");
+    assert!(exported(&scrape(&server, &url).await).contains("chat_build_info"));
+}
