@@ -11,6 +11,8 @@ use super::{ApiError, AppState};
 use crate::auth::bearer_token;
 use crate::hub;
 
+const SOCKET_READ_BUFFER: usize = 4 * 1024;
+
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -42,6 +44,9 @@ pub async fn upgrade(
     let shutdown = state.shutdown.clone();
     let sockets = state.sockets.clone();
     Ok(upgrade
+        // Clients send nothing but pongs and the odd ignored frame: a small read buffer (the
+        // default is 128 KiB per socket) keeps an idle socket cheap.
+        .read_buffer_size(SOCKET_READ_BUFFER)
         .max_message_size(settings.max_inbound_bytes)
         .max_frame_size(settings.max_inbound_bytes)
         .on_upgrade(move |socket| {

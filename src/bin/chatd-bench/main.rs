@@ -1,0 +1,224 @@
+//! chatd-bench: load scenarios for chatd, with figures a person can read and `--json` for a
+//! machine. Without `--url` each scenario starts chatd itself on a temporary data directory.
+
+mod ceiling;
+mod drain;
+mod idle;
+mod load;
+mod report;
+mod target;
+
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use load::Plan;
+use report::Summary;
+use target::{Server, Target};
+
+#[derive(Parser)]
+#[command(name = "chatd-bench", about = "Load scenarios for chatd")]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Args, Clone)]
+struct Common {
+    /// A running chatd (e.g. http://127.0.0.1:8080); without it, chatd is started here.
+    #[arg(long)]
+    url: Option<String>,
+    /// The JWT secret of the chatd at --url.
+    #[arg(long, env = "JWT_SECRET", default_value = "chatd-bench-secret")]
+    secret: String,
+    /// How long the load runs.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Print a machine-readable summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Users message each other one to one.
+    OneToOne {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        users: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 5000.0)]
+        rate: f64,
+    },
+    /// One sender posts to one large group, every member listening.
+    Fanout {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+        /// Messages per second.
+        #[arg(long, default_value_t = 100.0)]
+        rate: f64,
+        /// Also run the same load against a bare broadcast server and compare.
+        #[arg(long)]
+        ceiling: bool,
+    },
+    /// Open sockets that receive nothing, and measure the server's memory per socket.
+    Idle {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+    },
+    /// Fill the outbox with a burst, then time the relay emptying it into the store.
+    Drain {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 50_000)]
+        messages: usize,
+        /// Also measure MongoDB, against this server (start it fresh: it slows as it fills).
+        #[arg(long)]
+        mongo_uri: Option<String>,
+    },
+    /// The bare broadcast server that `fanout --ceiling` starts.
+    #[command(hide = true)]
+    CeilingServer,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let (summary, json) = match cli.scenario {
+            Scenario::CeilingServer => return ceiling::serve().await,
+            Scenario::OneToOne {
+                common,
+                users,
+                rate,
+            } => {
+                let target = target(&common, &[])?;
+                (
+                    load::run(&target, one_to_one(users, rate, &common)).await?,
+                    common.json,
+                )
+            }
+            Scenario::Fanout {
+                common,
+                members,
+                rate,
+                ceiling,
+            } => {
+                let max = (members + 1).to_string();
+                let target = target(&common, &[("MAX_PARTICIPANTS", max)])?;
+                let mut summary = load::run(&target, fanout(members, rate, &common)).await?;
+                if ceiling {
+                    drop(target);
+                    let bare = Target::local(Server::ceiling()?, &common.secret);
+                    let measured = load::run(&bare, fanout(members, rate, &common)).await?;
+                    compare(&mut summary, &measured);
+                }
+                (summary, common.json)
+            }
+            Scenario::Idle { common, sockets } => {
+                let target = target(&common, &[])?;
+                (
+                    idle::run(&target, sockets, Duration::from_secs_f64(common.duration)).await?,
+                    common.json,
+                )
+            }
+            Scenario::Drain {
+                common,
+                messages,
+                mongo_uri,
+            } => {
+                anyhow::ensure!(
+                    common.url.is_none(),
+                    "drain starts chatd itself: --url does not apply"
+                );
+                (
+                    drain::run(messages, mongo_uri.as_deref()).await?,
+                    common.json,
+                )
+            }
+        };
+        summary.print(json);
+        Ok(())
+    })
+}
+
+fn target(common: &Common, env: &[(&str, String)]) -> anyhow::Result<Target> {
+    Ok(match &common.url {
+        Some(url) => Target::remote(url, &common.secret),
+        None => {
+            let mut env = env.to_vec();
+            env.push(("JWT_SECRET", common.secret.clone()));
+            Target::local(Server::chatd(None, &env)?, &common.secret)
+        }
+    })
+}
+
+fn one_to_one(users: usize, rate: f64, common: &Common) -> Plan {
+    Plan {
+        scenario: "one-to-one",
+        users: (0..users).map(|i| format!("user{i}")).collect(),
+        listeners: users,
+        rate,
+        duration: Duration::from_secs_f64(common.duration),
+        // Message n goes from user n to user n + 1 + (n / users) (mod users): every pair in
+        // turn, never to oneself.
+        pick: Box::new(move |n| {
+            let n = n as usize;
+            let from = n % users;
+            let to = (from + 1 + (n / users) % (users - 1).max(1)) % users;
+            (from, vec![from, to])
+        }),
+        deliveries_per_message: 1,
+    }
+}
+
+fn fanout(members: usize, rate: f64, common: &Common) -> Plan {
+    // The sender is one more user without a socket, so every message reaches every member.
+    let mut users: Vec<String> = (0..members).map(|i| format!("member{i}")).collect();
+    users.push("announcer".into());
+    let everyone: Vec<usize> = (0..=members).collect();
+    Plan {
+        scenario: "fanout",
+        users,
+        listeners: members,
+        rate,
+        duration: Duration::from_secs_f64(common.duration),
+        pick: Box::new(move |_| (members, everyone.clone())),
+        deliveries_per_message: members as u64,
+    }
+}
+
+fn compare(chatd: &mut Summary, ceiling: &Summary) {
+    let fraction = if ceiling.deliveries_per_sec > 0.0 {
+        chatd.deliveries_per_sec / ceiling.deliveries_per_sec
+    } else {
+        0.0
+    };
+    chatd.extra.insert(
+        "ceiling_deliveries_per_sec".into(),
+        ceiling.deliveries_per_sec.round().into(),
+    );
+    chatd.extra.insert(
+        "ceiling_latency_p50_ms".into(),
+        ceiling.latency_p50_ms.into(),
+    );
+    chatd.extra.insert(
+        "ceiling_latency_p99_ms".into(),
+        ceiling.latency_p99_ms.into(),
+    );
+    chatd.extra.insert(
+        "ceiling_server_cpu_us_per_delivery".into(),
+        ceiling.server_cpu_us_per_delivery.into(),
+    );
+    chatd.extra.insert(
+        "fraction_of_ceiling".into(),
+        ((fraction * 100.0).round() / 100.0).into(),
+    );
+}

@@ -1,0 +1,186 @@
+//! What the load goes to: a chatd (or the ceiling server) this process starts on a temporary
+//! data directory, or one already running at `--url`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use chatd::auth::Authenticator;
+use chatd::model::UserId;
+use tempfile::TempDir;
+
+pub struct Target {
+    /// `http://host:port`
+    pub http: String,
+    /// `ws://host:port`
+    pub ws: String,
+    auth: Authenticator,
+    pub process: Option<Server>,
+}
+
+impl Target {
+    pub fn remote(url: &str, secret: &str) -> Self {
+        let http = url.trim_end_matches('/').to_string();
+        Self {
+            ws: http.replacen("http", "ws", 1),
+            http,
+            auth: Authenticator::new(secret.as_bytes()),
+            process: None,
+        }
+    }
+
+    pub fn local(server: Server, secret: &str) -> Self {
+        let http = format!("http://{}", server.addr);
+        Self {
+            ws: format!("ws://{}", server.addr),
+            http,
+            auth: Authenticator::new(secret.as_bytes()),
+            process: Some(server),
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        let user = UserId::parse(user).expect("bench user ids are valid");
+        self.auth.issue(&user, Duration::from_secs(24 * 3600))
+    }
+
+    /// The server's CPU time so far (user + system), when this process started it.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.process.as_ref()?.child.id()))
+                .ok()?;
+        // Fields after the command name, which is in parentheses and may contain spaces.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // SAFETY: sysconf has no preconditions.
+        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Some(ticks / per_second)
+    }
+
+    /// The server's resident memory in KiB, when this process started it.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!(
+            "/proc/{}/status",
+            self.process.as_ref()?.child.id()
+        ))
+        .ok()?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+    }
+}
+
+/// A server process this bench started; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    /// The data directory, when the bench made it; removed with the server.
+    _temp: Option<TempDir>,
+}
+
+impl Server {
+    /// `chatd` from beside this binary, with `env` on top of bench-friendly settings.
+    pub fn chatd(data_dir: Option<PathBuf>, env: &[(&str, String)]) -> anyhow::Result<Self> {
+        let (temp, data_dir) = match data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::tempdir()?;
+                let dir = temp.path().to_path_buf();
+                (Some(temp), dir)
+            }
+        };
+        let mut command = Command::new(sibling("chatd")?);
+        command
+            .env("HOST", "127.0.0.1")
+            .env("PORT", "0")
+            .env("DATA_DIR", &data_dir)
+            .env("RATE_LIMIT_RPS", "0")
+            .env("RUST_LOG", "warn,chatd::app=info")
+            .env("LOG_FORMAT", "pretty");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let (child, addr) = spawn_and_find_address(command, "listening addr=")?;
+        Ok(Self {
+            child,
+            addr,
+            _temp: temp,
+        })
+    }
+
+    /// The bare broadcast server the fan-out figure is compared with.
+    pub fn ceiling() -> anyhow::Result<Self> {
+        let mut command = Command::new(std::env::current_exe()?);
+        command.arg("ceiling-server");
+        let (child, addr) = spawn_and_find_address(command, "ceiling listening on ")?;
+        Ok(Self {
+            child,
+            addr,
+            _temp: None,
+        })
+    }
+
+    /// SIGTERM, then wait for the exit.
+    pub fn terminate(mut self) -> anyhow::Result<()> {
+        let pid = i32::try_from(self.child.id())?;
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found: build it too (cargo build --release --bins)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Starts `command` and reads its stderr until a line names its address after `marker`.
+fn spawn_and_find_address(
+    mut command: Command,
+    marker: &'static str,
+) -> anyhow::Result<(Child, String)> {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    let stderr = child.stderr.take().expect("piped");
+    let (found, address) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split(marker).nth(1) {
+                let _ = found.send(
+                    rest.split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                );
+            } else if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("[server] {line}");
+            }
+        }
+    });
+    let addr = address
+        .recv_timeout(Duration::from_secs(30))
+        .context("the server did not say where it listens")?;
+    Ok((child, addr))
+}
