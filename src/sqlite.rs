@@ -20,6 +20,52 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
+/// A connection for a database's one writer. Its commits never checkpoint: SQLite's automatic
+/// checkpoint runs inside the commit that crosses the threshold and syncs the whole database
+/// file, stalling every sender waiting on that commit for tens of milliseconds. A
+/// [`Checkpointer`] does that work beside the writer instead.
+pub fn open_writer(path: &Path) -> rusqlite::Result<(Connection, Checkpointer)> {
+    let conn = open(path)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    Ok((conn, Checkpointer::start(path)?))
+}
+
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
+
+/// A thread that checkpoints a database's WAL in PASSIVE mode, which never waits for (or
+/// blocks) the writer, so the WAL stays small without the writer paying for it. It stops when
+/// dropped.
+pub struct Checkpointer {
+    _stop: std::sync::mpsc::Sender<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> rusqlite::Result<Self> {
+        let conn = open(path)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let name = format!(
+            "checkpoint-{}",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        );
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                // Runs until the sender is dropped (recv_timeout reports Disconnected).
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_EVERY)
+                {
+                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
+                    {
+                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                    }
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Self { _stop: stop })
+    }
+}
+
 pub struct Migration {
     pub name: &'static str,
     pub sql: &'static str,

@@ -16,7 +16,7 @@ use rusqlite::{OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::model::{DeadLetter, Failure, Message};
-use crate::sqlite::{self, Migration, ReadPool};
+use crate::sqlite::{self, Checkpointer, Migration, ReadPool};
 
 pub use backoff::Backoff;
 pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
@@ -74,13 +74,14 @@ pub struct Outbox {
     readers: Arc<ReadPool>,
     counts: watch::Receiver<OutboxCounts>,
     new_work: Arc<Notify>,
+    _checkpointer: Checkpointer,
 }
 
 impl Outbox {
     /// Opens (or creates) the outbox at `path` and starts its journal thread. At most `queue`
     /// commands wait for the next commit; failures it records name `instance`.
     pub fn open(path: &Path, queue: usize, instance: &str) -> Result<Self, OutboxError> {
-        let mut conn = sqlite::open(path)?;
+        let (mut conn, checkpointer) = sqlite::open_writer(path)?;
         sqlite::migrate(&mut conn, MIGRATIONS)?;
         let initial = count(&conn)?;
         let (counts_tx, counts) = watch::channel(initial);
@@ -94,6 +95,7 @@ impl Outbox {
             readers: Arc::new(ReadPool::new(path, 2)),
             counts,
             new_work,
+            _checkpointer: checkpointer,
         })
     }
 

@@ -7,7 +7,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 
 use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
 use crate::model::{Channel, DeadLetter, Failure, Message};
-use crate::sqlite::{self, Migration, ReadPool, message_from_row, participants_json};
+use crate::sqlite::{self, Checkpointer, Migration, ReadPool, message_from_row, participants_json};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -29,13 +29,16 @@ const DEAD_LETTER_COLUMNS: &str = "id, sender, content, participants, created_at
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReadPool>,
+    _checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        let (writer, checkpointer) = sqlite::open_writer(path)?;
         Ok(Self {
-            writer: Arc::new(Mutex::new(sqlite::open(path)?)),
+            writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(ReadPool::new(path, READERS)),
+            _checkpointer: checkpointer,
         })
     }
 
