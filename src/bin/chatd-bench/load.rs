@@ -32,6 +32,9 @@ pub struct Plan {
     pub listeners: usize,
     pub rate: f64,
     pub duration: Duration,
+    /// Sent before this much time has passed, messages load the system but are not measured:
+    /// connection pools fill and caches warm.
+    pub warmup: Duration,
     pub pick: Pick,
     pub deliveries_per_message: u64,
 }
@@ -73,6 +76,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
         errors: AtomicU64::new(0),
     });
     let stop = CancellationToken::new();
+    let measured_from_ns = Arc::new(AtomicU64::new(u64::MAX));
 
     let connecting = ProgressBar::new(plan.listeners as u64).with_message("connecting sockets");
     let sockets: Vec<_> = stream::iter(plan.users.iter().take(plan.listeners))
@@ -88,7 +92,8 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
     let mut readers = Vec::with_capacity(sockets.len());
     for socket in sockets {
         let (mut socket, _) = socket?;
-        let (counters, stop) = (counters.clone(), stop.clone());
+        let (counters, stop, measured_from_ns) =
+            (counters.clone(), stop.clone(), measured_from_ns.clone());
         readers.push(tokio::spawn(async move {
             let mut latencies = latency_histogram();
             loop {
@@ -100,7 +105,9 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
                     Some(Ok(Message::Text(text))) => {
                         if let Some(sent) = sent_at(&text) {
                             let now = now_ns();
-                            latencies.saturating_record(now.saturating_sub(sent) / 1000);
+                            if sent >= measured_from_ns.load(Ordering::Relaxed) {
+                                latencies.saturating_record(now.saturating_sub(sent) / 1000);
+                            }
                             counters.delivered.fetch_add(1, Ordering::Relaxed);
                             counters.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
                         }
@@ -130,6 +137,8 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
     );
     let start = Instant::now();
     let start_ns = now_ns();
+    measured_from_ns.store(start_ns + plan.warmup.as_nanos() as u64, Ordering::Relaxed);
+    let measured_from = start + plan.warmup;
     let mut sent = 0u64;
     let mut last_tick = start;
     while start.elapsed() < plan.duration {
@@ -148,10 +157,12 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
                 match request.send().await {
                     Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                         counters.accepted.fetch_add(1, Ordering::Relaxed);
-                        let micros = posted.elapsed().as_micros() as u64;
-                        rest.lock()
-                            .expect("histogram lock")
-                            .saturating_record(micros);
+                        if posted >= measured_from {
+                            let micros = posted.elapsed().as_micros() as u64;
+                            rest.lock()
+                                .expect("histogram lock")
+                                .saturating_record(micros);
+                        }
                     }
                     _ => {
                         counters.errors.fetch_add(1, Ordering::Relaxed);

@@ -34,6 +34,9 @@ struct Common {
     /// How long the load runs.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
+    /// Seconds at the start whose messages count but whose latencies are not measured.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
     /// Print a machine-readable summary.
     #[arg(long)]
     json: bool,
@@ -167,6 +170,7 @@ fn one_to_one(users: usize, rate: f64, common: &Common) -> Plan {
         listeners: users,
         rate,
         duration: Duration::from_secs_f64(common.duration),
+        warmup: Duration::from_secs_f64(common.warmup.min(common.duration / 2.0)),
         // Message n goes from user n to user n + 1 + (n / users) (mod users): every pair in
         // turn, never to oneself.
         pick: Box::new(move |n| {
@@ -190,6 +194,7 @@ fn fanout(members: usize, rate: f64, common: &Common) -> Plan {
         listeners: members,
         rate,
         duration: Duration::from_secs_f64(common.duration),
+        warmup: Duration::from_secs_f64(common.warmup.min(common.duration / 2.0)),
         pick: Box::new(move |_| (members, everyone.clone())),
         deliveries_per_message: members as u64,
     }
