@@ -48,8 +48,9 @@ enum Scenario {
     OneToOne {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 1000)]
-        users: usize,
+        /// At least 2: every message goes from one user to another.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(2..))]
+        users: u32,
         /// Messages per second.
         #[arg(long, default_value_t = 5000.0)]
         rate: f64,
@@ -58,8 +59,8 @@ enum Scenario {
     Fanout {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 1000)]
-        members: usize,
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        members: u32,
         /// Messages per second.
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
@@ -71,8 +72,8 @@ enum Scenario {
     Idle {
         #[command(flatten)]
         common: Common,
-        #[arg(long, default_value_t = 10_000)]
-        sockets: usize,
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+        sockets: u32,
     },
     /// Fill the outbox with a burst, then time the relay emptying it into the store.
     Drain {
@@ -104,7 +105,7 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let target = target(&common, &[])?;
                 (
-                    load::run(&target, one_to_one(users, rate, &common)).await?,
+                    load::run(&target, one_to_one(users as usize, rate, &common)).await?,
                     common.json,
                 )
             }
@@ -116,11 +117,13 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let max = (members + 1).to_string();
                 let target = target(&common, &[("MAX_PARTICIPANTS", max)])?;
-                let mut summary = load::run(&target, fanout(members, rate, &common)).await?;
+                let mut summary =
+                    load::run(&target, fanout(members as usize, rate, &common)).await?;
                 if ceiling {
                     drop(target);
                     let bare = Target::local(Server::ceiling()?, &common.secret);
-                    let measured = load::run(&bare, fanout(members, rate, &common)).await?;
+                    let measured =
+                        load::run(&bare, fanout(members as usize, rate, &common)).await?;
                     compare(&mut summary, &measured);
                 }
                 (summary, common.json)
@@ -128,7 +131,12 @@ fn main() -> anyhow::Result<()> {
             Scenario::Idle { common, sockets } => {
                 let target = target(&common, &[])?;
                 (
-                    idle::run(&target, sockets, Duration::from_secs_f64(common.duration)).await?,
+                    idle::run(
+                        &target,
+                        sockets as usize,
+                        Duration::from_secs_f64(common.duration),
+                    )
+                    .await?,
                     common.json,
                 )
             }
