@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use crate::hub::SocketLimits;
+
 pub struct Setting {
     pub name: &'static str,
     pub default: &'static str,
@@ -131,6 +133,16 @@ pub const SETTINGS: &[Setting] = &[
         "events the fan-out may fall behind by before it skips (sockets catch up from history)",
     ),
     setting(
+        "MAX_SOCKETS_PER_USER",
+        "16",
+        "sockets one user may have open; beyond it the upgrade is refused with 429",
+    ),
+    setting(
+        "MAX_CONNECTIONS",
+        "50000",
+        "sockets open in all; beyond it the upgrade is refused with 503 (mind ulimit -n)",
+    ),
+    setting(
         "WS_SEND_QUEUE",
         "256",
         "frames queued per socket; a socket whose queue is full is closed with 4008",
@@ -226,6 +238,7 @@ pub struct RelaySettings {
 
 #[derive(Debug, Clone, Copy)]
 pub struct SocketSettings {
+    pub limits: SocketLimits,
     pub send_queue: usize,
     pub max_inbound_bytes: usize,
     pub ping_interval: Duration,
@@ -294,6 +307,10 @@ impl Config {
             outbox_queue: vars.parse_checked("OUTBOX_QUEUE", |v| *v >= 1)?,
             bus_capacity: vars.parse_checked("BUS_CAPACITY", |v| *v >= 1)?,
             socket: SocketSettings {
+                limits: SocketLimits {
+                    per_user: vars.parse_checked("MAX_SOCKETS_PER_USER", |v| *v >= 1)?,
+                    total: vars.parse_checked("MAX_CONNECTIONS", |v| *v >= 1)?,
+                },
                 send_queue: vars.parse_checked("WS_SEND_QUEUE", |v| *v >= 1)?,
                 max_inbound_bytes: vars.parse_checked("WS_MAX_INBOUND_BYTES", |v| *v >= 1)?,
                 ping_interval: vars.duration("WS_PING_INTERVAL")?,

@@ -89,7 +89,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         .await
         .context("opening the store")?;
     let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.bus_capacity));
-    let hub = Arc::new(Hub::new());
+    let hub = Arc::new(Hub::new(config.socket.limits));
     let store_health = Arc::new(StoreHealth::default());
     let limiter = Arc::new(RateLimiter::new(config.rate_limit));
 

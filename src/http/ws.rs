@@ -3,13 +3,13 @@
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{RawQuery, State, WebSocketUpgrade};
-use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
-use crate::hub;
+use crate::hub::{self, Full};
 
 const SOCKET_READ_BUFFER: usize = 4 * 1024;
 
@@ -38,7 +38,16 @@ pub async fn upgrade(
 
     // Registered before the 101 goes out: a message sent the moment the client sees its socket
     // open is queued for it, not lost.
-    let (registration, frames) = state.hub.register(user, state.socket.send_queue);
+    let (registration, frames) =
+        state
+            .hub
+            .register(user, state.socket.send_queue)
+            .map_err(|full| match full {
+                Full::User(_) => {
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, full.to_string()).retry_after(1)
+                }
+                Full::Server(_) => ApiError::unavailable(full.to_string()),
+            })?;
     ::metrics::counter!(crate::metrics::WS_OPENED).increment(1);
     let settings = state.socket;
     let shutdown = state.shutdown.clone();

@@ -31,11 +31,27 @@ struct SocketHandle {
     evicted: CancellationToken,
 }
 
-#[derive(Default)]
 pub struct Hub {
     sockets: DashMap<UserId, Vec<SocketHandle>>,
     next_id: AtomicU64,
     open: AtomicUsize,
+    limits: SocketLimits,
+}
+
+/// How many sockets may be open.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLimits {
+    pub per_user: usize,
+    pub total: usize,
+}
+
+/// Why a socket could not be registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    #[error("at most {0} sockets per user are allowed")]
+    User(usize),
+    #[error("the server has its maximum of {0} sockets open")]
+    Server(usize),
 }
 
 /// How one delivery went.
@@ -46,8 +62,13 @@ pub struct Delivery {
 }
 
 impl Hub {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(limits: SocketLimits) -> Self {
+        Self {
+            sockets: DashMap::new(),
+            next_id: AtomicU64::new(0),
+            open: AtomicUsize::new(0),
+            limits,
+        }
     }
 
     /// Registers a socket for `user` with a send queue of `capacity` frames. The socket is
@@ -56,26 +77,35 @@ impl Hub {
         self: &Arc<Self>,
         user: UserId,
         capacity: usize,
-    ) -> (Registration, mpsc::Receiver<Frame>) {
+    ) -> Result<(Registration, mpsc::Receiver<Frame>), Full> {
+        // The place in the total is taken first, so concurrent registrations cannot both pass
+        // the check and overshoot it.
+        if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.total {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Full::Server(self.limits.total));
+        }
+        let mut sockets = self.sockets.entry(user.clone()).or_default();
+        if sockets.len() >= self.limits.per_user {
+            drop(sockets);
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(Full::User(self.limits.per_user));
+        }
         let (frames, receiver) = mpsc::channel(capacity);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let evicted = CancellationToken::new();
-        self.sockets
-            .entry(user.clone())
-            .or_default()
-            .push(SocketHandle {
-                id,
-                frames,
-                evicted: evicted.clone(),
-            });
-        self.open.fetch_add(1, Ordering::Relaxed);
+        sockets.push(SocketHandle {
+            id,
+            frames,
+            evicted: evicted.clone(),
+        });
+        drop(sockets);
         let registration = Registration {
             hub: self.clone(),
             user,
             id,
             evicted,
         };
-        (registration, receiver)
+        Ok((registration, receiver))
     }
 
     /// Open sockets of one user.
@@ -178,10 +208,13 @@ mod tests {
 
     #[tokio::test]
     async fn counts_follow_registrations() {
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new(SocketLimits {
+            per_user: 4,
+            total: 8,
+        }));
         let alice = UserId::parse("alice").unwrap();
-        let (first, _rx1) = hub.register(alice.clone(), 4);
-        let (second, _rx2) = hub.register(alice.clone(), 4);
+        let (first, _rx1) = hub.register(alice.clone(), 4).unwrap();
+        let (second, _rx2) = hub.register(alice.clone(), 4).unwrap();
         assert_eq!((hub.connections("alice"), hub.open()), (2, 2));
         drop(first);
         assert_eq!((hub.connections("alice"), hub.open()), (1, 1));
@@ -194,10 +227,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sockets_are_capped_per_user_and_in_total() {
+        let hub = Arc::new(Hub::new(SocketLimits {
+            per_user: 2,
+            total: 3,
+        }));
+        let user = |name: &str| UserId::parse(name).unwrap();
+        let (a1, _r1) = hub.register(user("a"), 1).unwrap();
+        let (_a2, _r2) = hub.register(user("a"), 1).unwrap();
+        assert_eq!(hub.register(user("a"), 1).err(), Some(Full::User(2)));
+        let (_b1, _r3) = hub.register(user("b"), 1).unwrap();
+        assert_eq!(hub.register(user("c"), 1).err(), Some(Full::Server(3)));
+        assert_eq!(hub.open(), 3, "refusals leave no trace");
+        drop(a1);
+        assert!(
+            hub.register(user("c"), 1).is_ok(),
+            "a closed socket frees its place"
+        );
+    }
+
+    #[tokio::test]
     async fn a_full_queue_evicts_that_socket_alone() {
-        let hub = Arc::new(Hub::new());
-        let (slow, _slow_rx) = hub.register(UserId::parse("slow").unwrap(), 1);
-        let (_fast, mut fast_rx) = hub.register(UserId::parse("fast").unwrap(), 8);
+        let hub = Arc::new(Hub::new(SocketLimits {
+            per_user: 4,
+            total: 8,
+        }));
+        let (slow, _slow_rx) = hub.register(UserId::parse("slow").unwrap(), 1).unwrap();
+        let (_fast, mut fast_rx) = hub.register(UserId::parse("fast").unwrap(), 8).unwrap();
         assert_eq!(
             hub.deliver(["slow", "fast"], &frame()),
             Delivery {
