@@ -246,4 +246,28 @@ mod tests {
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearer"), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn no_string_panics_the_verifier(token in "\\PC{0,300}") {
+            proptest::prop_assert!(Authenticator::new(b"secret").verify(&token).is_err());
+        }
+
+        #[test]
+        fn a_tampered_token_never_names_anyone_else(position in 0usize..400, byte in 0u8..128) {
+            let auth = Authenticator::new(b"secret");
+            let token = auth.issue(&UserId::parse("alice").unwrap(), Duration::from_secs(60));
+            let position = position % token.len();
+            let mut bytes = token.into_bytes();
+            proptest::prop_assume!(bytes[position] != byte);
+            bytes[position] = byte;
+            if let Ok(tampered) = String::from_utf8(bytes) {
+                // Only the base64 padding-free tail of the signature can change without changing the
+                // decoded bytes; anything that still verifies must still name alice.
+                if let Ok(user) = auth.verify(&tampered) {
+                    proptest::prop_assert_eq!(user.as_str(), "alice");
+                }
+            }
+        }
+    }
 }

@@ -249,4 +249,22 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_query_string_is_parsed_or_refused_never_panics(query in "\\PC{0,200}") {
+            if let Ok(request) = parse_history_query(&query) {
+                proptest::prop_assert!((1..=MAX_PAGE_SIZE).contains(&request.page.limit));
+                proptest::prop_assert!(!request.participants.is_empty());
+            }
+        }
+
+        #[test]
+        fn queries_built_from_parts_keep_their_meaning(page in 0u64..1_000_000, size in 1u32..1000) {
+            let request = parse_history_query(&format!("participants=a,b&page={page}&size={size}")).unwrap();
+            let size = size.min(MAX_PAGE_SIZE);
+            proptest::prop_assert_eq!(request.page.limit, size);
+            proptest::prop_assert_eq!(request.page.offset, page * u64::from(size));
+        }
+    }
 }

@@ -72,4 +72,20 @@ mod tests {
             Err(ChannelError::TooMany { count: 3, max: 2 })
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_order_or_repetition_names_the_same_sorted_channel(
+            names in proptest::collection::vec("[a-e]{1,3}", 1..12),
+            seed in proptest::prelude::any::<u64>(),
+        ) {
+            let mut shuffled = names.clone();
+            shuffled.rotate_left((seed as usize) % names.len());
+            shuffled.extend(names.iter().take((seed % 3) as usize).cloned());
+            let a = Channel::new(ids(&names.iter().map(String::as_str).collect::<Vec<_>>()), 100).unwrap();
+            let b = Channel::new(ids(&shuffled.iter().map(String::as_str).collect::<Vec<_>>()), 100).unwrap();
+            proptest::prop_assert_eq!(&a, &b);
+            proptest::prop_assert!(a.participants().windows(2).all(|w| w[0] < w[1]));
+        }
+    }
 }

@@ -74,4 +74,15 @@ mod tests {
             Err(InvalidUserId::ControlCharacter)
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_and_accepts_exactly_the_contract(id in "\\PC{0,70}|[\\x00-\\x7f]{0,140}") {
+            let valid = !id.is_empty()
+                && id.len() <= UserId::MAX_BYTES
+                && !id.contains(',')
+                && !id.chars().any(char::is_control);
+            proptest::prop_assert_eq!(UserId::parse(id.as_str()).is_ok(), valid);
+        }
+    }
 }
