@@ -159,6 +159,16 @@ pub const SETTINGS: &[Setting] = &[
         "a socket whose last pong is this old is closed (checked at each ping)",
     ),
     setting(
+        "HTTP_HEADER_TIMEOUT",
+        "10s",
+        "a connection that has not sent a request's headers by then is closed",
+    ),
+    setting(
+        "HTTP_REQUEST_TIMEOUT",
+        "30s",
+        "a request not answered by then (a body trickling in, say) gets 408",
+    ),
+    setting(
         "SHUTDOWN_TIMEOUT",
         "10s",
         "how long shutdown waits for the outbox to drain; the rest waits for the next start",
@@ -190,7 +200,14 @@ pub struct Config {
     pub bus_capacity: usize,
     pub socket: SocketSettings,
     pub shutdown_timeout: Duration,
+    pub http: HttpSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HttpSettings {
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +334,10 @@ impl Config {
                 pong_timeout: vars.duration("WS_PONG_TIMEOUT")?,
             },
             shutdown_timeout: vars.duration("SHUTDOWN_TIMEOUT")?,
+            http: HttpSettings {
+                header_timeout: vars.duration("HTTP_HEADER_TIMEOUT")?,
+                request_timeout: vars.duration("HTTP_REQUEST_TIMEOUT")?,
+            },
             log: LogSettings {
                 filter: vars.text("RUST_LOG"),
                 json: match vars.text("LOG_FORMAT").as_str() {

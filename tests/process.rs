@@ -137,3 +137,53 @@ async fn gauges_show_an_unreachable_store_and_what_waits_for_it() {
     assert_eq!(metric(&scrape, "chat_ws_connections"), 1.0);
     assert_eq!(metric(&scrape, "chat_messages_accepted_total"), 2.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_never_reads_costs_bounded_memory_and_nobody_else_anything() {
+    const HEALTHY: usize = 100;
+    const MESSAGES: usize = 1500;
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret = "slow-secret";
+    let env = [("MAX_PARTICIPANTS", "110"), ("WS_SEND_QUEUE", "64")];
+    let chatd = Chatd::start(data_dir.path(), secret, &env);
+    let server = common::process_target(&chatd, secret);
+    let slow = server.ws_with_small_buffer("slow").await;
+    let slow_closed = server.close_code_after_eviction("slow", slow);
+    let mut readers = Vec::new();
+    for i in 0..HEALTHY {
+        let mut healthy = server.ws(&format!("healthy{i}")).await;
+        readers.push(tokio::spawn(
+            async move { healthy.count_until("last").await },
+        ));
+    }
+    let rss_before = chatd.rss_kib();
+
+    let mut everyone: Vec<String> = (0..HEALTHY).map(|i| format!("healthy{i}")).collect();
+    everyone.push("slow".into());
+    everyone.push("sender".into());
+    let everyone: Vec<&str> = everyone.iter().map(String::as_str).collect();
+    let page = "p".repeat(4000);
+    let mut rss_peak = rss_before;
+    for i in 0..MESSAGES {
+        chatd.send("sender", &everyone, &page).await;
+        if i % 100 == 0 {
+            rss_peak = rss_peak.max(chatd.rss_kib());
+        }
+    }
+    chatd.send("sender", &everyone, "last").await;
+    for reader in readers {
+        assert_eq!(
+            reader.await.unwrap(),
+            MESSAGES + 1,
+            "a healthy socket missed messages"
+        );
+    }
+    assert_eq!(slow_closed.await.unwrap(), Some(4008));
+    rss_peak = rss_peak.max(chatd.rss_kib());
+    // The slow socket holds at most WS_SEND_QUEUE frames, which share the message bytes with
+    // every other socket: the server grows by buffers, not by the backlog of the slow reader
+    // (1,500 messages of 4 KB, 6 MB, which it never reads).
+    let growth = rss_peak.saturating_sub(rss_before);
+    eprintln!("RSS {rss_before} KiB before, {rss_peak} KiB at the peak");
+    assert!(growth < 64 * 1024, "the server grew by {growth} KiB");
+}

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use common::{Seen, TestServer, eventually};
-use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,25 +13,14 @@ async fn a_slow_consumer_is_closed_with_4008_and_never_stalls_the_others() {
     const MESSAGES: usize = 400;
     let server =
         TestServer::start_with(&[("WS_SEND_QUEUE", "16"), ("MAX_MESSAGE_BYTES", "60000")]).await;
-    let mut slow = server.ws_with_small_buffer("slow").await; // reads nothing until evicted
+    let slow = server.ws_with_small_buffer("slow").await; // reads nothing until evicted
     let mut fast = server.ws("fast").await;
     let fast_reader = tokio::spawn(async move {
         let received = fast.count_until("last").await;
         (received, fast)
     });
 
-    // Watches for the eviction while the flood goes on: once evicted, the slow socket reads
-    // (within the server's close grace) what was on its way, then the close frame.
-    let (http, connections) = (server.http.clone(), server.url("/api/connections"));
-    let slow_closed = tokio::spawn(async move {
-        eventually("the slow socket is evicted", || async {
-            let request = http.post(&connections).json(&json!({ "users": ["slow"] }));
-            let counts: Value = request.send().await.unwrap().json().await.unwrap();
-            (counts["slow"] == 0).then_some(())
-        })
-        .await;
-        slow.close_code().await
-    });
+    let slow_closed = server.close_code_after_eviction("slow", slow);
 
     let big = "x".repeat(60_000);
     for _ in 0..MESSAGES {

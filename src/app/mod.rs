@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         limits: config.limits,
         socket: config.socket,
         connections_require_auth: config.connections_require_auth,
+        request_timeout: config.http.request_timeout,
         sockets: sockets.clone(),
         shutdown: shutdown.clone(),
     };
@@ -188,12 +189,12 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             }
         });
     }
-    let service = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(
-        axum::serve(listener, service)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future(),
-    );
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::router(state),
+        config.http.header_timeout,
+        shutdown.clone(),
+    ));
 
     let stopping = shutdown::Stopping {
         shutdown: shutdown.clone(),

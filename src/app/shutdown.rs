@@ -14,7 +14,7 @@ use crate::outbox::Outbox;
 pub(super) struct Stopping {
     pub shutdown: CancellationToken,
     pub timeout: Duration,
-    pub server: JoinHandle<std::io::Result<()>>,
+    pub server: JoinHandle<()>,
     pub sockets: TaskTracker,
     pub outbox: Arc<Outbox>,
     pub pipeline: TaskTracker,
@@ -36,8 +36,7 @@ impl Stopping {
         let server = self.server;
         tokio::pin!(server);
         match tokio::time::timeout_at(deadline, &mut server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::error!(error = %e, "the HTTP server failed"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
             Err(_) => {
                 tracing::warn!("requests still open at the shutdown timeout were cut off");

@@ -9,6 +9,7 @@ mod health;
 mod messages;
 mod observe;
 mod rate_limit;
+mod serve;
 mod ws;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::store::StoreHealth;
 pub use error::ApiError;
 pub use extract::Caller;
 pub use rate_limit::RateLimiter;
+pub use serve::serve;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -53,6 +55,8 @@ pub struct AppState {
     pub limits: Limits,
     pub socket: SocketSettings,
     pub connections_require_auth: bool,
+    /// A request taking longer is answered 408.
+    pub request_timeout: Duration,
     /// Socket tasks, so shutdown can wait for their close handshakes.
     pub sockets: TaskTracker,
     pub shutdown: CancellationToken,
@@ -90,6 +94,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn(observe::record_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.request_timeout,
+            serve::request_deadline,
+        ))
         .layer(axum::middleware::from_fn(observe::request_id))
         .with_state(state)
 }

@@ -209,6 +209,30 @@ impl TestServer {
         WsClient { stream }
     }
 
+    /// Watches, in the background, for `user`'s socket to be evicted (it leaves
+    /// `/api/connections` at once), then reads it to its close frame: within the server's close
+    /// grace, however long the flood that caused it goes on.
+    pub fn close_code_after_eviction(
+        &self,
+        user: &str,
+        mut socket: WsClient,
+    ) -> tokio::task::JoinHandle<Option<u16>> {
+        let (http, url, user) = (
+            self.http.clone(),
+            self.url("/api/connections"),
+            user.to_string(),
+        );
+        tokio::spawn(async move {
+            eventually(&format!("{user}'s socket is evicted"), || async {
+                let request = http.post(&url).json(&json!({ "users": [&user] }));
+                let counts: Value = request.send().await.ok()?.json().await.ok()?;
+                (counts[&user] == 0).then_some(())
+            })
+            .await;
+            socket.close_code().await
+        })
+    }
+
     /// The upgrade's refusal status, for a URL that must be refused.
     pub async fn ws_refused(&self, query: &str) -> u16 {
         let url = format!("ws://{}/ws{}", self.addr, query);
@@ -227,6 +251,18 @@ impl TestServer {
 
 fn config(vars: &HashMap<String, String>) -> Config {
     Config::from_lookup(|name| vars.get(name).cloned()).expect("valid test config")
+}
+
+/// A [`TestServer`]-like view of a chatd child process, for its socket helpers.
+pub fn process_target(chatd: &process::Chatd, secret: &str) -> TestServer {
+    TestServer {
+        app: None,
+        addr: chatd.addr,
+        data_dir: tempfile::tempdir().expect("temp dir"),
+        vars: HashMap::new(),
+        secret: secret.to_string(),
+        http: reqwest::Client::new(),
+    }
 }
 
 async fn launch(vars: &HashMap<String, String>) -> RunningApp {
