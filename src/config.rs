@@ -143,6 +143,11 @@ pub const SETTINGS: &[Setting] = &[
         "sockets open in all; beyond it the upgrade is refused with 503 (mind ulimit -n)",
     ),
     setting(
+        "RECOVERY_LIMIT",
+        "1000",
+        "most missed messages /ws?since=<id> replays; beyond it the client is told to page history",
+    ),
+    setting(
         "WS_SEND_QUEUE",
         "256",
         "frames queued per socket; a socket whose queue is full is closed with 4008",
@@ -193,6 +198,7 @@ pub struct Config {
     pub admin_token: Option<String>,
     pub instance_id: String,
     pub connections_require_auth: bool,
+    pub recovery_limit: u32,
     pub rate_limit: RateLimit,
     pub limits: Limits,
     pub relay: RelaySettings,
@@ -302,6 +308,7 @@ impl Config {
                 .optional("INSTANCE_ID")
                 .unwrap_or_else(default_instance_id),
             connections_require_auth: vars.parse("CONNECTIONS_REQUIRE_AUTH")?,
+            recovery_limit: vars.parse_checked("RECOVERY_LIMIT", |v| *v >= 1)?,
             rate_limit: RateLimit {
                 per_second: vars
                     .parse_checked("RATE_LIMIT_RPS", |v: &f64| v.is_finite() && *v >= 0.0)?,

@@ -39,6 +39,7 @@ fn deliver(hub: &Hub, event: &Event) {
         .map(String::as_str)
         .filter(|p| *p != message.sender);
     let frame = Frame {
+        id: Arc::from(message.id.as_str()),
         text: serde_json::to_string(message)
             .expect("a message always serializes")
             .into(),

@@ -15,5 +15,6 @@ pub mod ingest;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+pub mod recovery;
 pub mod sqlite;
 pub mod store;

@@ -648,3 +648,31 @@ async fn logs_at_info_hold_no_message_content_and_no_token() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_reconnecting_socket_gets_what_mongodb_holds_for_it() {
+    let mongo = MongoServer::start().await;
+    let chat = MongoChat::start(&mongo, &[]).await;
+    let seen = chat
+        .server
+        .send_ok("alice", &["alice", "bob"], "before")
+        .await;
+    let mut missed = Vec::new();
+    for i in 0..3 {
+        missed.push(
+            chat.server
+                .send_ok("alice", &["alice", "bob"], &format!("away {i}"))
+                .await,
+        );
+    }
+    chat.server
+        .send_ok("bob", &["alice", "bob"], "bob's own")
+        .await;
+    // In MongoDB, not only in the outbox.
+    chat.server.stored("bob", "alice,bob", 5).await;
+    let since = format!("&since={}", seen["id"].as_str().unwrap());
+    let mut bob = chat.server.ws_with_query("bob", &since).await;
+    for expected in &missed {
+        assert_eq!(&bob.next_message().await, expected);
+    }
+}

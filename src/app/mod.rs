@@ -172,6 +172,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         limits: config.limits,
         socket: config.socket,
         connections_require_auth: config.connections_require_auth,
+        recovery_limit: config.recovery_limit,
         request_timeout: config.http.request_timeout,
         sockets: sockets.clone(),
         shutdown: shutdown.clone(),

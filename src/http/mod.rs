@@ -55,6 +55,8 @@ pub struct AppState {
     pub limits: Limits,
     pub socket: SocketSettings,
     pub connections_require_auth: bool,
+    /// Most missed messages a reconnecting socket is sent.
+    pub recovery_limit: u32,
     /// A request taking longer is answered 408.
     pub request_timeout: Duration,
     /// Socket tasks, so shutdown can wait for their close handshakes.

@@ -6,10 +6,12 @@ use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use uuid::Uuid;
 
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
 use crate::hub::{self, Full};
+use crate::recovery::{self, Recovery};
 
 const SOCKET_READ_BUFFER: usize = 4 * 1024;
 
@@ -25,7 +27,7 @@ pub async fn upgrade(
             .ok()
             .and_then(bearer_token)
             .map(str::to_owned),
-        None => query_token(query.as_deref()),
+        None => query_value(query.as_deref(), "token"),
     }
     .ok_or_else(|| {
         ApiError::unauthorized("missing token: send Authorization: Bearer <JWT> or ?token=<JWT>")
@@ -35,6 +37,12 @@ pub async fn upgrade(
         .verify(&token)
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
+    let since = query_value(query.as_deref(), "since")
+        .map(|since| match Uuid::parse_str(&since) {
+            Ok(id) if id.get_version_num() == 7 => Ok(id.to_string()),
+            _ => Err(ApiError::bad_request("since must be the id of a message")),
+        })
+        .transpose()?;
 
     // Registered before the 101 goes out: a message sent the moment the client sees its socket
     // open is queued for it, not lost.
@@ -48,6 +56,25 @@ pub async fn upgrade(
                 }
                 Full::Server(_) => ApiError::unavailable(full.to_string()),
             })?;
+    // Looked up once the socket is registered, so nothing falls between lookup and live stream.
+    let recovery = match &since {
+        None => Recovery::default(),
+        Some(since) => {
+            let user = registration.user();
+            recovery::missed(
+                state.store.as_ref(),
+                &state.outbox,
+                user,
+                since,
+                state.recovery_limit,
+            )
+            .await
+            .map_err(|e| {
+                tracing::warn!(error = %e, "reconnect recovery failed");
+                ApiError::unavailable("missed messages cannot be read right now, try again")
+            })?
+        }
+    };
     ::metrics::counter!(crate::metrics::WS_OPENED).increment(1);
     let settings = state.socket;
     let shutdown = state.shutdown.clone();
@@ -59,16 +86,24 @@ pub async fn upgrade(
         .max_message_size(settings.max_inbound_bytes)
         .max_frame_size(settings.max_inbound_bytes)
         .on_upgrade(move |socket| {
-            sockets.track_future(hub::serve(socket, registration, frames, settings, shutdown))
+            sockets.track_future(hub::serve(
+                socket,
+                registration,
+                frames,
+                settings,
+                shutdown,
+                recovery,
+            ))
         })
         .into_response())
 }
 
-fn query_token(query: Option<&str>) -> Option<String> {
+/// A non-empty query parameter; of a repeated one the first counts.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
     let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
     pairs
         .into_iter()
-        .find(|(key, _)| key == "token")
-        .map(|(_, token)| token)
-        .filter(|token| !token.is_empty())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value)
+        .filter(|value| !value.is_empty())
 }

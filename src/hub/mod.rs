@@ -21,6 +21,8 @@ pub use socket::serve;
 /// One serialized message, shared by every socket it goes to.
 #[derive(Debug, Clone)]
 pub struct Frame {
+    /// The message's id, to recognise it at a recovery's seam.
+    pub id: Arc<str>,
     pub text: Utf8Bytes,
     pub accepted_at: Instant,
 }
@@ -183,6 +185,10 @@ pub struct Registration {
 }
 
 impl Registration {
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
     /// Resolves when the fan-out gave up on this socket as a slow consumer.
     pub async fn evicted(&self) {
         self.evicted.cancelled().await;
@@ -201,6 +207,7 @@ mod tests {
 
     fn frame() -> Frame {
         Frame {
+            id: Arc::from("id"),
             text: Utf8Bytes::from_static("{}"),
             accepted_at: Instant::now(),
         }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ::metrics::{counter, histogram};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, interval_at, timeout};
@@ -13,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Frame, Registration};
 use crate::config::SocketSettings;
 use crate::metrics;
+use crate::recovery::Recovery;
 
 /// How long a closing handshake may take before the connection is simply dropped. A slow
 /// consumer's close frame waits behind what it has not read yet, so this is generous.
@@ -66,6 +68,7 @@ pub async fn serve(
     mut frames: mpsc::Receiver<Frame>,
     settings: SocketSettings,
     shutdown: CancellationToken,
+    recovery: Recovery,
 ) {
     let (mut sink, mut stream) = socket.split();
     let mut ping = interval_at(
@@ -86,11 +89,43 @@ pub async fn serve(
     };
     tokio::pin!(stop);
 
+    // A reconnecting client first gets what it missed (or word that it missed too much).
+    let Recovery {
+        frames: missed,
+        mut replayed,
+        over_limit,
+    } = recovery;
+    let first = over_limit
+        .map(Recovery::over_limit_notice)
+        .into_iter()
+        .chain(missed);
+    let replay = async {
+        for text in first {
+            sink.feed(Message::Text(text)).await?;
+        }
+        sink.flush().await
+    };
+    let replayed_ok = tokio::select! {
+        sent = replay => sent.is_ok(),
+        end = &mut stop => {
+            finish(&mut sink, end).await;
+            return;
+        }
+    };
+    if !replayed_ok {
+        finish(&mut sink, End::Broken).await;
+        return;
+    }
+
     let end = loop {
         tokio::select! {
             end = &mut stop => break end,
             frame = frames.recv() => {
                 let Some(frame) = frame else { break End::Broken };
+                // Already sent by the recovery: the seam between replay and live stream.
+                if !replayed.is_empty() && replayed.remove(&*frame.id) {
+                    continue;
+                }
                 tokio::select! {
                     sent = sink.send(Message::Text(frame.text)) => {
                         if sent.is_err() {
@@ -120,6 +155,11 @@ pub async fn serve(
         }
     };
 
+    finish(&mut sink, end).await;
+}
+
+/// Counts the end, and closes the socket with a close frame if the peer can still read one.
+async fn finish(sink: &mut SplitSink<WebSocket, Message>, end: End) {
     counter!(metrics::WS_CLOSED, "reason" => end.label()).increment(1);
     let _ = timeout(CLOSE_GRACE, async {
         if let Some(frame) = end.close_frame() {

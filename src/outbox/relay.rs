@@ -333,6 +333,10 @@ mod tests {
             unreachable!("the relay never reads history")
         }
 
+        async fn missed_by(&self, _: &UserId, _: &str, _: u32) -> Result<Vec<Message>, StoreError> {
+            unreachable!("the relay never reads history")
+        }
+
         async fn locate(&self, _: &str) -> Result<Option<Cursor>, StoreError> {
             unreachable!("the relay never reads history")
         }

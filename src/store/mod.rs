@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::StoreSettings;
-use crate::model::{Channel, DeadLetter, Failure, Message};
+use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
 
 pub use health::StoreHealth;
 pub use mongo::MongoStore;
@@ -83,6 +83,15 @@ pub trait MessageStore: Send + Sync + 'static {
         &self,
         channel: &Channel,
         page: &HistoryPage,
+    ) -> Result<Vec<Message>, StoreError>;
+
+    /// Up to `limit` messages of any channel `user` is in, accepted after the message `after`
+    /// (a UUID v7, so id order is acceptance order), oldest first.
+    async fn missed_by(
+        &self,
+        user: &UserId,
+        after: &str,
+        limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
 
     /// The history position of a stored message, for ids that do not carry their own time.

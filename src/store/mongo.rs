@@ -15,7 +15,7 @@ use mongodb::{Client, Collection, Database};
 
 use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
 use crate::config::MongoSettings;
-use crate::model::{Channel, DeadLetter, Failure, Message};
+use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
 
 struct MongoMigration {
     name: &'static str,
@@ -239,6 +239,27 @@ impl MessageStore for MongoStore {
                     .sort(doc! { "created_at": -1, "_id": -1 })
                     .skip(page.offset)
                     .limit(i64::from(page.limit)),
+            )
+            .await?;
+        let docs: Vec<Document> = self.call(found.try_collect()).await?;
+        docs.iter().map(message_from_doc).collect()
+    }
+
+    async fn missed_by(
+        &self,
+        user: &UserId,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        // String ids only: the original's ObjectId documents predate any id a client can pass.
+        let filter =
+            doc! { "participants": user.as_str(), "_id": { "$gt": after, "$type": "string" } };
+        let found = self
+            .call(
+                self.messages
+                    .find(filter)
+                    .sort(doc! { "_id": 1 })
+                    .limit(i64::from(limit)),
             )
             .await?;
         let docs: Vec<Document> = self.call(found.try_collect()).await?;

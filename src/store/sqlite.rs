@@ -6,7 +6,7 @@ use chrono::DateTime;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
 
 use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
-use crate::model::{Channel, DeadLetter, Failure, Message};
+use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
 use crate::sqlite::{self, Checkpointer, Migration, ReadPool, message_from_row, participants_json};
 
 const MIGRATIONS: &[Migration] = &[
@@ -89,6 +89,27 @@ impl MessageStore for SqliteStore {
         let key = channel.key();
         let page = page.clone();
         self.read(move |conn| read_page(conn, &key, &page)).await
+    }
+
+    async fn missed_by(
+        &self,
+        user: &UserId,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let (user, after) = (user.to_string(), after.to_string());
+        self.read(move |conn| {
+            // The id range uses the primary key; the membership test then runs only on messages
+            // newer than `after`.
+            conn.prepare_cached(
+                "SELECT id, sender, content, participants, created_at FROM messages
+                 WHERE id > ?1 AND EXISTS (SELECT 1 FROM json_each(messages.participants) WHERE value = ?2)
+                 ORDER BY id LIMIT ?3",
+            )?
+            .query_map(params![after, user, limit], |row| message_from_row(row, 0))?
+            .collect()
+        })
+        .await
     }
 
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError> {

@@ -189,7 +189,12 @@ impl TestServer {
     }
 
     pub async fn ws(&self, user: &str) -> WsClient {
-        let url = format!("ws://{}/ws?token={}", self.addr, self.token(user));
+        self.ws_with_query(user, "").await
+    }
+
+    /// A socket whose upgrade URL carries more parameters, e.g. `&since=<id>`.
+    pub async fn ws_with_query(&self, user: &str, query: &str) -> WsClient {
+        let url = format!("ws://{}/ws?token={}{query}", self.addr, self.token(user));
         let (stream, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("WebSocket upgrade");

@@ -1,0 +1,140 @@
+//! Reconnect recovery: `/ws?since=<id>` replays what was missed, then goes live, with no gap
+//! and no duplicate at the seam.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use common::{TestServer, eventually};
+use serde_json::Value;
+
+const MARKER: &str = "end-of-test";
+
+fn content(message: &Value) -> &str {
+    message["content"].as_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_reconnecting_socket_gets_what_it_missed_in_order_then_the_live_stream() {
+    let server = TestServer::start().await;
+    let mut bob = server.ws("bob").await;
+    let seen = server.send_ok("alice", &["alice", "bob"], "before").await;
+    assert_eq!(bob.next_message().await, seen);
+    bob.close().await;
+    server.await_connections("bob", 0).await;
+
+    let mut missed = Vec::new();
+    for i in 0..5 {
+        missed.push(
+            server
+                .send_ok("alice", &["alice", "bob"], &format!("while away {i}"))
+                .await,
+        );
+    }
+    server
+        .send_ok("bob", &["alice", "bob"], "bob's own, from his phone")
+        .await;
+    missed.push(
+        server
+            .send_ok("carol", &["bob", "carol"], "another channel")
+            .await,
+    );
+
+    let since = format!("&since={}", seen["id"].as_str().unwrap());
+    let mut bob = server.ws_with_query("bob", &since).await;
+    for expected in &missed {
+        assert_eq!(&bob.next_message().await, expected);
+    }
+    let live = server
+        .send_ok("alice", &["alice", "bob"], "live again")
+        .await;
+    assert_eq!(bob.next_message().await, live);
+    server.send_ok("alice", &["alice", "bob"], MARKER).await;
+    assert_eq!(bob.messages_until(MARKER).await.len(), 1, "nothing twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seam_has_no_gap_and_no_duplicate_while_messages_keep_coming() {
+    let server = Arc::new(TestServer::start().await);
+    let mut bob = server.ws("bob").await;
+    let seen = server.send_ok("alice", &["alice", "bob"], "before").await;
+    assert_eq!(bob.next_message().await, seen);
+    bob.close().await;
+    server.await_connections("bob", 0).await;
+
+    let sending = Arc::new(AtomicBool::new(true));
+    let sender = tokio::spawn({
+        let (server, sending) = (server.clone(), sending.clone());
+        async move {
+            let mut sent = Vec::new();
+            while sending.load(Ordering::SeqCst) {
+                let message = server
+                    .send_ok("alice", &["alice", "bob"], &format!("m{}", sent.len()))
+                    .await;
+                sent.push(message["id"].as_str().unwrap().to_string());
+            }
+            sent
+        }
+    });
+    // Reconnect in the middle of the stream.
+    eventually("some messages are sent while bob is away", || async {
+        (server.history("bob", "participants=alice,bob").await.len() > 20).then_some(())
+    })
+    .await;
+    let since = format!("&since={}", seen["id"].as_str().unwrap());
+    let mut bob = server.ws_with_query("bob", &since).await;
+    let first_live = bob.next_message().await;
+    sending.store(false, Ordering::SeqCst);
+    let sent = sender.await.unwrap();
+    server.send_ok("alice", &["alice", "bob"], MARKER).await;
+
+    let mut received = vec![first_live];
+    received.extend(bob.messages_until(MARKER).await);
+    received.pop();
+    let ids: Vec<&str> = received.iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "a message arrived twice");
+    let expected: BTreeSet<&str> = sent.iter().map(String::as_str).collect();
+    assert_eq!(
+        unique, expected,
+        "every message sent after `since` arrives, exactly once"
+    );
+    assert!(received.iter().all(|m| content(m).starts_with('m')));
+}
+
+#[tokio::test]
+async fn too_many_missed_messages_tell_the_client_to_page_history() {
+    let server = TestServer::start_with(&[("RECOVERY_LIMIT", "3")]).await;
+    let seen = server.send_ok("alice", &["alice", "bob"], "before").await;
+    for i in 0..5 {
+        server
+            .send_ok("alice", &["alice", "bob"], &format!("missed {i}"))
+            .await;
+    }
+    let since = format!("&since={}", seen["id"].as_str().unwrap());
+    let mut bob = server.ws_with_query("bob", &since).await;
+    let notice = bob.next_message().await;
+    assert_eq!(notice["type"], "recovery_limit_exceeded");
+    assert_eq!(notice["limit"], 3);
+    let live = server.send_ok("alice", &["alice", "bob"], "live").await;
+    assert_eq!(bob.next_message().await, live);
+}
+
+#[tokio::test]
+async fn since_must_be_a_message_id() {
+    let server = TestServer::start().await;
+    let token = server.token("bob");
+    assert_eq!(
+        server
+            .ws_refused(&format!("?token={token}&since=yesterday"))
+            .await,
+        400
+    );
+    assert_eq!(
+        server.connections(&["bob"]).await["bob"],
+        0,
+        "a refused upgrade registers nothing"
+    );
+}
