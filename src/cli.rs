@@ -120,6 +120,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    if config.identity.public_key.is_some() || config.identity.jwks_url.is_some() {
+        anyhow::bail!(
+            "chatd verifies tokens from your identity service (JWT_PUBLIC_KEY or JWKS_URL): get tokens there"
+        );
+    }
     let user = UserId::parse(user_id)?;
     let (secret, source) = resolve_secret(config)?;
     if source == SecretSource::Development {

@@ -45,6 +45,22 @@ pub const SETTINGS: &[Setting] = &[
         "HS256 secret; unset: a development secret is generated once in DATA_DIR",
     ),
     setting(
+        "JWT_PUBLIC_KEY",
+        "",
+        "an identity service's public key (PEM text, or @/path/key.pem): RS256/ES256 tokens instead of HS256",
+    ),
+    setting(
+        "JWKS_URL",
+        "",
+        "an identity service's JWKS document: RS256/ES256 tokens, keys chosen by kid, cached",
+    ),
+    setting("JWT_ISSUER", "", "when set, a token's iss must be this"),
+    setting(
+        "JWT_AUDIENCE",
+        "",
+        "when set, a token's aud must include this",
+    ),
+    setting(
         "MONGO_URI",
         "",
         "MongoDB connection string; unset: the embedded store in DATA_DIR",
@@ -194,6 +210,7 @@ pub struct Config {
     pub metrics_port: Option<u16>,
     pub data_dir: PathBuf,
     pub jwt_secret: Option<String>,
+    pub identity: Identity,
     pub store: StoreSettings,
     pub admin_token: Option<String>,
     pub instance_id: String,
@@ -220,6 +237,15 @@ pub struct HttpSettings {
 pub struct LogSettings {
     pub filter: String,
     pub json: bool,
+}
+
+/// Where the keys that verify tokens come from.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub public_key: Option<String>,
+    pub jwks_url: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -294,6 +320,12 @@ impl Config {
             },
             data_dir: PathBuf::from(vars.text("DATA_DIR")),
             jwt_secret: vars.optional("JWT_SECRET"),
+            identity: Identity {
+                public_key: vars.optional("JWT_PUBLIC_KEY"),
+                jwks_url: vars.optional("JWKS_URL"),
+                issuer: vars.optional("JWT_ISSUER"),
+                audience: vars.optional("JWT_AUDIENCE"),
+            },
             store: StoreSettings {
                 mongo: vars.optional("MONGO_URI").map(|uri| MongoSettings {
                     uri,
@@ -360,6 +392,13 @@ impl Config {
                 },
             },
         };
+        if config.identity.public_key.is_some() && config.identity.jwks_url.is_some() {
+            return Err(ConfigError {
+                name: "JWKS_URL",
+                value: config.identity.jwks_url.unwrap_or_default(),
+                reason: "set JWT_PUBLIC_KEY or JWKS_URL, not both".into(),
+            });
+        }
         Ok(config)
     }
 

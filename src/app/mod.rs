@@ -16,7 +16,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::{Authenticator, SecretSource, resolve_secret};
+use crate::auth::{
+    Authenticator, ClaimChecks, ExternalKeys, SecretSource, Verifier, resolve_secret,
+};
 use crate::bus::{EventBus, LocalBus};
 use crate::config::Config;
 use crate::fanout;
@@ -69,13 +71,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
     let data_dir_lock = lock_data_dir(&config.data_dir)?;
-    let (secret, source) = resolve_secret(&config).context("reading the JWT secret")?;
-    if source == SecretSource::Development {
-        tracing::warn!(
-            data_dir = %config.data_dir.display(),
-            "JWT_SECRET is not set: using a development secret kept in DATA_DIR. Set JWT_SECRET in production."
-        );
-    }
+    let verifier = verifier(&config)?;
     let outbox = Arc::new(
         Outbox::open(
             &config.data_dir.join(OUTBOX_FILE),
@@ -158,7 +154,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let shutdown = CancellationToken::new();
     let sockets = TaskTracker::new();
     let state = AppState {
-        auth: Arc::new(Authenticator::new(&secret)),
+        auth: Arc::new(verifier),
         ingest: Arc::new(Ingest::new(outbox.clone(), bus)),
         outbox: outbox.clone(),
         dead_letters: Arc::new(DeadLetters::new(store.clone())),
@@ -214,6 +210,34 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         shutdown,
         stopped,
     })
+}
+
+/// The keys tokens are checked against: an identity service's, or the shared HS256 secret.
+fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+    let identity = &config.identity;
+    let checks = ClaimChecks {
+        issuer: identity.issuer.clone(),
+        audience: identity.audience.clone(),
+    };
+    if let Some(pem) = &identity.public_key {
+        let keys =
+            ExternalKeys::from_pem(pem).map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY: {e}"))?;
+        return Ok(Verifier::External { keys, checks });
+    }
+    if let Some(url) = &identity.jwks_url {
+        let keys = ExternalKeys::from_jwks_url(url);
+        return Ok(Verifier::External { keys, checks });
+    }
+    let (secret, source) = resolve_secret(config).context("reading the JWT secret")?;
+    if source == SecretSource::Development {
+        tracing::warn!(
+            data_dir = %config.data_dir.display(),
+            "JWT_SECRET is not set: using a development secret kept in DATA_DIR. Set JWT_SECRET in production."
+        );
+    }
+    Ok(Verifier::Shared(Authenticator::with_checks(
+        &secret, &checks,
+    )))
 }
 
 /// Two chatd processes on one `DATA_DIR` would relay the same outbox: the second is refused.

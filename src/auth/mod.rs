@@ -1,5 +1,8 @@
-//! Who is calling: HS256 JWTs whose `id` claim is the user id.
+//! Who is calling: JWTs whose `id` claim is the user id, signed HS256 with the shared secret or,
+//! with `JWT_PUBLIC_KEY` or `JWKS_URL`, RS256/ES256 by an external identity service. The
+//! algorithm is pinned to the configured one either way.
 
+mod external;
 mod secret;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -10,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::UserId;
 
+pub use external::ExternalKeys;
 pub use secret::{SecretSource, resolve_secret};
 
 /// Clock skew allowed on `exp`: the contract's ceiling.
@@ -31,6 +35,67 @@ pub enum AuthError {
     Invalid(String),
 }
 
+/// Optional checks on `iss` and `aud` (`JWT_ISSUER`, `JWT_AUDIENCE`).
+#[derive(Debug, Clone, Default)]
+pub struct ClaimChecks {
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+}
+
+/// What the server verifies incoming tokens with.
+pub enum Verifier {
+    Shared(Authenticator),
+    External {
+        keys: ExternalKeys,
+        checks: ClaimChecks,
+    },
+}
+
+impl Verifier {
+    pub async fn verify(&self, token: &str) -> Result<UserId, AuthError> {
+        match self {
+            Self::Shared(authenticator) => authenticator.verify(token),
+            Self::External { keys, checks } => {
+                let header = jsonwebtoken::decode_header(token)
+                    .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
+                let (key, algorithm) = keys.key_for(header.kid.as_deref()).await?;
+                verify_with(token, &key, &validation(algorithm, checks))
+            }
+        }
+    }
+}
+
+fn validation(algorithm: Algorithm, checks: &ClaimChecks) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = LEEWAY_SECS;
+    // A configured issuer or audience must be present, not merely right when present.
+    let mut required = vec!["exp"];
+    if let Some(issuer) = &checks.issuer {
+        validation.set_issuer(&[issuer]);
+        required.push("iss");
+    }
+    match &checks.audience {
+        Some(audience) => {
+            validation.set_audience(&[audience]);
+            required.push("aud");
+        }
+        // Without a configured audience a token's `aud` is not checked.
+        None => validation.validate_aud = false,
+    }
+    validation.set_required_spec_claims(&required);
+    validation
+}
+
+fn verify_with(
+    token: &str,
+    key: &DecodingKey,
+    validation: &Validation,
+) -> Result<UserId, AuthError> {
+    let data = jsonwebtoken::decode::<Claims>(token, key, validation)
+        .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
+    UserId::parse(data.claims.id).map_err(|e| AuthError::Invalid(format!("claim id: {e}")))
+}
+
 /// Verifies and issues tokens for one secret, with the algorithm pinned to HS256.
 pub struct Authenticator {
     decoding: DecodingKey,
@@ -40,20 +105,19 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(secret: &[u8]) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = LEEWAY_SECS;
-        validation.set_required_spec_claims(&["exp"]);
+        Self::with_checks(secret, &ClaimChecks::default())
+    }
+
+    pub fn with_checks(secret: &[u8], checks: &ClaimChecks) -> Self {
         Self {
             decoding: DecodingKey::from_secret(secret),
             encoding: EncodingKey::from_secret(secret),
-            validation,
+            validation: validation(Algorithm::HS256, checks),
         }
     }
 
     pub fn verify(&self, token: &str) -> Result<UserId, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
-        UserId::parse(data.claims.id).map_err(|e| AuthError::Invalid(format!("claim id: {e}")))
+        verify_with(token, &self.decoding, &self.validation)
     }
 
     pub fn issue(&self, user: &UserId, ttl: Duration) -> String {
@@ -79,7 +143,9 @@ fn describe(kind: &ErrorKind) -> String {
         ErrorKind::InvalidSignature => "the signature does not match".into(),
         ErrorKind::InvalidAlgorithm
         | ErrorKind::MissingAlgorithm
-        | ErrorKind::InvalidAlgorithmName => "the algorithm must be HS256".into(),
+        | ErrorKind::InvalidAlgorithmName => "the algorithm is not the one configured".into(),
+        ErrorKind::InvalidIssuer => "the issuer is not the one expected".into(),
+        ErrorKind::InvalidAudience => "the audience is not the one expected".into(),
         ErrorKind::MissingRequiredClaim(claim) => format!("the {claim} claim is missing"),
         ErrorKind::InvalidClaimFormat(claim) => format!("the {claim} claim is malformed"),
         ErrorKind::Json(e) => format!("malformed claims: {e}"),
@@ -222,7 +288,7 @@ mod tests {
                 Algorithm::HS384,
                 b"secret"
             ),
-            "invalid token: the algorithm must be HS256"
+            "invalid token: the algorithm is not the one configured"
         );
         assert!(
             why(serde_json::json!({"id": "a"}), Algorithm::HS256, b"secret")

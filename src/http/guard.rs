@@ -28,6 +28,7 @@ pub async fn api_guard(
             let user = state
                 .auth
                 .verify(token)
+                .await
                 .map_err(|e| ApiError::unauthorized(e.to_string()))?;
             Some(user)
         }

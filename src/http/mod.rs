@@ -22,7 +22,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
+use crate::auth::Verifier;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
@@ -39,7 +39,7 @@ pub use serve::serve;
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub auth: Arc<Authenticator>,
+    pub auth: Arc<Verifier>,
     pub ingest: Arc<Ingest>,
     pub outbox: Arc<Outbox>,
     pub store: Arc<dyn MessageStore>,

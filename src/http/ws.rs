@@ -35,6 +35,7 @@ pub async fn upgrade(
     let user = state
         .auth
         .verify(&token)
+        .await
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     let since = query_value(query.as_deref(), "since")

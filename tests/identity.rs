@@ -1,0 +1,218 @@
+//! Tokens from an external identity service: a public key or a JWKS document, RS256 or ES256,
+//! with the issuer and audience checked when configured.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use common::{TestServer, eventually};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+const KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/keys");
+
+fn key_file(name: &str) -> String {
+    std::fs::read_to_string(format!("{KEYS}/{name}")).unwrap()
+}
+
+fn sign(
+    algorithm: Algorithm,
+    private_pem: &str,
+    kid: Option<&str>,
+    claims: serde_json::Value,
+) -> String {
+    let key = match algorithm {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(private_pem.as_bytes()).unwrap(),
+        _ => EncodingKey::from_ec_pem(private_pem.as_bytes()).unwrap(),
+    };
+    let mut header = Header::new(algorithm);
+    header.kid = kid.map(str::to_string);
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+fn claims(user: &str) -> serde_json::Value {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    json!({ "id": user, "iat": now, "exp": now + 600 })
+}
+
+async fn send_status(server: &TestServer, token: &str) -> u16 {
+    let response = server
+        .http
+        .post(server.url("/api/messages"))
+        .bearer_auth(token)
+        .json(&json!({ "participants": ["alice", "bob"], "content": "hi" }))
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn an_rs256_public_key_from_a_file_verifies_and_pins_the_algorithm() {
+    let setting = format!("@{KEYS}/rsa-public.pem");
+    let server = TestServer::start_with(&[("JWT_PUBLIC_KEY", &setting)]).await;
+    let token = sign(
+        Algorithm::RS256,
+        &key_file("rsa-private.pem"),
+        None,
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &token).await, 202);
+    // The shared-secret tokens it used to take are refused now: the algorithm is pinned.
+    assert_eq!(send_status(&server, &server.token("alice")).await, 401);
+    let other_key = sign(
+        Algorithm::ES256,
+        &key_file("ec-private.pem"),
+        None,
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &other_key).await, 401);
+    let socket = format!("?token={token}");
+    let (stream, _) = tokio_tungstenite::connect_async(format!("ws://{}/ws{socket}", server.addr))
+        .await
+        .unwrap();
+    drop(stream);
+}
+
+#[tokio::test]
+async fn an_es256_public_key_given_as_text_verifies() {
+    let server = TestServer::start_with(&[("JWT_PUBLIC_KEY", &key_file("ec-public.pem"))]).await;
+    let token = sign(
+        Algorithm::ES256,
+        &key_file("ec-private.pem"),
+        None,
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &token).await, 202);
+    let wrong_key = sign(
+        Algorithm::ES256,
+        &key_file("ec2-private.pem"),
+        None,
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &wrong_key).await, 401);
+}
+
+/// A stand-in identity service: serves whatever JWKS document the test puts in it.
+async fn jwks_server(document: Arc<Mutex<String>>) -> String {
+    let app = Router::new()
+        .route(
+            "/jwks",
+            get(|State(doc): State<Arc<Mutex<String>>>| async move { doc.lock().unwrap().clone() }),
+        )
+        .with_state(document);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+#[tokio::test]
+async fn jwks_keys_are_chosen_by_kid_and_a_rotated_key_is_fetched() {
+    let document = Arc::new(Mutex::new(key_file("jwks.json")));
+    let url = jwks_server(document.clone()).await;
+    let server = TestServer::start_with(&[("JWKS_URL", &url)]).await;
+
+    let rsa = sign(
+        Algorithm::RS256,
+        &key_file("rsa-private.pem"),
+        Some("rsa-1"),
+        claims("alice"),
+    );
+    let ec = sign(
+        Algorithm::ES256,
+        &key_file("ec-private.pem"),
+        Some("ec-1"),
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &rsa).await, 202);
+    assert_eq!(send_status(&server, &ec).await, 202);
+    let no_kid = sign(
+        Algorithm::ES256,
+        &key_file("ec-private.pem"),
+        None,
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &no_kid).await, 401);
+    let wrong_kid = sign(
+        Algorithm::ES256,
+        &key_file("ec-private.pem"),
+        Some("rsa-1"),
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &wrong_kid).await, 401);
+
+    // The identity service rotates to a new key: tokens signed with it are refused until the
+    // document has it, then accepted without restarting chatd.
+    let rotated = sign(
+        Algorithm::ES256,
+        &key_file("ec2-private.pem"),
+        Some("ec-2"),
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &rotated).await, 401);
+    *document.lock().unwrap() = key_file("jwks-rotated.json");
+    eventually("the rotated key is fetched", || async {
+        (send_status(&server, &rotated).await == 202).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let server = TestServer::start_with(&[
+        ("JWT_ISSUER", "https://id.example"),
+        ("JWT_AUDIENCE", "chatd"),
+    ])
+    .await;
+    let secret = server.secret().to_string();
+    let with = |extra: serde_json::Value| {
+        let mut claims = claims("alice");
+        claims
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        send_status(&server, &with(json!({}))).await,
+        401,
+        "no iss, no aud"
+    );
+    assert_eq!(
+        send_status(
+            &server,
+            &with(json!({"iss": "https://evil.example", "aud": "chatd"}))
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        send_status(
+            &server,
+            &with(json!({"iss": "https://id.example", "aud": "other"}))
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        send_status(
+            &server,
+            &with(json!({"iss": "https://id.example", "aud": "chatd"}))
+        )
+        .await,
+        202
+    );
+}
