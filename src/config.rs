@@ -180,6 +180,11 @@ pub const SETTINGS: &[Setting] = &[
         "a socket whose last pong is this old is closed (checked at each ping)",
     ),
     setting(
+        "CORS_ALLOWED_ORIGINS",
+        "",
+        "web origins allowed to call chatd, comma-separated (https://app.example.com); unset: none",
+    ),
+    setting(
         "HTTP_HEADER_TIMEOUT",
         "10s",
         "a connection that has not sent a request's headers by then is closed",
@@ -227,10 +232,11 @@ pub struct Config {
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub header_timeout: Duration,
     pub request_timeout: Duration,
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -376,6 +382,12 @@ impl Config {
             http: HttpSettings {
                 header_timeout: vars.duration("HTTP_HEADER_TIMEOUT")?,
                 request_timeout: vars.duration("HTTP_REQUEST_TIMEOUT")?,
+                allowed_origins: vars
+                    .text("CORS_ALLOWED_ORIGINS")
+                    .split(',')
+                    .map(|origin| origin.trim().trim_end_matches('/').to_string())
+                    .filter(|origin| !origin.is_empty())
+                    .collect(),
             },
             log: LogSettings {
                 filter: vars.text("RUST_LOG"),

@@ -22,7 +22,7 @@ use crate::auth::{
 use crate::bus::{EventBus, LocalBus};
 use crate::config::Config;
 use crate::fanout;
-use crate::http::{self, AppState, RateLimiter};
+use crate::http::{self, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -170,6 +170,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         connections_require_auth: config.connections_require_auth,
         recovery_limit: config.recovery_limit,
         request_timeout: config.http.request_timeout,
+        origins: Arc::new(AllowedOrigins::new(config.http.allowed_origins.clone())),
         sockets: sockets.clone(),
         shutdown: shutdown.clone(),
     };

@@ -8,6 +8,7 @@ mod guard;
 mod health;
 mod messages;
 mod observe;
+mod origins;
 mod rate_limit;
 mod serve;
 mod ws;
@@ -33,6 +34,7 @@ use crate::store::StoreHealth;
 
 pub use error::ApiError;
 pub use extract::Caller;
+pub use origins::AllowedOrigins;
 pub use rate_limit::RateLimiter;
 pub use serve::serve;
 
@@ -57,6 +59,8 @@ pub struct AppState {
     pub connections_require_auth: bool,
     /// Most missed messages a reconnecting socket is sent.
     pub recovery_limit: u32,
+    /// Web origins allowed to call chatd; empty: none.
+    pub origins: Arc<AllowedOrigins>,
     /// A request taking longer is answered 408.
     pub request_timeout: Duration,
     /// Socket tasks, so shutdown can wait for their close handshakes.
@@ -99,6 +103,10 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.request_timeout,
             serve::request_deadline,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.origins.clone(),
+            origins::check_origin,
         ))
         .layer(axum::middleware::from_fn(observe::request_id))
         .with_state(state)

@@ -1,0 +1,72 @@
+//! Which web origins may call chatd (`CORS_ALLOWED_ORIGINS`), for REST and WebSocket upgrades
+//! alike. A request without an `Origin` header (a server, a script, a mobile app, the original
+//! service's clients) is not a browser on another site and passes; a browser on an origin not
+//! listed is refused with 403 before anything runs, so a refusal changes nothing.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+
+/// The origins allowed, exactly as browsers send them (`https://app.example.com`).
+#[derive(Debug, Default)]
+pub struct AllowedOrigins(Vec<String>);
+
+impl AllowedOrigins {
+    pub fn new(origins: Vec<String>) -> Self {
+        Self(origins)
+    }
+
+    fn permits(&self, origin: &str) -> bool {
+        self.0.iter().any(|allowed| allowed == origin)
+    }
+}
+
+pub async fn check_origin(
+    State(allowed): State<Arc<AllowedOrigins>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(origin) = request.headers().get(ORIGIN).cloned() else {
+        return next.run(request).await;
+    };
+    if !origin.to_str().is_ok_and(|o| allowed.permits(o)) {
+        return ApiError::new(StatusCode::FORBIDDEN, "this origin may not call chatd")
+            .into_response();
+    }
+    let preflight = request.method() == Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, DELETE"),
+        );
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+        headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+        response
+    } else {
+        next.run(request).await
+    };
+    response
+        .headers_mut()
+        .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    response
+        .headers_mut()
+        .append(VARY, HeaderValue::from_static("origin"));
+    response
+}
