@@ -101,8 +101,23 @@ impl Journal {
                 }
             }
             let outcome = self.commit(&group);
-            if let Err(e) = &outcome {
-                tracing::error!(error = %e, commands = group.len(), "outbox commit failed");
+            match &outcome {
+                // The counts move before anyone hears of the commit, so a sender that got its
+                // 202 never sees a count without its message.
+                Ok(delta) => {
+                    self.counts.send_modify(|c| {
+                        c.pending = (c.pending + delta.appended)
+                            .saturating_sub(delta.stored + delta.dead_lettered);
+                        c.dead_lettered =
+                            (c.dead_lettered + delta.dead_lettered).saturating_sub(delta.forgotten);
+                    });
+                    if delta.appended > 0 {
+                        self.new_work.notify_one();
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, commands = group.len(), "outbox commit failed")
+                }
             }
             for command in group.drain(..) {
                 let reply = match &outcome {
@@ -111,17 +126,6 @@ impl Journal {
                 };
                 // A caller that stopped waiting no longer needs the answer.
                 let _ = command.done().send(reply);
-            }
-            if let Ok(delta) = outcome {
-                self.counts.send_modify(|c| {
-                    c.pending = (c.pending + delta.appended)
-                        .saturating_sub(delta.stored + delta.dead_lettered);
-                    c.dead_lettered =
-                        (c.dead_lettered + delta.dead_lettered).saturating_sub(delta.forgotten);
-                });
-                if delta.appended > 0 {
-                    self.new_work.notify_one();
-                }
             }
         }
     }
