@@ -9,7 +9,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{TestServer, eventually};
+use common::{TestServer, eventually, metric};
 use serde_json::Value;
 
 /// The series the observability issue names, each of which must exist from start-up.
@@ -65,15 +65,6 @@ fn exported(text: &str) -> BTreeSet<String> {
         }
     }
     names
-}
-
-/// The value of one exact series line, e.g. `chat_messages_rejected_total{reason="forbidden"}`.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} is not in\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 /// Every `chat_…` identifier in a text.
@@ -153,12 +144,12 @@ async fn the_pipeline_is_counted() {
 
     let after = eventually("the writes are counted", || async {
         let after = scrape(&server, &url).await;
-        (value(&after, "chat_persist_batches_total{result=\"ok\"}")
-            > value(&before, "chat_persist_batches_total{result=\"ok\"}"))
+        (metric(&after, "chat_persist_batches_total{result=\"ok\"}")
+            > metric(&before, "chat_persist_batches_total{result=\"ok\"}"))
         .then_some(after)
     })
     .await;
-    let delta = |series: &str| value(&after, series) - value(&before, series);
+    let delta = |series: &str| metric(&after, series) - metric(&before, series);
     assert_eq!(delta("chat_messages_accepted_total"), 3.0);
     assert_eq!(
         delta("chat_messages_rejected_total{reason=\"forbidden\"}"),
@@ -170,7 +161,7 @@ async fn the_pipeline_is_counted() {
     assert!(delta("chat_persist_duration_seconds_count") >= 1.0);
     let posted = "chat_http_requests_total{route=\"/api/messages\",method=\"POST\",status=\"202\"}";
     assert_eq!(
-        value(&after, posted)
+        metric(&after, posted)
             - before
                 .lines()
                 .find_map(|l| l.strip_prefix(posted)?.trim().parse().ok())

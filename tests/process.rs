@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chatd::app;
 use chatd::outbox::{Outbox, OutboxCounts};
 use common::process::Chatd;
-use common::{eventually, token_for};
+use common::{eventually, metric, token_for};
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
 
@@ -97,15 +97,6 @@ async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
     drop(outbox);
     let chatd = Chatd::start(data_dir.path(), secret, &[]);
     assert_eq!(chatd.whole_history("bob", "alice,bob").await.len(), 20);
-}
-
-/// The value of one exact series line of a scrape.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} is not in\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 #[tokio::test]

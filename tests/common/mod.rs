@@ -279,6 +279,16 @@ pub fn token_for(secret: &str, user: &str) -> String {
     Authenticator::new(secret.as_bytes()).issue(&user, Duration::from_secs(3600))
 }
 
+/// The value of one exact series line of a Prometheus scrape, e.g.
+/// `chat_messages_rejected_total{reason="forbidden"}`.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} is not in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 /// Polls `check` until it yields a value, failing the test after [`DEADLINE`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
