@@ -185,6 +185,12 @@ pub const SETTINGS: &[Setting] = &[
         "web origins allowed to call chatd, comma-separated (https://app.example.com); unset: none",
     ),
     setting(
+        "TLS_CERT",
+        "",
+        "PEM certificate chain: serve HTTPS and WSS (with TLS_KEY); unset: plain HTTP",
+    ),
+    setting("TLS_KEY", "", "PEM private key for TLS_CERT"),
+    setting(
         "HTTP_HEADER_TIMEOUT",
         "10s",
         "a connection that has not sent a request's headers by then is closed",
@@ -234,6 +240,8 @@ pub struct Config {
 
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
+    /// Certificate chain and key files; `None`: plain HTTP.
+    pub tls: Option<(PathBuf, PathBuf)>,
     pub header_timeout: Duration,
     pub request_timeout: Duration,
     pub allowed_origins: Vec<String>,
@@ -380,6 +388,21 @@ impl Config {
             },
             shutdown_timeout: vars.duration("SHUTDOWN_TIMEOUT")?,
             http: HttpSettings {
+                tls: match (vars.optional("TLS_CERT"), vars.optional("TLS_KEY")) {
+                    (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
+                    (None, None) => None,
+                    (cert, _) => {
+                        return Err(ConfigError {
+                            name: if cert.is_some() {
+                                "TLS_KEY"
+                            } else {
+                                "TLS_CERT"
+                            },
+                            value: String::new(),
+                            reason: "TLS_CERT and TLS_KEY go together".into(),
+                        });
+                    }
+                },
                 header_timeout: vars.duration("HTTP_HEADER_TIMEOUT")?,
                 request_timeout: vars.duration("HTTP_REQUEST_TIMEOUT")?,
                 allowed_origins: vars

@@ -187,9 +187,14 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
             }
         });
     }
+    let tls = match &config.http.tls {
+        Some((cert, key)) => Some(http::tls_acceptor(cert, key).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     let server = tokio::spawn(http::serve(
         listener,
         http::router(state),
+        tls,
         config.http.header_timeout,
         shutdown.clone(),
     ));
