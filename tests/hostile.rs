@@ -124,3 +124,31 @@ fn the_server_still_serves_after_the_onslaught() {
         s.send_ok("alice", &["alice", "bob"], "still here").await;
     });
 }
+
+#[test]
+fn a_huge_token_is_a_401_like_any_bad_one() {
+    let s = server();
+    let huge = format!(
+        "{}.{}.{}",
+        "e".repeat(8000),
+        "y".repeat(16_000),
+        "z".repeat(8000)
+    );
+    let status = answer(
+        s.http
+            .get(s.url("/api/messages/get?participants=alice"))
+            .bearer_auth(huge),
+    )
+    .unwrap();
+    assert_eq!(status, 401);
+    let status = runtime().block_on(async {
+        let url = format!("ws://{}/ws?token={}", s.addr, "x".repeat(30_000));
+        match tokio_tungstenite::connect_async(url).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                response.status().as_u16()
+            }
+            other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+        }
+    });
+    assert_eq!(status, 401);
+}

@@ -106,3 +106,42 @@ async fn shutdown_closes_sockets_with_1001_and_history_is_whole_after_it() {
     accepted.reverse();
     assert_eq!(history, accepted);
 }
+
+#[tokio::test]
+async fn fragmented_frames_are_read_and_invalid_utf8_ends_only_that_socket() {
+    use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+    let server = TestServer::start().await;
+    let mut bob = server.ws("bob").await;
+    // A text message in two fragments: read, and ignored like any client data.
+    bob.send_raw(WsMessage::Frame(Frame::message(
+        "{\"hello\":",
+        OpCode::Data(Data::Text),
+        false,
+    )))
+    .await;
+    bob.send_raw(WsMessage::Frame(Frame::message(
+        "\"there\"}",
+        OpCode::Data(Data::Continue),
+        true,
+    )))
+    .await;
+    let sent = server
+        .send_ok("alice", &["alice", "bob"], "after fragments")
+        .await;
+    assert_eq!(bob.next_message().await, sent);
+
+    // A text frame that is not UTF-8 breaks the protocol: that socket ends, nobody else's.
+    let mut carol = server.ws("carol").await;
+    bob.send_raw(WsMessage::Frame(Frame::message(
+        vec![0xff, 0xfe, 0xfd],
+        OpCode::Data(Data::Text),
+        true,
+    )))
+    .await;
+    server.await_connections("bob", 0).await;
+    let sent = server
+        .send_ok("alice", &["alice", "carol"], "still serving")
+        .await;
+    assert_eq!(carol.next_message().await, sent);
+}
