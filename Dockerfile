@@ -5,10 +5,11 @@ WORKDIR /src
 # Dependencies first, against an empty crate, so this layer is reused until Cargo.toml or
 # Cargo.lock change.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+RUN mkdir -p src/bin/chatd-bench \
     && echo 'fn main() {}' > src/main.rs \
+    && echo 'fn main() {}' > src/bin/chatd-bench/main.rs \
     && touch src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --bin chatd \
     && rm -rf src
 
 # The real sources. migrations/ is compiled in with include_str!, so it must be here too.
@@ -17,7 +18,7 @@ COPY migrations ./migrations
 # COPY keeps the files' old modification times: touch them so cargo rebuilds the crate
 # instead of keeping the empty one from the dependency layer.
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
+    && cargo build --release --locked --bin chatd \
     && cp target/release/chatd /usr/local/bin/chatd
 
 # ---- run --------------------------------------------------------------------
