@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use chrono::DateTime;
+use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row};
 
-use crate::model::Message;
+use crate::model::{DeadLetter, Failure, Message};
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -148,7 +148,6 @@ pub fn participants_json(participants: &[String]) -> String {
 /// starting at column `first`.
 pub fn message_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Message> {
     let participants: String = row.get(first + 3)?;
-    let created_at: i64 = row.get(first + 4)?;
     Ok(Message {
         id: row.get(first)?,
         sender: row.get(first + 1)?,
@@ -156,10 +155,31 @@ pub fn message_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Message
         participants: serde_json::from_str(&participants).map_err(|e| {
             rusqlite::Error::FromSqlConversionFailure(first + 3, Type::Text, e.into())
         })?,
-        created_at: DateTime::from_timestamp_millis(created_at).ok_or(
-            rusqlite::Error::IntegralValueOutOfRange(first + 4, created_at),
-        )?,
+        created_at: timestamp(row, first + 4)?,
     })
+}
+
+/// A dead letter from the columns of [`message_from_row`] followed by `error_kind,
+/// error_message, attempts, first_failed_at, last_failed_at, instance`, starting at `first`.
+pub fn dead_letter_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<DeadLetter> {
+    Ok(DeadLetter {
+        message: message_from_row(row, first)?,
+        error: Failure::new(
+            row.get::<_, String>(first + 5)?,
+            row.get::<_, String>(first + 6)?,
+        ),
+        attempts: row.get(first + 7)?,
+        first_failed_at: timestamp(row, first + 8)?,
+        last_failed_at: timestamp(row, first + 9)?,
+        instance: row.get(first + 10)?,
+    })
+}
+
+/// A column of milliseconds since the Unix epoch.
+fn timestamp(row: &Row<'_>, column: usize) -> rusqlite::Result<DateTime<Utc>> {
+    let millis: i64 = row.get(column)?;
+    DateTime::from_timestamp_millis(millis)
+        .ok_or(rusqlite::Error::IntegralValueOutOfRange(column, millis))
 }
 
 #[cfg(test)]

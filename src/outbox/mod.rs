@@ -172,26 +172,13 @@ impl Outbox {
         tokio::task::spawn_blocking(move || {
             readers.read(|conn| {
                 conn.prepare_cached(
-                    "SELECT seq, id, sender, content, participants, created_at, attempts,
-                            COALESCE(error_kind, 'unknown'), COALESCE(last_error, ''),
+                    "SELECT seq, id, sender, content, participants, created_at,
+                            COALESCE(error_kind, 'unknown'), COALESCE(last_error, ''), attempts,
                             first_failed_at, last_failed_at, COALESCE(failed_by, '')
                      FROM outbox WHERE dead = 1 ORDER BY seq LIMIT ?1",
                 )?
                 .query_map([limit], |row| {
-                    let millis = |column: usize| -> rusqlite::Result<_> {
-                        let value: i64 = row.get(column)?;
-                        DateTime::from_timestamp_millis(value)
-                            .ok_or(rusqlite::Error::IntegralValueOutOfRange(column, value))
-                    };
-                    let letter = DeadLetter {
-                        message: sqlite::message_from_row(row, 1)?,
-                        attempts: row.get(6)?,
-                        error: Failure::new(row.get::<_, String>(7)?, row.get::<_, String>(8)?),
-                        first_failed_at: millis(9)?,
-                        last_failed_at: millis(10)?,
-                        instance: row.get(11)?,
-                    };
-                    Ok((row.get(0)?, letter))
+                    Ok((row.get(0)?, sqlite::dead_letter_from_row(row, 1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
             })

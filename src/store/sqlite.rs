@@ -3,11 +3,14 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::DateTime;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, Row, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 
 use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
 use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
-use crate::sqlite::{self, Checkpointer, Migration, ReadPool, message_from_row, participants_json};
+use crate::sqlite::{
+    self, Checkpointer, Migration, ReadPool, dead_letter_from_row, message_from_row,
+    participants_json,
+};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -168,7 +171,7 @@ impl MessageStore for SqliteStore {
             ))?
             .query_map(
                 params![query.after, query.error_contains, query.limit],
-                dead_letter_from_row,
+                |row| dead_letter_from_row(row, 0),
             )?
             .collect()
         })
@@ -181,7 +184,7 @@ impl MessageStore for SqliteStore {
             conn.query_row(
                 &format!("SELECT {DEAD_LETTER_COLUMNS} FROM dead_letters WHERE id = ?1"),
                 [&id],
-                dead_letter_from_row,
+                |row| dead_letter_from_row(row, 0),
             )
             .optional()
         })
@@ -287,22 +290,6 @@ fn read_page(
             )?
             .collect(),
     }
-}
-
-fn dead_letter_from_row(row: &Row<'_>) -> rusqlite::Result<DeadLetter> {
-    let millis = |column: usize| -> rusqlite::Result<_> {
-        let value: i64 = row.get(column)?;
-        DateTime::from_timestamp_millis(value)
-            .ok_or(rusqlite::Error::IntegralValueOutOfRange(column, value))
-    };
-    Ok(DeadLetter {
-        message: message_from_row(row, 0)?,
-        error: Failure::new(row.get::<_, String>(5)?, row.get::<_, String>(6)?),
-        attempts: row.get(7)?,
-        first_failed_at: millis(8)?,
-        last_failed_at: millis(9)?,
-        instance: row.get(10)?,
-    })
 }
 
 /// Errors that waiting cures (a locked, full or unreadable database) make the store
