@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, QueryParams};
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
 use crate::outbox::{DeadLetterView, ReplayOutcome, ReplayResult, Selection};
@@ -50,11 +50,8 @@ pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Vec<DeadLetterView>>, ApiError> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
-            .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
-    let limit = match get("limit") {
+    let params = QueryParams::parse(query.as_deref())?;
+    let limit = match params.get("limit") {
         None => DEFAULT_LIMIT,
         Some(limit) => limit
             .parse::<u32>()
@@ -68,7 +65,13 @@ pub async fn list(
     };
     let letters = state
         .dead_letters
-        .list(limit, get("error").filter(|e| !e.is_empty()))
+        .list(
+            limit,
+            params
+                .get("error")
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned),
+        )
         .await?;
     Ok(Json(
         letters.into_iter().map(DeadLetterView::from).collect(),

@@ -70,6 +70,25 @@ impl FromRequest<AppState> for JsonBody {
     }
 }
 
+/// A query string's parameters; of a repeated key the first counts.
+#[derive(Debug, Default)]
+pub struct QueryParams(Vec<(String, String)>);
+
+impl QueryParams {
+    pub fn parse(query: Option<&str>) -> Result<Self, ApiError> {
+        serde_urlencoded::from_str(query.unwrap_or(""))
+            .map(Self)
+            .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// The user ids in field `name` of a JSON object: an array of valid user-id strings.
 pub fn user_ids(
     body: &serde_json::Map<String, Value>,

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::extract::{JsonBody, user_ids};
+use super::extract::{JsonBody, QueryParams, user_ids};
 use super::{ApiError, AppState, Caller};
 use crate::config::Limits;
 use crate::model::{Channel, Message, UserId, uuid_timestamp};
@@ -106,16 +106,9 @@ struct HistoryRequest {
 
 /// `participants=a,b&page=0&size=50&before=<id>`; of a repeated key the first counts.
 fn parse_history_query(query: &str) -> Result<HistoryRequest, ApiError> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|e| ApiError::bad_request(format!("malformed query string: {e}")))?;
-    let get = |key: &str| {
-        pairs
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    };
+    let params = QueryParams::parse(Some(query))?;
 
-    let participants = match get("participants") {
+    let participants = match params.get("participants") {
         None | Some("") => return Err(ApiError::bad_request("participants is required")),
         Some(list) => list
             .split(',')
@@ -124,13 +117,13 @@ fn parse_history_query(query: &str) -> Result<HistoryRequest, ApiError> {
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
-    let page: u64 = match get("page") {
+    let page: u64 = match params.get("page") {
         None => 0,
         Some(page) => page
             .parse()
             .map_err(|_| ApiError::bad_request("page must be a whole number, 0 or more"))?,
     };
-    let size: u32 = match get("size") {
+    let size: u32 = match params.get("size") {
         None => DEFAULT_PAGE_SIZE,
         Some(size) => size
             .parse::<u32>()
@@ -139,7 +132,7 @@ fn parse_history_query(query: &str) -> Result<HistoryRequest, ApiError> {
             .ok_or_else(|| ApiError::bad_request("size must be a whole number, 1 or more"))?
             .min(MAX_PAGE_SIZE),
     };
-    let (before, before_stored) = match get("before") {
+    let (before, before_stored) = match params.get("before") {
         None => (None, None),
         Some(id) => match v7_cursor(id) {
             Some(cursor) => (Some(cursor), None),

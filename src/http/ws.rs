@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
+use super::extract::QueryParams;
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
 use crate::hub::{self, Full};
@@ -21,13 +22,18 @@ pub async fn upgrade(
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    // Leniently: an unreadable query carries no token (401), and no `since`.
+    let params = QueryParams::parse(query.as_deref()).unwrap_or_default();
     let token = match headers.get(AUTHORIZATION) {
         Some(value) => value
             .to_str()
             .ok()
             .and_then(bearer_token)
             .map(str::to_owned),
-        None => query_value(query.as_deref(), "token"),
+        None => params
+            .get("token")
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned),
     }
     .ok_or_else(|| {
         ApiError::unauthorized("missing token: send Authorization: Bearer <JWT> or ?token=<JWT>")
@@ -38,8 +44,10 @@ pub async fn upgrade(
         .await
         .map_err(|e| ApiError::unauthorized(e.to_string()))?;
     let upgrade = upgrade.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-    let since = query_value(query.as_deref(), "since")
-        .map(|since| match Uuid::parse_str(&since) {
+    let since = params
+        .get("since")
+        .filter(|since| !since.is_empty())
+        .map(|since| match Uuid::parse_str(since) {
             Ok(id) if id.get_version_num() == 7 => Ok(id.to_string()),
             _ => Err(ApiError::bad_request("since must be the id of a message")),
         })
@@ -97,14 +105,4 @@ pub async fn upgrade(
             ))
         })
         .into_response())
-}
-
-/// A non-empty query parameter; of a repeated one the first counts.
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
-    pairs
-        .into_iter()
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value)
-        .filter(|value| !value.is_empty())
 }
