@@ -144,6 +144,11 @@ pub const SETTINGS: &[Setting] = &[
         "sends waiting for the outbox's next commit; beyond it: 503",
     ),
     setting(
+        "IDEMPOTENCY_WINDOW",
+        "24h",
+        "how long an Idempotency-Key on POST /api/messages answers with its first message",
+    ),
+    setting(
         "BUS_CAPACITY",
         "4096",
         "events the fan-out may fall behind by before it skips (sockets catch up from history)",
@@ -231,6 +236,8 @@ pub struct Config {
     pub limits: Limits,
     pub relay: RelaySettings,
     pub outbox_queue: usize,
+    /// How long an idempotency key answers with its first message.
+    pub idempotency_window: Duration,
     pub bus_capacity: usize,
     pub socket: SocketSettings,
     pub shutdown_timeout: Duration,
@@ -375,6 +382,10 @@ impl Config {
                 retry_max: Duration::from_millis(vars.parse("RETRY_MAX_MS")?),
             },
             outbox_queue: vars.parse_checked("OUTBOX_QUEUE", |v| *v >= 1)?,
+            idempotency_window: vars.duration_within(
+                "IDEMPOTENCY_WINDOW",
+                Duration::from_secs(1)..=Duration::from_secs(366 * 24 * 3600),
+            )?,
             bus_capacity: vars.parse_checked("BUS_CAPACITY", |v| *v >= 1)?,
             socket: SocketSettings {
                 limits: SocketLimits {
@@ -506,6 +517,29 @@ impl Vars<'_> {
             value,
             reason,
         })
+    }
+}
+
+impl Vars<'_> {
+    fn duration_within(
+        &self,
+        name: &'static str,
+        range: std::ops::RangeInclusive<Duration>,
+    ) -> Result<Duration, ConfigError> {
+        let duration = self.duration(name)?;
+        if range.contains(&duration) {
+            Ok(duration)
+        } else {
+            Err(ConfigError {
+                name,
+                value: self.text(name),
+                reason: format!(
+                    "out of range ({} to {})",
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end())
+                ),
+            })
+        }
     }
 }
 

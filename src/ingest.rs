@@ -1,48 +1,43 @@
-//! Accepting a message: it gets its id, is committed to the outbox, and only then goes on the
-//! bus for live delivery.
+//! Accepting a message: the outbox gives it its id and commits it, and only then (from the
+//! outbox's journal, in commit order) does it go on the bus for live delivery.
 
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::bus::EventBus;
-use crate::model::{Channel, Event, Message, UserId};
-use crate::outbox::{Outbox, OutboxError};
+use crate::model::{Channel, UserId};
+use crate::outbox::{Appended, Draft, Outbox, OutboxError};
 
 pub struct Ingest {
     outbox: Arc<Outbox>,
-    bus: Arc<dyn EventBus>,
 }
 
 impl Ingest {
-    pub fn new(outbox: Arc<Outbox>, bus: Arc<dyn EventBus>) -> Self {
-        Self { outbox, bus }
+    pub fn new(outbox: Arc<Outbox>) -> Self {
+        Self { outbox }
     }
 
-    /// Returns the accepted message once it is durable. The append and the publish run in
-    /// their own task, so a client that hangs up mid-commit cannot leave a stored message
-    /// undelivered.
+    /// Returns the accepted message once it is durable. A client that hangs up mid-commit
+    /// changes nothing: the journal commits and publishes whether or not anyone waits.
     pub async fn accept(
         &self,
         sender: &UserId,
         channel: &Channel,
         content: String,
-    ) -> Result<Message, OutboxError> {
-        let message = Message::accept(sender, channel, content);
-        let accepted_at = Instant::now();
-        let outbox = self.outbox.clone();
-        let bus = self.bus.clone();
-        let durable = message.clone();
-        tokio::spawn(async move {
-            outbox.append(durable.clone()).await?;
+        idempotency_key: Option<String>,
+    ) -> Result<Appended, OutboxError> {
+        let appended = self
+            .outbox
+            .append(Draft {
+                sender: sender.clone(),
+                channel: channel.clone(),
+                content,
+                idempotency_key,
+                accepted_at: Instant::now(),
+            })
+            .await?;
+        if !appended.repeated {
             ::metrics::counter!(crate::metrics::MESSAGES_ACCEPTED).increment(1);
-            bus.publish(Arc::new(Event {
-                message: durable,
-                accepted_at,
-            }));
-            Ok::<_, OutboxError>(())
-        })
-        .await
-        .map_err(|e| OutboxError::Storage(format!("accept task failed: {e}")))??;
-        Ok(message)
+        }
+        Ok(appended)
     }
 }

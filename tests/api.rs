@@ -509,3 +509,77 @@ async fn a_second_chatd_on_the_same_data_dir_is_refused() {
         .send_ok("alice", &["alice"], "the first one still serves")
         .await;
 }
+
+/// A send with `Idempotency-Key: key`: the status, the `Idempotent-Replayed` header and the body.
+async fn send_with_key(
+    server: &TestServer,
+    key: &str,
+    participants: &[&str],
+    content: &str,
+) -> (u16, bool, Value) {
+    let response = server
+        .http
+        .post(server.url("/api/messages"))
+        .bearer_auth(server.token("alice"))
+        .header("Idempotency-Key", key)
+        .json(&serde_json::json!({ "participants": participants, "content": content }))
+        .send()
+        .await
+        .expect("POST /api/messages");
+    let status = response.status().as_u16();
+    let replayed = response.headers().get("idempotent-replayed").is_some();
+    (status, replayed, response.json().await.expect("JSON body"))
+}
+
+#[tokio::test]
+async fn a_retried_send_with_the_same_idempotency_key_is_stored_once_across_a_restart() {
+    let mut server = TestServer::start().await;
+    let mut bob = server.ws("bob").await;
+    let (status, replayed, first) =
+        send_with_key(&server, "retry-1", &["alice", "bob"], "once").await;
+    assert_eq!((status, replayed), (202, false), "{first}");
+    let (status, replayed, again) =
+        send_with_key(&server, "retry-1", &["bob", "alice"], "once").await;
+    assert_eq!((status, replayed), (202, true), "{again}");
+    assert_eq!(again, first, "the repeat answers with the first 202's body");
+    // Another key, or another sender's same key, is another message.
+    let other = send_with_key(&server, "retry-2", &["alice", "bob"], "once").await;
+    assert_eq!((other.0, other.1), (202, false));
+    assert_ne!(other.2["message"]["id"], first["message"]["id"]);
+
+    // Bob got each message once, live.
+    assert_eq!(bob.next_message().await["id"], first["message"]["id"]);
+    assert_eq!(bob.next_message().await["id"], other.2["message"]["id"]);
+    server.stored("bob", "alice,bob", 2).await;
+
+    server.restart().await;
+    let (status, replayed, after_restart) =
+        send_with_key(&server, "retry-1", &["alice", "bob"], "once").await;
+    assert_eq!((status, replayed), (202, true));
+    assert_eq!(after_restart, first);
+    let history = server.history("bob", "participants=alice,bob").await;
+    assert_eq!(history.len(), 2, "nothing new stored: {history:?}");
+}
+
+#[tokio::test]
+async fn an_idempotency_key_names_one_send_and_must_be_well_formed() {
+    let server = TestServer::start().await;
+    let (status, _, _) = send_with_key(&server, "k", &["alice", "bob"], "first").await;
+    assert_eq!(status, 202);
+    let (status, _, body) = send_with_key(&server, "k", &["alice", "bob"], "different").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("Idempotency-Key"));
+    let (status, _, body) = send_with_key(&server, "k", &["alice", "carol"], "first").await;
+    assert_eq!(status, 422, "another channel under the same key: {body}");
+    for bad in ["", "   ", &"k".repeat(256)] {
+        let (status, _, body) = send_with_key(&server, bad, &["alice", "bob"], "x").await;
+        assert_eq!(status, 400, "key {bad:?}: {body}");
+    }
+    server.stored("bob", "alice,bob", 1).await;
+    assert!(
+        server
+            .history("carol", "participants=alice,carol")
+            .await
+            .is_empty()
+    );
+}

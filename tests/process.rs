@@ -3,6 +3,7 @@
 mod common;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chatd::app;
 use chatd::outbox::{Outbox, OutboxCounts};
@@ -92,7 +93,14 @@ async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
     assert_eq!(status.code(), Some(0));
 
     // Read the stopped chatd's outbox file itself: shutdown drained it before exiting.
-    let outbox = Outbox::open(&data_dir.path().join(app::OUTBOX_FILE), 1, "test").unwrap();
+    let outbox = Outbox::open(
+        &data_dir.path().join(app::OUTBOX_FILE),
+        1,
+        "test",
+        Duration::from_secs(60),
+        Box::new(|_| {}),
+    )
+    .unwrap();
     assert_eq!(outbox.counts(), OutboxCounts::default());
     drop(outbox);
     let chatd = Chatd::start(data_dir.path(), secret, &[]);

@@ -72,11 +72,17 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
     let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let verifier = verifier(&config)?;
+    let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.bus_capacity));
     let outbox = Arc::new(
         Outbox::open(
             &config.data_dir.join(OUTBOX_FILE),
             config.outbox_queue,
             &config.instance_id,
+            config.idempotency_window,
+            Box::new({
+                let bus = bus.clone();
+                move |event| bus.publish(event)
+            }),
         )
         .context("opening the outbox")?,
     );
@@ -84,7 +90,6 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let store = store::open(&config.store, &config.data_dir)
         .await
         .context("opening the store")?;
-    let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.bus_capacity));
     let hub = Arc::new(Hub::new(config.socket.limits));
     let store_health = Arc::new(StoreHealth::default());
     let limiter = Arc::new(RateLimiter::new(config.rate_limit));
@@ -155,7 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let sockets = TaskTracker::new();
     let state = AppState {
         auth: Arc::new(verifier),
-        ingest: Arc::new(Ingest::new(outbox.clone(), bus)),
+        ingest: Arc::new(Ingest::new(outbox.clone())),
         outbox: outbox.clone(),
         dead_letters: Arc::new(DeadLetters::new(store.clone())),
         metrics,

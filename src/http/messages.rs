@@ -2,11 +2,12 @@
 
 use axum::Json;
 use axum::extract::{RawQuery, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::deadline::Deadline;
 use super::extract::{JsonBody, QueryParams, user_ids};
 use super::{ApiError, AppState, Caller};
 use crate::config::Limits;
@@ -16,6 +17,11 @@ use crate::store::{Cursor, HistoryPage};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
 const MAX_PAGE_SIZE: u32 = 100;
+/// The de-facto header for making a POST safe to retry.
+const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+/// Set on a 202 that repeats an earlier one for the same key (Stripe's name for it).
+const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 
 /// The 202 body: the original's status line and the accepted message.
 #[derive(Serialize)]
@@ -27,8 +33,11 @@ pub struct Queued {
 pub async fn send(
     State(state): State<AppState>,
     Caller(sender): Caller,
+    deadline: Option<axum::Extension<Deadline>>,
+    headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Queued>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Queued>), ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let channel = channel(user_ids(&body, "participants")?, &state.limits)?;
     let content = match body.get("content") {
         None | Some(Value::Null) => return Err(ApiError::bad_request("content is required")),
@@ -45,23 +54,53 @@ pub async fn send(
         )));
     }
     require_participant(&channel, &sender)?;
-    let message = state
+    // From here the message may become durable: its sender must hear the 202, never a 408
+    // that invites a retry of a message already accepted.
+    if let Some(axum::Extension(deadline)) = deadline {
+        deadline.disarm();
+    }
+    let appended = state
         .ingest
-        .accept(&sender, &channel, content.clone())
+        .accept(&sender, &channel, content.clone(), idempotency_key)
         .await
         .map_err(|e| match e {
             OutboxError::Overloaded => ApiError::unavailable("overloaded, try again shortly"),
             OutboxError::Closed => ApiError::unavailable("shutting down"),
+            OutboxError::KeyReused => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+            }
             OutboxError::Storage(e) => {
                 tracing::error!(error = %e, "could not append to the outbox");
                 ApiError::unavailable("the message could not be stored, try again")
             }
         })?;
+    let mut reply_headers = HeaderMap::new();
+    if appended.repeated {
+        reply_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
     let queued = Queued {
         status: "message queued",
-        message,
+        message: appended.message,
     };
-    Ok((StatusCode::ACCEPTED, Json(queued)))
+    Ok((StatusCode::ACCEPTED, reply_headers, Json(queued)))
+}
+
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let invalid = || {
+        ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} visible ASCII characters"
+        ))
+    };
+    let key = value.to_str().map_err(|_| invalid())?;
+    let visible = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+    if key.trim().is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !visible {
+        return Err(invalid());
+    }
+    Ok(Some(key.to_string()))
 }
 
 pub async fn history(

@@ -2,6 +2,7 @@
 
 mod admin;
 mod connections;
+mod deadline;
 mod error;
 mod extract;
 mod guard;
@@ -102,7 +103,7 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             state.request_timeout,
-            serve::request_deadline,
+            deadline::request_deadline,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.origins.clone(),

@@ -128,20 +128,3 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
-
-/// A request that takes longer than this (a body trickling in, say) is answered 408.
-pub async fn request_deadline(
-    axum::extract::State(timeout): axum::extract::State<Duration>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    match tokio::time::timeout(timeout, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => super::ApiError::new(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            "the request took too long",
-        )
-        .into_response(),
-    }
-}

@@ -1,24 +1,32 @@
 //! The outbox's only writer: a thread that applies queued commands in group commits.
+//!
+//! Appends get their ids here, in the order they are committed, and are published (through
+//! [`OnCommit`]) in that same order once their commit is on disk. So id order, commit order and
+//! the order in which sockets see messages are one order, and a reconnecting client's `since`
+//! (the last id it saw) cuts the stream exactly.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
-use rusqlite::{Connection, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use super::{OutboxCounts, OutboxError};
-use crate::model::{Failure, Message};
+use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError};
+use crate::model::{Event, Failure, Message};
 use crate::sqlite::participants_json;
 
 /// Most commands applied in one transaction.
 const MAX_GROUP: usize = 1024;
+/// How often idempotency keys older than their window are deleted.
+const PRUNE_KEYS_EVERY: Duration = Duration::from_secs(60);
 
 type Done = oneshot::Sender<Result<(), OutboxError>>;
 
 pub(super) enum Command {
     Append {
-        message: Message,
-        done: Done,
+        draft: Draft,
+        done: oneshot::Sender<Result<Appended, OutboxError>>,
     },
     Stored {
         seqs: Vec<i64>,
@@ -38,23 +46,24 @@ pub(super) enum Command {
     },
 }
 
-impl Command {
-    fn done(self) -> Done {
-        match self {
-            Command::Append { done, .. }
-            | Command::Stored { done, .. }
-            | Command::Failed { done, .. }
-            | Command::Forgotten { done, .. } => done,
-        }
-    }
-}
-
 pub(super) struct Journal {
     conn: Connection,
     /// Named in the failures this journal records.
     instance: String,
+    /// How long an idempotency key keeps answering with its first message.
+    key_window: Duration,
     counts: watch::Sender<OutboxCounts>,
     new_work: Arc<Notify>,
+    on_commit: OnCommit,
+    last_pruned: Option<std::time::Instant>,
+}
+
+/// What one command came to inside a group's transaction.
+enum Applied {
+    /// An append's answer: a new message (published once the commit is durable), an
+    /// idempotency key's first message, or a refusal of this append alone.
+    Append(Result<Appended, OutboxError>),
+    Update,
 }
 
 /// How a group commit changed the counts.
@@ -70,14 +79,19 @@ impl Journal {
     pub(super) fn new(
         conn: Connection,
         instance: String,
+        key_window: Duration,
         counts: watch::Sender<OutboxCounts>,
         new_work: Arc<Notify>,
+        on_commit: OnCommit,
     ) -> Self {
         Self {
             conn,
             instance,
+            key_window,
             counts,
             new_work,
+            on_commit,
+            last_pruned: None,
         }
     }
 
@@ -100,44 +114,109 @@ impl Journal {
                     Err(_) => break,
                 }
             }
-            let outcome = self.commit(&group);
-            match &outcome {
-                // The counts move before anyone hears of the commit, so a sender that got its
-                // 202 never sees a count without its message.
-                Ok(delta) => {
-                    self.counts.send_modify(|c| {
-                        c.pending = (c.pending + delta.appended)
-                            .saturating_sub(delta.stored + delta.dead_lettered);
-                        c.dead_lettered =
-                            (c.dead_lettered + delta.dead_lettered).saturating_sub(delta.forgotten);
-                    });
-                    if delta.appended > 0 {
-                        self.new_work.notify_one();
+            match self.commit(&group) {
+                Ok((applied, delta)) => self.committed(group.drain(..), applied, &delta),
+                Err(e) => {
+                    tracing::error!(error = %e, commands = group.len(), "outbox commit failed");
+                    for command in group.drain(..) {
+                        command.fail(OutboxError::Storage(e.to_string()));
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, commands = group.len(), "outbox commit failed")
-                }
             }
-            for command in group.drain(..) {
-                let reply = match &outcome {
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(OutboxError::Storage(e.to_string())),
-                };
-                // A caller that stopped waiting no longer needs the answer.
-                let _ = command.done().send(reply);
-            }
+            self.prune_keys();
         }
     }
 
-    fn commit(&mut self, group: &[Command]) -> rusqlite::Result<Delta> {
+    fn commit(&mut self, group: &[Command]) -> rusqlite::Result<(Vec<Applied>, Delta)> {
         let tx = self.conn.transaction()?;
         let mut delta = Delta::default();
-        for command in group {
-            apply(&tx, command, &self.instance, &mut delta)?;
-        }
+        let key_window_ms = i64::try_from(self.key_window.as_millis()).unwrap_or(i64::MAX);
+        let applied = group
+            .iter()
+            .map(|command| apply(&tx, command, &self.instance, key_window_ms, &mut delta))
+            .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.commit()?;
-        Ok(delta)
+        Ok((applied, delta))
+    }
+
+    /// After a durable commit: counts first, so a sender that got its 202 never sees a count
+    /// without its message; then the new messages go to the bus in commit order; then replies.
+    fn committed(
+        &self,
+        group: impl Iterator<Item = Command>,
+        applied: Vec<Applied>,
+        delta: &Delta,
+    ) {
+        self.counts.send_modify(|c| {
+            c.pending =
+                (c.pending + delta.appended).saturating_sub(delta.stored + delta.dead_lettered);
+            c.dead_lettered =
+                (c.dead_lettered + delta.dead_lettered).saturating_sub(delta.forgotten);
+        });
+        if delta.appended > 0 {
+            self.new_work.notify_one();
+        }
+        for (command, applied) in group.zip(applied) {
+            if let (Command::Append { draft, .. }, Applied::Append(Ok(new))) = (&command, &applied)
+                && !new.repeated
+            {
+                (self.on_commit)(Arc::new(Event {
+                    message: new.message.clone(),
+                    accepted_at: draft.accepted_at,
+                }));
+            }
+            command.reply(applied);
+        }
+    }
+
+    /// Keys past their window answer no more (see [`apply`]); this only frees their rows.
+    fn prune_keys(&mut self) {
+        if self
+            .last_pruned
+            .is_some_and(|at| at.elapsed() < PRUNE_KEYS_EVERY)
+        {
+            return;
+        }
+        self.last_pruned = Some(std::time::Instant::now());
+        let cutoff = Utc::now().timestamp_millis()
+            - i64::try_from(self.key_window.as_millis()).unwrap_or(i64::MAX);
+        if let Err(e) = self.conn.execute(
+            "DELETE FROM idempotency_keys WHERE created_at < ?1",
+            [cutoff],
+        ) {
+            tracing::warn!(error = %e, "pruning expired idempotency keys failed");
+        }
+    }
+}
+
+impl Command {
+    /// Tells the caller how its command went. A caller that stopped waiting no longer needs it.
+    fn reply(self, applied: Applied) {
+        match (self, applied) {
+            (Command::Append { done, .. }, Applied::Append(result)) => {
+                let _ = done.send(result);
+            }
+            (command, _) => command.fail_or_ok(Ok(())),
+        }
+    }
+
+    /// The group's transaction failed: nothing in it happened.
+    fn fail(self, e: OutboxError) {
+        match self {
+            Command::Append { done, .. } => {
+                let _ = done.send(Err(e));
+            }
+            command => command.fail_or_ok(Err(e)),
+        }
+    }
+
+    fn fail_or_ok(self, result: Result<(), OutboxError>) {
+        if let Command::Stored { done, .. }
+        | Command::Failed { done, .. }
+        | Command::Forgotten { done, .. } = self
+        {
+            let _ = done.send(result);
+        }
     }
 }
 
@@ -145,28 +224,19 @@ fn apply(
     tx: &Transaction<'_>,
     command: &Command,
     instance: &str,
+    key_window_ms: i64,
     delta: &mut Delta,
-) -> rusqlite::Result<()> {
+) -> rusqlite::Result<Applied> {
     match command {
-        Command::Append { message: m, .. } => {
-            tx.prepare_cached(
-                "INSERT INTO outbox (id, sender, content, participants, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?
-            .execute(params![
-                m.id,
-                m.sender,
-                m.content,
-                participants_json(&m.participants),
-                m.created_at.timestamp_millis(),
-            ])?;
-            delta.appended += 1;
+        Command::Append { draft, .. } => {
+            append(tx, draft, key_window_ms, delta).map(Applied::Append)
         }
         Command::Stored { seqs, .. } => {
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND dead = 0")?;
             for seq in seqs {
                 delta.stored += delete.execute([seq])? as u64;
             }
+            Ok(Applied::Update)
         }
         Command::Failed {
             seq,
@@ -195,13 +265,83 @@ fn apply(
             if *dead {
                 delta.dead_lettered += changed as u64;
             }
+            Ok(Applied::Update)
         }
         Command::Forgotten { seqs, .. } => {
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND dead = 1")?;
             for seq in seqs {
                 delta.forgotten += delete.execute([seq])? as u64;
             }
+            Ok(Applied::Update)
         }
     }
-    Ok(())
+}
+
+/// Gives a draft its id (here, in commit order) and appends it, unless its idempotency key
+/// already answered within the window.
+fn append(
+    tx: &Transaction<'_>,
+    draft: &Draft,
+    key_window_ms: i64,
+    delta: &mut Delta,
+) -> rusqlite::Result<Result<Appended, OutboxError>> {
+    let now = Utc::now().timestamp_millis();
+    if let Some(key) = &draft.idempotency_key {
+        let first: Option<String> = tx
+            .prepare_cached(
+                "SELECT message FROM idempotency_keys
+                 WHERE sender = ?1 AND key = ?2 AND created_at >= ?3",
+            )?
+            .query_row(
+                params![
+                    draft.sender.as_str(),
+                    key,
+                    now.saturating_sub(key_window_ms)
+                ],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(first) = first {
+            let first: Message = serde_json::from_str(&first).map_err(|e| {
+                rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+            })?;
+            return Ok(if draft.matches(&first) {
+                Ok(Appended {
+                    message: first,
+                    repeated: true,
+                })
+            } else {
+                Err(OutboxError::KeyReused)
+            });
+        }
+    }
+    let m = Message::accept(&draft.sender, &draft.channel, draft.content.clone());
+    tx.prepare_cached(
+        "INSERT INTO outbox (id, sender, content, participants, created_at)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![
+        m.id,
+        m.sender,
+        m.content,
+        participants_json(&m.participants),
+        m.created_at.timestamp_millis(),
+    ])?;
+    if let Some(key) = &draft.idempotency_key {
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO idempotency_keys (sender, key, message, created_at)
+             VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            m.sender,
+            key,
+            serde_json::to_string(&m).expect("a message always serializes"),
+            now
+        ])?;
+    }
+    delta.appended += 1;
+    Ok(Ok(Appended {
+        message: m,
+        repeated: false,
+    }))
 }

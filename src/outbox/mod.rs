@@ -10,12 +10,13 @@ mod relay;
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::model::{DeadLetter, Failure, Message, UserId};
+use crate::model::{Channel, DeadLetter, Event, Failure, Message, UserId};
 use crate::sqlite::{self, Checkpointer, Migration, ReadPool};
 
 pub use backoff::Backoff;
@@ -33,7 +34,59 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_failure_details",
         sql: include_str!("../../migrations/outbox/0002_failure_details.sql"),
     },
+    Migration {
+        name: "0003_idempotency_keys",
+        sql: include_str!("../../migrations/outbox/0003_idempotency_keys.sql"),
+    },
 ];
+
+/// Called by the journal with each new message once its commit is durable, in commit order
+/// (the order of the messages' ids): live delivery hangs here.
+pub type OnCommit = Box<dyn Fn(Arc<Event>) + Send>;
+
+/// A message as its sender asked for it, before the outbox gives it an id.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    pub sender: UserId,
+    pub channel: Channel,
+    pub content: String,
+    /// The sender's `Idempotency-Key`: a repeat within the window gets the first message back.
+    pub idempotency_key: Option<String>,
+    /// When the request was accepted, to measure delivery latency from.
+    pub accepted_at: Instant,
+}
+
+impl Draft {
+    /// A send without an idempotency key, accepted now.
+    pub fn new(sender: &UserId, channel: &Channel, content: impl Into<String>) -> Self {
+        Self {
+            sender: sender.clone(),
+            channel: channel.clone(),
+            content: content.into(),
+            idempotency_key: None,
+            accepted_at: Instant::now(),
+        }
+    }
+
+    /// Whether `message` is what this draft asks for: a reused key must name the same send.
+    fn matches(&self, message: &Message) -> bool {
+        message.sender == self.sender.as_str()
+            && message.content == self.content
+            && message.participants.iter().map(String::as_str).eq(self
+                .channel
+                .participants()
+                .iter()
+                .map(UserId::as_str))
+    }
+}
+
+/// An append's answer.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: Message,
+    /// The idempotency key had answered before: this is that first message, nothing new.
+    pub repeated: bool,
+}
 
 /// How many messages wait in the outbox.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,6 +112,9 @@ pub enum OutboxError {
     Overloaded,
     #[error("the outbox is closed")]
     Closed,
+    /// An idempotency key came back with a different message.
+    #[error("this Idempotency-Key was used for a different message")]
+    KeyReused,
     #[error("outbox: {0}")]
     Storage(String),
 }
@@ -79,17 +135,31 @@ pub struct Outbox {
 
 impl Outbox {
     /// Opens (or creates) the outbox at `path` and starts its journal thread. At most `queue`
-    /// commands wait for the next commit; failures it records name `instance`.
-    pub fn open(path: &Path, queue: usize, instance: &str) -> Result<Self, OutboxError> {
+    /// commands wait for the next commit; failures it records name `instance`; idempotency
+    /// keys answer for `key_window`; every new message goes to `on_commit` once durable.
+    pub fn open(
+        path: &Path,
+        queue: usize,
+        instance: &str,
+        key_window: Duration,
+        on_commit: OnCommit,
+    ) -> Result<Self, OutboxError> {
         let (mut conn, checkpointer) = sqlite::open_writer(path)?;
         sqlite::migrate(&mut conn, MIGRATIONS)?;
         let initial = count(&conn)?;
         let (counts_tx, counts) = watch::channel(initial);
         let new_work = Arc::new(Notify::new());
         let (commands, receiver) = mpsc::channel(queue);
-        Journal::new(conn, instance.to_string(), counts_tx, new_work.clone())
-            .spawn(receiver)
-            .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
+        Journal::new(
+            conn,
+            instance.to_string(),
+            key_window,
+            counts_tx,
+            new_work.clone(),
+            on_commit,
+        )
+        .spawn(receiver)
+        .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
         Ok(Self {
             commands,
             readers: Arc::new(ReadPool::new(path, 2)),
@@ -99,12 +169,13 @@ impl Outbox {
         })
     }
 
-    /// Appends a message and returns once it is committed to disk. Concurrent appends share
-    /// one commit. A full queue is refused at once rather than queued without bound.
-    pub async fn append(&self, message: Message) -> Result<(), OutboxError> {
+    /// Gives a draft its id and appends it, returning once it is committed to disk (and on
+    /// its way to the bus). Concurrent appends share one commit. A full queue is refused at
+    /// once rather than queued without bound.
+    pub async fn append(&self, draft: Draft) -> Result<Appended, OutboxError> {
         let (done, committed) = oneshot::channel();
         self.commands
-            .try_send(Command::Append { message, done })
+            .try_send(Command::Append { draft, done })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => OutboxError::Overloaded,
                 mpsc::error::TrySendError::Closed(_) => OutboxError::Closed,

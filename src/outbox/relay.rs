@@ -264,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Channel, DeadLetter, Message, UserId};
-    use crate::outbox::OutboxCounts;
+    use crate::outbox::{Draft, OutboxCounts};
     use crate::store::{Cursor, DeadLetterQuery, HistoryPage, WriteOutcome};
 
     /// A store that is down for its first `outages` writes, always refuses "poison", and takes
@@ -375,12 +375,21 @@ mod tests {
 
     async fn relay_through(store: Arc<FakeStore>, contents: &[&str], attempts: u32) -> Running {
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Arc::new(Outbox::open(&dir.path().join("outbox.db"), 64, "test:1").unwrap());
+        let outbox = Arc::new(
+            Outbox::open(
+                &dir.path().join("outbox.db"),
+                64,
+                "test:1",
+                Duration::from_secs(60),
+                Box::new(|_| {}),
+            )
+            .unwrap(),
+        );
         let alice = UserId::parse("alice").unwrap();
         let channel = Channel::new(vec![alice.clone()], 1).unwrap();
         for content in contents {
             outbox
-                .append(Message::accept(&alice, &channel, content.to_string()))
+                .append(Draft::new(&alice, &channel, *content))
                 .await
                 .unwrap();
         }
