@@ -169,9 +169,14 @@ pub const SETTINGS: &[Setting] = &[
         "most missed messages /ws?since=<id> replays; beyond it the client is told to page history",
     ),
     setting(
-        "WS_SEND_QUEUE",
-        "256",
-        "frames queued per socket; a socket whose queue is full is closed with 4008",
+        "WS_SEND_QUEUE_BYTES",
+        "4194304",
+        "bytes of frames queued per socket (4 MiB); beyond it a stalled socket is closed with 4008, a reading one with 4009",
+    ),
+    setting(
+        "WS_STALL_TIMEOUT",
+        "10s",
+        "a socket whose queue is full and whose writer made no progress for this long is a slow consumer (4008)",
     ),
     setting(
         "WS_MAX_INBOUND_BYTES",
@@ -309,7 +314,10 @@ pub struct RelaySettings {
 #[derive(Debug, Clone, Copy)]
 pub struct SocketSettings {
     pub limits: SocketLimits,
-    pub send_queue: usize,
+    /// Most bytes of frames queued for one socket.
+    pub queue_bytes: usize,
+    /// How long a full queue's writer may make no progress before its socket is evicted.
+    pub stall_timeout: Duration,
     pub max_inbound_bytes: usize,
     pub ping_interval: Duration,
     pub pong_timeout: Duration,
@@ -392,7 +400,11 @@ impl Config {
                     per_user: vars.parse_checked("MAX_SOCKETS_PER_USER", |v| *v >= 1)?,
                     total: vars.parse_checked("MAX_CONNECTIONS", |v| *v >= 1)?,
                 },
-                send_queue: vars.parse_checked("WS_SEND_QUEUE", |v| *v >= 1)?,
+                queue_bytes: vars.parse_checked("WS_SEND_QUEUE_BYTES", |v| *v >= 1024)?,
+                stall_timeout: vars.duration_within(
+                    "WS_STALL_TIMEOUT",
+                    Duration::from_millis(100)..=Duration::from_secs(3600),
+                )?,
                 max_inbound_bytes: vars.parse_checked("WS_MAX_INBOUND_BYTES", |v| *v >= 1)?,
                 ping_interval: vars.duration("WS_PING_INTERVAL")?,
                 pong_timeout: vars.duration("WS_PONG_TIMEOUT")?,

@@ -21,9 +21,12 @@ pub async fn run(mut subscription: Subscription, hub: Arc<Hub>, stop: Cancellati
             Some(Received::Event(event)) => deliver(&hub, &event),
             Some(Received::Missed(missed)) => {
                 counter!(metrics::FANOUT_MISSED).increment(missed);
+                // Any socket may have needed what was skipped: none is left with a silent gap.
+                let sockets = hub.lose_all();
                 tracing::warn!(
                     missed,
-                    "fan-out fell behind the bus; those events reach sockets only through history"
+                    sockets,
+                    "fan-out fell behind the bus; every socket is told to reconnect with since (4009)"
                 );
             }
             None => break,
@@ -47,7 +50,12 @@ fn deliver(hub: &Hub, event: &Event) {
     };
     let delivery = hub.deliver(recipients, &frame);
     if delivery.evicted > 0 {
-        ::metrics::counter!(crate::metrics::SLOW_CONSUMERS).increment(delivery.evicted as u64);
         tracing::info!(sockets = delivery.evicted, "closing slow consumers");
+    }
+    if delivery.lost > 0 {
+        tracing::info!(
+            sockets = delivery.lost,
+            "queues over their bound while still reading: those sockets are told to reconnect with since"
+        );
     }
 }

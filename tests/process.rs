@@ -137,23 +137,37 @@ async fn gauges_show_an_unreachable_store_and_what_waits_for_it() {
     assert_eq!(metric(&scrape, "chat_messages_accepted_total"), 2.0);
 }
 
+/// The healthy readers are assumed to read each round of `ROUND` messages (100 KB) before the
+/// next round is sent, which the test enforces by waiting for them: inside their 256 KiB
+/// queues however busy the machine, so only the reader that never reads can overflow (once
+/// its kernel buffers, up to 4 MiB on loopback, are full too). Rounds are paced (`PACE`
+/// apart) so that the slow queue, which takes more than two rounds to fill, overflows slower
+/// than `WS_STALL_TIMEOUT`: the verdict is then 4008 (stalled), not 4009.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_never_reads_costs_bounded_memory_and_nobody_else_anything() {
     const HEALTHY: usize = 100;
     const MESSAGES: usize = 1500;
+    const ROUND: usize = 25;
+    const PACE: Duration = Duration::from_millis(150);
     let data_dir = tempfile::tempdir().unwrap();
     let secret = "slow-secret";
-    let env = [("MAX_PARTICIPANTS", "110"), ("WS_SEND_QUEUE", "64")];
+    let env = [
+        ("MAX_PARTICIPANTS", "110"),
+        ("WS_SEND_QUEUE_BYTES", "262144"),
+        ("WS_STALL_TIMEOUT", "100ms"),
+    ];
     let chatd = Chatd::start(data_dir.path(), secret, &env);
     let server = common::process_target(&chatd, secret);
     let slow = server.ws_with_small_buffer("slow").await;
     let slow_closed = server.close_code_after_eviction("slow", slow);
     let mut readers = Vec::new();
     for i in 0..HEALTHY {
-        let mut healthy = server.ws(&format!("healthy{i}")).await;
-        readers.push(tokio::spawn(
-            async move { healthy.count_until("last").await },
-        ));
+        readers.push(
+            server
+                .ws(&format!("healthy{i}"))
+                .await
+                .spawn_counter("last"),
+        );
     }
     let rss_before = chatd.rss_kib();
 
@@ -163,25 +177,26 @@ async fn a_reader_that_never_reads_costs_bounded_memory_and_nobody_else_anything
     let everyone: Vec<&str> = everyone.iter().map(String::as_str).collect();
     let page = "p".repeat(4000);
     let mut rss_peak = rss_before;
-    for i in 0..MESSAGES {
+    for sent in 1..=MESSAGES {
         chatd.send("sender", &everyone, &page).await;
-        if i % 100 == 0 {
+        if sent % ROUND == 0 {
             rss_peak = rss_peak.max(chatd.rss_kib());
+            for reader in &mut readers {
+                reader.reached(sent).await;
+            }
+            tokio::time::sleep(PACE).await;
         }
     }
     chatd.send("sender", &everyone, "last").await;
     for reader in readers {
-        assert_eq!(
-            reader.await.unwrap(),
-            MESSAGES + 1,
-            "a healthy socket missed messages"
-        );
+        let (received, _socket) = reader.finish().await;
+        assert_eq!(received, MESSAGES + 1, "a healthy socket missed messages");
     }
     assert_eq!(slow_closed.await.unwrap(), Some(4008));
     rss_peak = rss_peak.max(chatd.rss_kib());
-    // The slow socket holds at most WS_SEND_QUEUE frames, which share the message bytes with
-    // every other socket: the server grows by buffers, not by the backlog of the slow reader
-    // (1,500 messages of 4 KB, 6 MB, which it never reads).
+    // The slow socket holds at most WS_SEND_QUEUE_BYTES of frames, which share the message
+    // bytes with every other socket: the server grows by buffers, not by the backlog of the
+    // slow reader (1,500 messages of 4 KB, 6 MB, which it never reads).
     let growth = rss_peak.saturating_sub(rss_before);
     eprintln!("RSS {rss_before} KiB before, {rss_peak} KiB at the peak");
     assert!(growth < 64 * 1024, "the server grew by {growth} KiB");

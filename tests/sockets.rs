@@ -8,32 +8,94 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use common::{Seen, TestServer, eventually};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
+/// The healthy reader is assumed to read each round of `ROUND` messages (240 KB) before the
+/// next is sent, which the test enforces by waiting for it: that stays far inside its 1 MiB
+/// queue however busy the machine, so only the reader that never reads can overflow. The flood
+/// is paced (`PACE` between messages, so filling the slow queue takes at least 17 × PACE)
+/// to overflow slower than `WS_STALL_TIMEOUT`: by then the stuck writer has made no progress
+/// for the stall timeout and the verdict is 4008, not 4009 (which a queue overflowing faster
+/// than its writer could be judged would get).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_with_4008_and_never_stalls_the_others() {
     const MESSAGES: usize = 400;
-    let server =
-        TestServer::start_with(&[("WS_SEND_QUEUE", "16"), ("MAX_MESSAGE_BYTES", "60000")]).await;
+    const ROUND: usize = 4;
+    const PACE: std::time::Duration = std::time::Duration::from_millis(20);
+    let server = TestServer::start_with(&[
+        ("WS_SEND_QUEUE_BYTES", "1048576"),
+        ("WS_STALL_TIMEOUT", "100ms"),
+        ("MAX_MESSAGE_BYTES", "60000"),
+    ])
+    .await;
     let slow = server.ws_with_small_buffer("slow").await; // reads nothing until evicted
-    let mut fast = server.ws("fast").await;
-    let fast_reader = tokio::spawn(async move {
-        let received = fast.count_until("last").await;
-        (received, fast)
-    });
-
+    let mut fast = server.ws("fast").await.spawn_counter("last");
     let slow_closed = server.close_code_after_eviction("slow", slow);
 
     let big = "x".repeat(60_000);
-    for _ in 0..MESSAGES {
+    for sent in 1..=MESSAGES {
         server
             .send_ok("sender", &["sender", "slow", "fast"], &big)
             .await;
+        if sent % ROUND == 0 {
+            fast.reached(sent).await;
+        }
+        tokio::time::sleep(PACE).await;
     }
     server.send_ok("sender", &["sender", "fast"], "last").await;
     // The healthy socket received every message, and stays open.
-    let (received, _fast) = fast_reader.await.unwrap();
+    let (received, _fast) = fast.finish().await;
     assert_eq!(received, MESSAGES + 1);
     assert_eq!(server.connections(&["fast"]).await["fast"], 1);
     assert_eq!(slow_closed.await.unwrap(), Some(4008));
+}
+
+/// A burst of the server's own making: 2,000 messages offered within about a second to a
+/// channel of 200 readers. Each reader's whole backlog (2,000 frames of ~250 bytes) fits in
+/// its default 4 MiB queue, so however far behind the burst leaves a reader that keeps
+/// reading, it is never evicted and gets every frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_never_evicts_sockets_that_keep_reading() {
+    const READERS: usize = 200;
+    const MESSAGES: usize = 2000;
+    const SENDERS: usize = 16;
+    let server = TestServer::start_with(&[("MAX_PARTICIPANTS", "250")]).await;
+    let names: Vec<String> = (0..READERS).map(|i| format!("reader{i}")).collect();
+    let mut counters = Vec::new();
+    for name in &names {
+        counters.push(server.ws(name).await.spawn_counter("last"));
+    }
+    let mut channel: Vec<&str> = names.iter().map(String::as_str).collect();
+    channel.push("sender");
+
+    let server = Arc::new(server);
+    let sends: Vec<_> = (0..SENDERS)
+        .map(|s| {
+            let (server, channel) = (server.clone(), channel.iter().map(|n| n.to_string()));
+            let channel: Vec<String> = channel.collect();
+            tokio::spawn(async move {
+                let channel: Vec<&str> = channel.iter().map(String::as_str).collect();
+                for i in (s..MESSAGES).step_by(SENDERS) {
+                    server
+                        .send_ok("sender", &channel, &format!("burst {i}"))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    for send in sends {
+        send.await.unwrap();
+    }
+    server.send_ok("sender", &channel, "last").await;
+    let mut sockets = Vec::new();
+    for counter in counters {
+        let (received, socket) = counter.finish().await;
+        assert_eq!(received, MESSAGES + 1, "a reading socket missed frames");
+        sockets.push(socket);
+    }
+    let counts = server.connections(&channel[..READERS]).await;
+    assert!(
+        names.iter().all(|name| counts[name] == 1),
+        "every reader is still connected: {counts}"
+    );
 }
 
 #[tokio::test]

@@ -23,7 +23,7 @@ use crate::bus::{EventBus, LocalBus};
 use crate::config::Config;
 use crate::fanout;
 use crate::http::{self, AllowedOrigins, AppState, RateLimiter};
-use crate::hub::Hub;
+use crate::hub::{Hub, QueueBounds};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::outbox::{Backoff, DeadLetters, Outbox, Relay};
@@ -90,7 +90,13 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
     let store = store::open(&config.store, &config.data_dir)
         .await
         .context("opening the store")?;
-    let hub = Arc::new(Hub::new(config.socket.limits));
+    let hub = Arc::new(Hub::new(
+        config.socket.limits,
+        QueueBounds {
+            max_bytes: config.socket.queue_bytes,
+            stall_timeout: config.socket.stall_timeout,
+        },
+    ));
     let store_health = Arc::new(StoreHealth::default());
     let limiter = Arc::new(RateLimiter::new(config.rate_limit));
 

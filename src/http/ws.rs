@@ -55,16 +55,12 @@ pub async fn upgrade(
 
     // Registered before the 101 goes out: a message sent the moment the client sees its socket
     // open is queued for it, not lost.
-    let (registration, frames) =
-        state
-            .hub
-            .register(user, state.socket.send_queue)
-            .map_err(|full| match full {
-                Full::User(_) => {
-                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, full.to_string()).retry_after(1)
-                }
-                Full::Server(_) => ApiError::unavailable(full.to_string()),
-            })?;
+    let (registration, frames) = state.hub.register(user).map_err(|full| match full {
+        Full::User(_) => {
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, full.to_string()).retry_after(1)
+        }
+        Full::Server(_) => ApiError::unavailable(full.to_string()),
+    })?;
     // Looked up once the socket is registered, so nothing falls between lookup and live stream.
     let recovery = match &since {
         None => Recovery::default(),

@@ -1,6 +1,7 @@
 //! The sockets connected to this instance, by user. The fan-out hands each socket's writer task
-//! a frame without waiting: a socket that cannot keep up is evicted, never waited for.
+//! a frame without waiting: a socket that stopped reading is evicted, never waited for.
 
+mod queue;
 mod socket;
 
 use std::borrow::Borrow;
@@ -11,11 +12,11 @@ use std::time::Instant;
 use axum::extract::ws::Utf8Bytes;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::model::UserId;
 
+pub use queue::{Offer, QueueBounds, Receiver};
 pub use socket::serve;
 
 /// One serialized message, shared by every socket it goes to.
@@ -29,8 +30,7 @@ pub struct Frame {
 
 struct SocketHandle {
     id: u64,
-    frames: mpsc::Sender<Frame>,
-    evicted: CancellationToken,
+    queue: queue::SendQueue,
 }
 
 pub struct Hub {
@@ -38,6 +38,7 @@ pub struct Hub {
     next_id: AtomicU64,
     open: AtomicUsize,
     limits: SocketLimits,
+    bounds: QueueBounds,
 }
 
 /// How many sockets may be open.
@@ -60,26 +61,27 @@ pub enum Full {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Delivery {
     pub queued: usize,
+    /// Sockets that stopped reading: closed with 4008.
     pub evicted: usize,
+    /// Sockets that fell behind by more than their queue holds: they get what was queued,
+    /// then 4009 (reconnect with `since`).
+    pub lost: usize,
 }
 
 impl Hub {
-    pub fn new(limits: SocketLimits) -> Self {
+    pub fn new(limits: SocketLimits, bounds: QueueBounds) -> Self {
         Self {
             sockets: DashMap::new(),
             next_id: AtomicU64::new(0),
             open: AtomicUsize::new(0),
             limits,
+            bounds,
         }
     }
 
-    /// Registers a socket for `user` with a send queue of `capacity` frames. The socket is
-    /// reachable from now until the [`Registration`] is dropped.
-    pub fn register(
-        self: &Arc<Self>,
-        user: UserId,
-        capacity: usize,
-    ) -> Result<(Registration, mpsc::Receiver<Frame>), Full> {
+    /// Registers a socket for `user`. The socket is reachable from now until the
+    /// [`Registration`] is dropped.
+    pub fn register(self: &Arc<Self>, user: UserId) -> Result<(Registration, Receiver), Full> {
         // The place in the total is taken first, so concurrent registrations cannot both pass
         // the check and overshoot it.
         if self.open.fetch_add(1, Ordering::Relaxed) >= self.limits.total {
@@ -92,14 +94,10 @@ impl Hub {
             self.open.fetch_sub(1, Ordering::Relaxed);
             return Err(Full::User(self.limits.per_user));
         }
-        let (frames, receiver) = mpsc::channel(capacity);
+        let (queue, receiver) = queue::channel(self.bounds);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let evicted = CancellationToken::new();
-        sockets.push(SocketHandle {
-            id,
-            frames,
-            evicted: evicted.clone(),
-        });
+        let evicted = queue.evicted();
+        sockets.push(SocketHandle { id, queue });
         drop(sockets);
         let registration = Registration {
             hub: self.clone(),
@@ -120,37 +118,57 @@ impl Hub {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Queues `frame` on every socket of every recipient without waiting. A socket whose queue
-    /// is full is evicted: it leaves the hub at once and its writer closes it with 4008.
+    /// Queues `frame` on every socket of every recipient without waiting. A socket that must
+    /// go (its reader stalled, or frames were lost for it) leaves the hub at once; its writer
+    /// closes it.
     pub fn deliver<'a>(
         &self,
         recipients: impl IntoIterator<Item = &'a str>,
         frame: &Frame,
     ) -> Delivery {
         let mut delivery = Delivery::default();
-        let mut evicted = Vec::new();
+        let mut leaving = Vec::new();
         for user in recipients {
             let Some(sockets) = self.sockets.get(user) else {
                 continue;
             };
             for socket in sockets.iter() {
-                match socket.frames.try_send(frame.clone()) {
-                    Ok(()) => delivery.queued += 1,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        socket.evicted.cancel();
-                        evicted.push((sockets.key().clone(), socket.id));
+                match socket.queue.offer(frame) {
+                    Offer::Queued => delivery.queued += 1,
+                    Offer::Evicted => {
+                        delivery.evicted += 1;
+                        leaving.push((sockets.key().clone(), socket.id));
+                    }
+                    Offer::Lost => {
+                        delivery.lost += 1;
+                        leaving.push((sockets.key().clone(), socket.id));
                     }
                     // The writer is gone and its registration is about to be dropped.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Offer::Closed => {}
                 }
             }
         }
         // Removed after the loop, once the map's read guards are released.
-        for (user, id) in evicted {
+        for (user, id) in leaving {
             self.unregister(&user, id);
-            delivery.evicted += 1;
         }
         delivery
+    }
+
+    /// Every socket may have missed frames (the fan-out fell behind the bus): each gets what
+    /// is queued for it, then 4009. Returns how many sockets that was.
+    pub fn lose_all(&self) -> usize {
+        let mut leaving = Vec::new();
+        for sockets in self.sockets.iter() {
+            for socket in sockets.iter() {
+                socket.queue.mark_lost();
+                leaving.push((sockets.key().clone(), socket.id));
+            }
+        }
+        for (user, id) in &leaving {
+            self.unregister(user, *id);
+        }
+        leaving.len()
     }
 
     /// Removes a socket; a second call for the same socket (eviction, then the registration's
@@ -203,6 +221,8 @@ impl Drop for Registration {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn frame() -> Frame {
@@ -213,15 +233,22 @@ mod tests {
         }
     }
 
+    fn hub(per_user: usize, total: usize) -> Arc<Hub> {
+        Arc::new(Hub::new(
+            SocketLimits { per_user, total },
+            QueueBounds {
+                max_bytes: 4,
+                stall_timeout: Duration::ZERO,
+            },
+        ))
+    }
+
     #[tokio::test]
     async fn counts_follow_registrations() {
-        let hub = Arc::new(Hub::new(SocketLimits {
-            per_user: 4,
-            total: 8,
-        }));
+        let hub = hub(4, 8);
         let alice = UserId::parse("alice").unwrap();
-        let (first, _rx1) = hub.register(alice.clone(), 4).unwrap();
-        let (second, _rx2) = hub.register(alice.clone(), 4).unwrap();
+        let (first, _rx1) = hub.register(alice.clone()).unwrap();
+        let (second, _rx2) = hub.register(alice.clone()).unwrap();
         assert_eq!((hub.connections("alice"), hub.open()), (2, 2));
         drop(first);
         assert_eq!((hub.connections("alice"), hub.open()), (1, 1));
@@ -235,53 +262,40 @@ mod tests {
 
     #[tokio::test]
     async fn sockets_are_capped_per_user_and_in_total() {
-        let hub = Arc::new(Hub::new(SocketLimits {
-            per_user: 2,
-            total: 3,
-        }));
+        let hub = hub(2, 3);
         let user = |name: &str| UserId::parse(name).unwrap();
-        let (a1, _r1) = hub.register(user("a"), 1).unwrap();
-        let (_a2, _r2) = hub.register(user("a"), 1).unwrap();
-        assert_eq!(hub.register(user("a"), 1).err(), Some(Full::User(2)));
-        let (_b1, _r3) = hub.register(user("b"), 1).unwrap();
-        assert_eq!(hub.register(user("c"), 1).err(), Some(Full::Server(3)));
+        let (a1, _r1) = hub.register(user("a")).unwrap();
+        let (_a2, _r2) = hub.register(user("a")).unwrap();
+        assert_eq!(hub.register(user("a")).err(), Some(Full::User(2)));
+        let (_b1, _r3) = hub.register(user("b")).unwrap();
+        assert_eq!(hub.register(user("c")).err(), Some(Full::Server(3)));
         assert_eq!(hub.open(), 3, "refusals leave no trace");
         drop(a1);
         assert!(
-            hub.register(user("c"), 1).is_ok(),
+            hub.register(user("c")).is_ok(),
             "a closed socket frees its place"
         );
     }
 
     #[tokio::test]
-    async fn a_full_queue_evicts_that_socket_alone() {
-        let hub = Arc::new(Hub::new(SocketLimits {
-            per_user: 4,
-            total: 8,
-        }));
-        let (slow, _slow_rx) = hub.register(UserId::parse("slow").unwrap(), 1).unwrap();
-        let (_fast, mut fast_rx) = hub.register(UserId::parse("fast").unwrap(), 8).unwrap();
-        assert_eq!(
-            hub.deliver(["slow", "fast"], &frame()),
-            Delivery {
-                queued: 2,
-                evicted: 0
-            }
-        );
-        assert_eq!(
-            hub.deliver(["slow", "fast"], &frame()),
-            Delivery {
-                queued: 1,
-                evicted: 1
-            }
-        );
-        assert_eq!(
-            hub.deliver(["slow", "fast"], &frame()),
-            Delivery {
-                queued: 1,
-                evicted: 0
-            }
-        );
+    async fn a_stalled_socket_is_evicted_alone() {
+        let hub = hub(4, 8);
+        let (slow, _slow_rx) = hub.register(UserId::parse("slow").unwrap()).unwrap();
+        let (_fast, mut fast_rx) = hub.register(UserId::parse("fast").unwrap()).unwrap();
+        let delivered = |queued, evicted| Delivery {
+            queued,
+            evicted,
+            lost: 0,
+        };
+        assert_eq!(hub.deliver(["slow", "fast"], &frame()), delivered(2, 0));
+        let mut batch = Vec::new();
+        fast_rx.recv_many(&mut batch, 8).await;
+        fast_rx.written(2);
+        assert_eq!(hub.deliver(["slow", "fast"], &frame()), delivered(2, 0));
+        fast_rx.recv_many(&mut batch, 8).await;
+        fast_rx.written(2);
+        // Slow has read nothing: 6 bytes would pass its 4-byte bound, and it made no progress.
+        assert_eq!(hub.deliver(["slow", "fast"], &frame()), delivered(1, 1));
         assert_eq!(
             (hub.connections("slow"), hub.open()),
             (0, 1),
@@ -294,8 +308,20 @@ mod tests {
             1,
             "dropping an evicted registration must not count it twice"
         );
-        for _ in 0..3 {
-            assert!(fast_rx.try_recv().is_ok());
-        }
+        assert_eq!(fast_rx.recv_many(&mut batch, 8).await, 1);
+        assert_eq!(batch.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn losing_all_lets_every_writer_drain_then_end() {
+        let hub = hub(4, 8);
+        let (_a, mut a_rx) = hub.register(UserId::parse("a").unwrap()).unwrap();
+        hub.deliver(["a"], &frame());
+        assert_eq!(hub.lose_all(), 1);
+        assert_eq!(hub.open(), 0);
+        let mut batch = Vec::new();
+        assert_eq!(a_rx.recv_many(&mut batch, 8).await, 1, "what was queued");
+        assert_eq!(a_rx.recv_many(&mut batch, 8).await, 0, "then the end");
+        assert!(a_rx.lost());
     }
 }

@@ -1,17 +1,17 @@
 //! One task per socket: it writes queued frames, pings, watches for pongs and closes the socket
 //! when it is evicted, silent too long, or the server shuts down.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ::metrics::{counter, histogram};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::SplitSink;
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::sync::mpsc;
 use tokio::time::{Instant, interval_at, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::{Frame, Registration};
+use super::{Frame, Receiver, Registration};
 use crate::config::SocketSettings;
 use crate::metrics;
 use crate::recovery::Recovery;
@@ -20,14 +20,22 @@ use crate::recovery::Recovery;
 /// consumer's close frame waits behind what it has not read yet, so this is generous.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// Most frames written with one flush: queued frames go out together, one syscall for many.
+const MAX_BATCH: usize = 256;
+
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+/// Frames meant for the socket were dropped (its queue was over its bound though it kept
+/// reading, or the fan-out fell behind the bus): reconnect with `since` to get them.
+pub const CLOSE_MISSED_FRAMES: u16 = 4009;
 
 /// Why the socket ended.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum End {
     Shutdown,
     SlowConsumer,
+    /// Frames were lost after the one with this id (`None`: before any was sent).
+    MissedFrames(Option<Arc<str>>),
     /// No pong for `WS_PONG_TIMEOUT`: the peer is gone and would not read a close frame.
     PongTimeout,
     /// The peer closed the socket or went away.
@@ -38,23 +46,30 @@ enum End {
 
 impl End {
     /// The close frame to send, if the peer is still there to read one.
-    fn close_frame(self) -> Option<CloseFrame> {
+    fn close_frame(&self) -> Option<CloseFrame> {
         let (code, reason) = match self {
-            End::Shutdown => (CLOSE_GOING_AWAY, "server shutting down"),
-            End::SlowConsumer => (CLOSE_SLOW_CONSUMER, "slow consumer"),
+            End::Shutdown => (CLOSE_GOING_AWAY, "server shutting down".into()),
+            End::SlowConsumer => (CLOSE_SLOW_CONSUMER, "slow consumer".into()),
+            // A close reason has room for 123 bytes: an id is 36.
+            End::MissedFrames(Some(last)) => (
+                CLOSE_MISSED_FRAMES,
+                format!("missed frames: reconnect with since={last}").into(),
+            ),
+            End::MissedFrames(None) => (
+                CLOSE_MISSED_FRAMES,
+                "missed frames: reconnect with since=<the last id you got>".into(),
+            ),
             End::PongTimeout | End::ClientClosed | End::Broken => return None,
         };
-        Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })
+        Some(CloseFrame { code, reason })
     }
 
     /// The `reason` label of `chat_ws_connections_closed_total`.
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             End::Shutdown => "shutdown",
             End::SlowConsumer => "slow_consumer",
+            End::MissedFrames(_) => "missed_frames",
             End::PongTimeout => "pong_timeout",
             End::ClientClosed => "client",
             End::Broken => "error",
@@ -65,7 +80,7 @@ impl End {
 pub async fn serve(
     socket: WebSocket,
     registration: Registration,
-    mut frames: mpsc::Receiver<Frame>,
+    mut frames: Receiver,
     settings: SocketSettings,
     shutdown: CancellationToken,
     recovery: Recovery,
@@ -108,34 +123,67 @@ pub async fn serve(
     let replayed_ok = tokio::select! {
         sent = replay => sent.is_ok(),
         end = &mut stop => {
-            finish(&mut sink, end).await;
+            finish(&mut sink, &mut stream, end).await;
             return;
         }
     };
     if !replayed_ok {
-        finish(&mut sink, End::Broken).await;
+        finish(&mut sink, &mut stream, End::Broken).await;
         return;
     }
 
+    let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
+    let mut last_sent: Option<Arc<str>> = None;
     let end = loop {
         tokio::select! {
             end = &mut stop => break end,
-            frame = frames.recv() => {
-                let Some(frame) = frame else { break End::Broken };
+            taken = frames.recv_many(&mut batch, MAX_BATCH) => {
+                if taken == 0 {
+                    // The hub let go of the socket after it lost frames, and all that was
+                    // queued before the loss has been written.
+                    break if frames.lost() { End::MissedFrames(last_sent) } else { End::Broken };
+                }
                 // Already sent by the recovery: the seam between replay and live stream.
-                if !replayed.is_empty() && replayed.remove(&*frame.id) {
-                    continue;
+                if !replayed.is_empty() {
+                    batch.retain(|frame| !replayed.remove(&*frame.id));
                 }
-                tokio::select! {
-                    sent = sink.send(Message::Text(frame.text)) => {
-                        if sent.is_err() {
-                            break End::Broken;
+                let bytes: usize = batch.iter().map(|frame| frame.text.len()).sum();
+                let written = {
+                    let write = async {
+                        for frame in &batch {
+                            sink.feed(Message::Text(frame.text.clone())).await?;
                         }
-                        delivered.increment(1);
-                        latency.record(frame.accepted_at.elapsed());
+                        sink.flush().await
+                    };
+                    tokio::pin!(write);
+                    loop {
+                        tokio::select! {
+                            written = &mut write => break Ok(written),
+                            end = &mut stop => break Err(end),
+                            () = tokio::time::sleep(frames.stall_check_interval()) => {
+                                // No new frame may come to tell the fan-out that this reader
+                                // stopped: the writer notices by itself.
+                                if frames.stalled() {
+                                    break Err(End::SlowConsumer);
+                                }
+                            }
+                        }
                     }
-                    end = &mut stop => break end,
+                };
+                match written {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break End::Broken,
+                    Err(end) => break end,
                 }
+                frames.written(bytes);
+                delivered.increment(batch.len() as u64);
+                for frame in &batch {
+                    latency.record(frame.accepted_at.elapsed());
+                }
+                if let Some(frame) = batch.last() {
+                    last_sent = Some(frame.id.clone());
+                }
+                batch.clear();
             }
             incoming = stream.next() => match incoming {
                 Some(Ok(Message::Pong(_))) => last_pong = Instant::now(),
@@ -155,15 +203,32 @@ pub async fn serve(
         }
     };
 
-    finish(&mut sink, end).await;
+    finish(&mut sink, &mut stream, end).await;
 }
 
 /// Counts the end, and closes the socket with a close frame if the peer can still read one.
-async fn finish(sink: &mut SplitSink<WebSocket, Message>, end: End) {
+/// The connection is kept until the peer answers the close (or the grace runs out): dropping
+/// it while the peer still sends (a pong, its own close) would reset it, and a reset throws
+/// away what the peer has not read yet, the close frame included.
+async fn finish(
+    sink: &mut SplitSink<WebSocket, Message>,
+    stream: &mut SplitStream<WebSocket>,
+    end: End,
+) {
     counter!(metrics::WS_CLOSED, "reason" => end.label()).increment(1);
+    if matches!(end, End::SlowConsumer) {
+        counter!(metrics::SLOW_CONSUMERS).increment(1);
+    }
+    let Some(frame) = end.close_frame() else {
+        let _ = timeout(CLOSE_GRACE, sink.close()).await;
+        return;
+    };
     let _ = timeout(CLOSE_GRACE, async {
-        if let Some(frame) = end.close_frame() {
-            sink.send(Message::Close(Some(frame))).await?;
+        sink.send(Message::Close(Some(frame))).await?;
+        while let Some(Ok(message)) = stream.next().await {
+            if let Message::Close(_) = message {
+                break;
+            }
         }
         sink.close().await
     })

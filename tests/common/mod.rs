@@ -228,11 +228,17 @@ impl TestServer {
             user.to_string(),
         );
         tokio::spawn(async move {
-            eventually(&format!("{user}'s socket is evicted"), || async {
-                let request = http.post(&url).json(&json!({ "users": [&user] }));
-                let counts: Value = request.send().await.ok()?.json().await.ok()?;
-                (counts[&user] == 0).then_some(())
-            })
+            // Watching starts with the flood and must outlast it, however long a busy machine
+            // takes to send it: the eviction comes when the socket's queue overflows.
+            eventually_within(
+                5 * DEADLINE,
+                &format!("{user}'s socket is evicted"),
+                || async {
+                    let request = http.post(&url).json(&json!({ "users": [&user] }));
+                    let counts: Value = request.send().await.ok()?.json().await.ok()?;
+                    (counts[&user] == 0).then_some(())
+                },
+            )
             .await;
             socket.close_code().await
         })
@@ -290,12 +296,21 @@ pub fn metric(text: &str, series: &str) -> f64 {
 }
 
 /// Polls `check` until it yields a value, failing the test after [`DEADLINE`].
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + DEADLINE;
+    eventually_within(DEADLINE, what, check).await
+}
+
+/// [`eventually`] with a deadline of its own.
+pub async fn eventually_within<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         if let Some(value) = check().await {
             return value;
@@ -384,6 +399,34 @@ impl WsClient {
         }
     }
 
+    /// Counts frames in the background up to the message whose content is `marker`, telling
+    /// how far it has got, so a test can keep its senders within a stated distance of this
+    /// reader instead of assuming the reader keeps up.
+    pub fn spawn_counter(mut self, marker: &str) -> Counter {
+        let (progress, seen) = tokio::sync::watch::channel(0);
+        let needle = format!("\"content\":{}", serde_json::to_string(marker).unwrap());
+        let done = tokio::spawn(async move {
+            let mut count = 0;
+            loop {
+                let frame = tokio::time::timeout(DEADLINE, self.stream.next())
+                    .await
+                    .expect("timed out waiting for a frame");
+                match frame {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        count += 1;
+                        progress.send_replace(count);
+                        if text.contains(&needle) {
+                            return (count, self);
+                        }
+                    }
+                    Some(Ok(_)) => continue,
+                    other => panic!("socket ended while counting frames: {other:?}"),
+                }
+            }
+        });
+        Counter { seen, done }
+    }
+
     /// Reads past everything else, unparsed, until the close frame and returns its code.
     pub async fn close_code(&mut self) -> Option<u16> {
         loop {
@@ -406,5 +449,26 @@ impl WsClient {
 
     pub async fn send_raw(&mut self, message: WsMessage) {
         self.stream.send(message).await.expect("send a frame");
+    }
+}
+
+/// A socket being read in the background by [`WsClient::spawn_counter`].
+pub struct Counter {
+    seen: tokio::sync::watch::Receiver<usize>,
+    done: tokio::task::JoinHandle<(usize, WsClient)>,
+}
+
+impl Counter {
+    /// Waits until the reader has counted at least `frames` frames.
+    pub async fn reached(&mut self, frames: usize) {
+        tokio::time::timeout(DEADLINE, self.seen.wait_for(|seen| *seen >= frames))
+            .await
+            .unwrap_or_else(|_| panic!("a reader did not reach {frames} frames"))
+            .expect("the reader ended early");
+    }
+
+    /// The frames counted up to and including the marker, and the socket, still open.
+    pub async fn finish(self) -> (usize, WsClient) {
+        self.done.await.expect("the reader")
     }
 }
