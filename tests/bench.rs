@@ -27,7 +27,14 @@ fn assert_delivered_everything(summary: &Value) {
         summary["delivered"], summary["expected_deliveries"],
         "{summary}"
     );
-    for field in ["deliveries_per_sec", "latency_p50_ms", "latency_p99_ms"] {
+    for field in [
+        "deliveries_per_sec",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "latency_p999_ms",
+        "rest_p99_ms",
+        "rest_p999_ms",
+    ] {
         assert!(
             summary[field].as_f64().is_some(),
             "{field} missing from {summary}"
@@ -79,6 +86,20 @@ fn idle_runs() {
         summary["extra"]["rss_per_socket_kib"].as_f64().is_some(),
         "{summary}"
     );
+}
+
+#[test]
+fn help_does_not_show_the_secret_from_the_environment() {
+    let secret = "do-not-print-this-secret";
+    let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
+        .args(["one-to-one", "--help"])
+        .env("JWT_SECRET", secret)
+        .output()
+        .expect("chatd-bench runs");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("JWT_SECRET"), "{help}");
+    assert!(!help.contains(secret), "{help}");
 }
 
 #[test]

@@ -227,9 +227,11 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
         latency_p50_ms: millis(&latencies, 0.5),
         latency_p90_ms: millis(&latencies, 0.9),
         latency_p99_ms: millis(&latencies, 0.99),
+        latency_p999_ms: millis(&latencies, 0.999),
         latency_max_ms: latencies.max() as f64 / 1000.0,
         rest_p50_ms: millis(&rest, 0.5),
         rest_p99_ms: millis(&rest, 0.99),
+        rest_p999_ms: millis(&rest, 0.999),
         server_cpu_us_per_delivery: match (cpu_before, cpu_after) {
             (Some(before), Some(after)) if delivered > 0 => {
                 Some((after - before) * 1e6 / delivered as f64)

@@ -29,7 +29,12 @@ struct Common {
     #[arg(long)]
     url: Option<String>,
     /// The JWT secret of the chatd at --url.
-    #[arg(long, env = "JWT_SECRET", default_value = "chatd-bench-secret")]
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        hide_env_values = true,
+        default_value = "chatd-bench-secret"
+    )]
     secret: String,
     /// How long the load runs.
     #[arg(long, default_value_t = 10.0)]
@@ -225,6 +230,10 @@ fn compare(chatd: &mut Summary, ceiling: &Summary) {
     chatd.extra.insert(
         "ceiling_latency_p99_ms".into(),
         ceiling.latency_p99_ms.into(),
+    );
+    chatd.extra.insert(
+        "ceiling_latency_p999_ms".into(),
+        ceiling.latency_p999_ms.into(),
     );
     chatd.extra.insert(
         "ceiling_server_cpu_us_per_delivery".into(),
