@@ -80,10 +80,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
 
     let connecting = ProgressBar::new(plan.listeners as u64).with_message("connecting sockets");
     let sockets: Vec<_> = stream::iter(plan.users.iter().take(plan.listeners))
-        .map(|user| {
-            let url = format!("{}/ws?token={}", target.ws, target.token(user));
-            async move { tokio_tungstenite::connect_async(url).await }
-        })
+        .map(|user| target.connect(user))
         .buffer_unordered(100)
         .inspect(|_| connecting.inc(1))
         .collect()
@@ -91,7 +88,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
     connecting.finish_and_clear();
     let mut readers = Vec::with_capacity(sockets.len());
     for socket in sockets {
-        let (mut socket, _) = socket?;
+        let mut socket = socket?;
         let (counters, stop, measured_from_ns) =
             (counters.clone(), stop.clone(), measured_from_ns.clone());
         readers.push(tokio::spawn(async move {

@@ -25,8 +25,9 @@ pub struct Summary {
     pub rest_p50_ms: f64,
     pub rest_p99_ms: f64,
     pub rest_p999_ms: f64,
-    /// Server CPU time per delivery, when the bench started the server.
+    /// Server CPU time per delivery, when the server's pid is known (started here, or `--pid`).
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The server's resident memory, when its pid is known.
     pub server_rss_kib: Option<u64>,
     /// Anything else the scenario measures (idle, drain, ceiling).
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
