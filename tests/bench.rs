@@ -1,9 +1,17 @@
 //! Each chatd-bench scenario, run briefly and small, only to prove that it still runs and that
 //! what it counts adds up. Benchmarks are not tests: nothing here looks at a timing.
 
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::process::Command;
+use std::sync::mpsc;
 
 use serde_json::Value;
+
+use common::DEADLINE;
+use common::process::Chatd;
 
 fn bench(args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
@@ -27,7 +35,14 @@ fn assert_delivered_everything(summary: &Value) {
         summary["delivered"], summary["expected_deliveries"],
         "{summary}"
     );
-    for field in ["deliveries_per_sec", "latency_p50_ms", "latency_p99_ms"] {
+    for field in [
+        "deliveries_per_sec",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "latency_p999_ms",
+        "rest_p99_ms",
+        "rest_p999_ms",
+    ] {
         assert!(
             summary[field].as_f64().is_some(),
             "{field} missing from {summary}"
@@ -75,10 +90,107 @@ fn fanout_runs_beside_its_ceiling() {
 #[test]
 fn idle_runs() {
     let summary = bench(&["idle", "--sockets", "100", "--duration", "0.2"]);
+    assert_eq!(summary["sockets"], 100, "{summary}");
+    assert_eq!(summary["extra"]["sockets_closed_by_server"], 0, "{summary}");
     assert!(
         summary["extra"]["rss_per_socket_kib"].as_f64().is_some(),
         "{summary}"
     );
+}
+
+/// `--pid` reports the CPU time and memory of a server the bench did not start: here a chatd
+/// started by the test, as an operator would point the bench at one already running.
+#[test]
+fn a_server_it_did_not_start_is_measured_through_its_pid() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret = "bench-pid-secret";
+    let chatd = Chatd::start(data_dir.path(), secret, &[]);
+    let (url, pid) = (chatd.url(""), chatd.child.id().to_string());
+    let remote = ["--url", &url, "--pid", &pid, "--secret", secret];
+
+    let idle = bench(
+        &[
+            &["idle", "--sockets", "20", "--duration", "0.2"],
+            &remote[..],
+        ]
+        .concat(),
+    );
+    assert_eq!(idle["sockets"], 20, "{idle}");
+    assert!(idle["server_rss_kib"].as_u64().unwrap() > 0, "{idle}");
+    assert!(
+        idle["extra"]["rss_before_kib"].as_u64().unwrap() > 0,
+        "{idle}"
+    );
+
+    // 200 messages cost chatd far more than one clock tick of CPU.
+    let load = bench(
+        &[
+            &[
+                "one-to-one",
+                "--users",
+                "10",
+                "--rate",
+                "200",
+                "--duration",
+                "1",
+            ],
+            &remote[..],
+        ]
+        .concat(),
+    );
+    assert_delivered_everything(&load);
+    assert!(
+        load["server_cpu_us_per_delivery"].as_f64().unwrap() > 0.0,
+        "{load}"
+    );
+    assert!(load["server_rss_kib"].as_u64().unwrap() > 0, "{load}");
+}
+
+/// The original Go service reads the token only from the `Authorization` header, so the bench
+/// must send it there: a listener that records the upgrade request and refuses it shows how.
+#[test]
+fn sockets_send_the_token_as_a_bearer_header_not_in_the_query() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (heads, head) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut request = Vec::new();
+        let mut byte = [0u8];
+        while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap() == 1 {
+            request.push(byte[0]);
+        }
+        heads
+            .send(String::from_utf8_lossy(&request).to_lowercase())
+            .unwrap();
+        let _ = stream.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n");
+    });
+    // Any live process will do for --pid: only the upgrade is looked at.
+    let pid = std::process::id().to_string();
+    let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
+        .args(["idle", "--url", &url, "--pid", &pid, "--sockets", "1"])
+        .output()
+        .expect("chatd-bench runs");
+    assert!(!output.status.success(), "the upgrade was refused");
+    let head = head.recv_timeout(DEADLINE).expect("an upgrade request");
+    assert!(head.starts_with("get /ws http/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nauthorization: bearer "), "{head}");
+    assert!(!head.contains("token="), "{head}");
+}
+
+#[test]
+fn help_does_not_show_the_secret_from_the_environment() {
+    let secret = "do-not-print-this-secret";
+    let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
+        .args(["one-to-one", "--help"])
+        .env("JWT_SECRET", secret)
+        .output()
+        .expect("chatd-bench runs");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("JWT_SECRET"), "{help}");
+    assert!(!help.contains(secret), "{help}");
 }
 
 #[test]

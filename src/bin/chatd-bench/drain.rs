@@ -88,7 +88,7 @@ async fn fill(data_dir: &Path, messages: usize) -> anyhow::Result<f64> {
         ("SHUTDOWN_TIMEOUT", "0s".into()),
     ];
     let server = Server::chatd(Some(data_dir.to_path_buf()), &env)?;
-    let target = Target::local(server, SECRET);
+    let target = Target::local(server, SECRET)?;
     let tokens: Vec<String> = (0..SENDERS)
         .map(|i| target.token(&format!("sender{i}")))
         .collect();

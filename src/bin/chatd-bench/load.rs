@@ -80,10 +80,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
 
     let connecting = ProgressBar::new(plan.listeners as u64).with_message("connecting sockets");
     let sockets: Vec<_> = stream::iter(plan.users.iter().take(plan.listeners))
-        .map(|user| {
-            let url = format!("{}/ws?token={}", target.ws, target.token(user));
-            async move { tokio_tungstenite::connect_async(url).await }
-        })
+        .map(|user| target.connect(user))
         .buffer_unordered(100)
         .inspect(|_| connecting.inc(1))
         .collect()
@@ -91,7 +88,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
     connecting.finish_and_clear();
     let mut readers = Vec::with_capacity(sockets.len());
     for socket in sockets {
-        let (mut socket, _) = socket?;
+        let mut socket = socket?;
         let (counters, stop, measured_from_ns) =
             (counters.clone(), stop.clone(), measured_from_ns.clone());
         readers.push(tokio::spawn(async move {
@@ -227,9 +224,11 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
         latency_p50_ms: millis(&latencies, 0.5),
         latency_p90_ms: millis(&latencies, 0.9),
         latency_p99_ms: millis(&latencies, 0.99),
+        latency_p999_ms: millis(&latencies, 0.999),
         latency_max_ms: latencies.max() as f64 / 1000.0,
         rest_p50_ms: millis(&rest, 0.5),
         rest_p99_ms: millis(&rest, 0.99),
+        rest_p999_ms: millis(&rest, 0.999),
         server_cpu_us_per_delivery: match (cpu_before, cpu_after) {
             (Some(before), Some(after)) if delivered > 0 => {
                 Some((after - before) * 1e6 / delivered as f64)

@@ -1,10 +1,13 @@
 //! chatd-bench: load scenarios for chatd, with figures a person can read and `--json` for a
-//! machine. Without `--url` each scenario starts chatd itself on a temporary data directory.
+//! machine. Without `--url` each scenario starts chatd itself on a temporary data directory;
+//! with `--url` it loads any server speaking the contract, and `--pid` names that server's
+//! process so its CPU time and memory are reported too.
 
 mod ceiling;
 mod drain;
 mod idle;
 mod load;
+mod process_usage;
 mod report;
 mod target;
 
@@ -25,12 +28,22 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Common {
-    /// A running chatd (e.g. http://127.0.0.1:8080); without it, chatd is started here.
+    /// A running server that speaks the contract (e.g. http://127.0.0.1:8080); without it,
+    /// chatd is started here.
     #[arg(long)]
     url: Option<String>,
-    /// The JWT secret of the chatd at --url.
-    #[arg(long, env = "JWT_SECRET", default_value = "chatd-bench-secret")]
+    /// The JWT secret of the server at --url.
+    #[arg(
+        long,
+        env = "JWT_SECRET",
+        hide_env_values = true,
+        default_value = "chatd-bench-secret"
+    )]
     secret: String,
+    /// The process id of the server at --url, whose CPU time and memory (from /proc/PID) to
+    /// report; without --url the bench watches the chatd it starts.
+    #[arg(long, requires = "url")]
+    pid: Option<u32>,
     /// How long the load runs.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -121,7 +134,7 @@ fn main() -> anyhow::Result<()> {
                     load::run(&target, fanout(members as usize, rate, &common)).await?;
                 if ceiling {
                     drop(target);
-                    let bare = Target::local(Server::ceiling()?, &common.secret);
+                    let bare = Target::local(Server::ceiling()?, &common.secret)?;
                     let measured =
                         load::run(&bare, fanout(members as usize, rate, &common)).await?;
                     compare(&mut summary, &measured);
@@ -161,14 +174,14 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn target(common: &Common, env: &[(&str, String)]) -> anyhow::Result<Target> {
-    Ok(match &common.url {
-        Some(url) => Target::remote(url, &common.secret),
+    match &common.url {
+        Some(url) => Target::remote(url, &common.secret, common.pid),
         None => {
             let mut env = env.to_vec();
             env.push(("JWT_SECRET", common.secret.clone()));
             Target::local(Server::chatd(None, &env)?, &common.secret)
         }
-    })
+    }
 }
 
 fn one_to_one(users: usize, rate: f64, common: &Common) -> Plan {
@@ -225,6 +238,10 @@ fn compare(chatd: &mut Summary, ceiling: &Summary) {
     chatd.extra.insert(
         "ceiling_latency_p99_ms".into(),
         ceiling.latency_p99_ms.into(),
+    );
+    chatd.extra.insert(
+        "ceiling_latency_p999_ms".into(),
+        ceiling.latency_p999_ms.into(),
     );
     chatd.extra.insert(
         "ceiling_server_cpu_us_per_delivery".into(),

@@ -19,11 +19,15 @@ pub struct Summary {
     pub latency_p50_ms: f64,
     pub latency_p90_ms: f64,
     pub latency_p99_ms: f64,
+    pub latency_p999_ms: f64,
     pub latency_max_ms: f64,
+    /// POST /api/messages, from the request to its 202.
     pub rest_p50_ms: f64,
     pub rest_p99_ms: f64,
-    /// Server CPU time per delivery, when the bench started the server.
+    pub rest_p999_ms: f64,
+    /// Server CPU time per delivery, when the server's pid is known (started here, or `--pid`).
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// The server's resident memory, when its pid is known.
     pub server_rss_kib: Option<u64>,
     /// Anything else the scenario measures (idle, drain, ceiling).
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
@@ -65,12 +69,16 @@ impl Summary {
                 self.delivered, self.expected_deliveries, self.deliveries_per_sec
             );
             println!(
-                "  delivery latency   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms",
-                self.latency_p50_ms, self.latency_p90_ms, self.latency_p99_ms, self.latency_max_ms
+                "  delivery latency   p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms  max {:.2} ms",
+                self.latency_p50_ms,
+                self.latency_p90_ms,
+                self.latency_p99_ms,
+                self.latency_p999_ms,
+                self.latency_max_ms
             );
             println!(
-                "  REST latency       p50 {:.2} ms  p99 {:.2} ms",
-                self.rest_p50_ms, self.rest_p99_ms
+                "  REST latency       p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
+                self.rest_p50_ms, self.rest_p99_ms, self.rest_p999_ms
             );
         }
         if let Some(cpu) = self.server_cpu_us_per_delivery {

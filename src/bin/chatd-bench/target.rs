@@ -1,5 +1,6 @@
 //! What the load goes to: a chatd (or the ceiling server) this process starts on a temporary
-//! data directory, or one already running at `--url`.
+//! data directory, or one already running at `--url` (with `--pid`, whose CPU and memory to
+//! report).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -11,35 +12,50 @@ use anyhow::{Context, bail};
 use chatd::auth::Authenticator;
 use chatd::model::UserId;
 use tempfile::TempDir;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use crate::process_usage::ProcessUsage;
 
 pub struct Target {
     /// `http://host:port`
     pub http: String,
     /// `ws://host:port`
-    pub ws: String,
+    ws: String,
     auth: Authenticator,
     pub process: Option<Server>,
+    /// The server's CPU and memory: the process this bench started, or `--pid`.
+    usage: Option<ProcessUsage>,
 }
 
+/// A client's WebSocket, as `connect_async` opens it.
+pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
 impl Target {
-    pub fn remote(url: &str, secret: &str) -> Self {
+    /// A server already running at `url`; `pid`, when given, is whose CPU and memory to report.
+    pub fn remote(url: &str, secret: &str, pid: Option<u32>) -> anyhow::Result<Self> {
         let http = url.trim_end_matches('/').to_string();
-        Self {
+        Ok(Self {
             ws: http.replacen("http", "ws", 1),
             http,
             auth: Authenticator::new(secret.as_bytes()),
             process: None,
-        }
+            usage: pid.map(ProcessUsage::watch).transpose()?,
+        })
     }
 
-    pub fn local(server: Server, secret: &str) -> Self {
+    pub fn local(server: Server, secret: &str) -> anyhow::Result<Self> {
         let http = format!("http://{}", server.addr);
-        Self {
+        Ok(Self {
             ws: format!("ws://{}", server.addr),
             http,
             auth: Authenticator::new(secret.as_bytes()),
+            usage: Some(ProcessUsage::watch(server.child.id())?),
             process: Some(server),
-        }
+        })
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -47,31 +63,27 @@ impl Target {
         self.auth.issue(&user, Duration::from_secs(24 * 3600))
     }
 
-    /// The server's CPU time so far (user + system), when this process started it.
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.process.as_ref()?.child.id()))
-                .ok()?;
-        // Fields after the command name, which is in parentheses and may contain spaces.
-        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        // SAFETY: sysconf has no preconditions.
-        let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        Some(ticks / per_second)
+    /// Opens `/ws` as `user` with the token in an `Authorization: Bearer` header, as the
+    /// original Go service's clients do: that service never reads `?token=`, and the bench
+    /// must measure any server that speaks the contract.
+    pub async fn connect(&self, user: &str) -> anyhow::Result<Socket> {
+        let mut request = format!("{}/ws", self.ws).into_client_request()?;
+        let bearer = HeaderValue::from_str(&format!("Bearer {}", self.token(user)))?;
+        request.headers_mut().insert(AUTHORIZATION, bearer);
+        let (socket, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .with_context(|| format!("opening {}/ws as {user}", self.ws))?;
+        Ok(socket)
     }
 
-    /// The server's resident memory in KiB, when this process started it.
+    /// The server's CPU time so far (user + system), when its pid is known.
+    pub fn cpu_seconds(&self) -> Option<f64> {
+        self.usage.as_ref()?.cpu_seconds()
+    }
+
+    /// The server's resident memory in KiB, when its pid is known.
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!(
-            "/proc/{}/status",
-            self.process.as_ref()?.child.id()
-        ))
-        .ok()?;
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix("VmRSS:"))
-            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        self.usage.as_ref()?.rss_kib()
     }
 }
 
