@@ -660,7 +660,7 @@ mod tests {
     fn a_write_concern_not_met_makes_the_whole_batch_wait() {
         let e = insert_many_failure(doc! {
             "writeErrors": [write_error(0, 121, "Document failed validation")],
-            "writeConcernError": { "code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting" },
+            "writeConcernError": { "code": 64, "errmsg": "waiting for replication" },
         });
         assert!(matches!(
             refused_documents(&e),

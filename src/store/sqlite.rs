@@ -303,18 +303,22 @@ fn read_page(
 /// instead of spending attempts. Matched on the primary code, so every extended code (each
 /// kind of I/O error, say) counts.
 const OUTAGE_CODES: &[ErrorCode] = &[
-    ErrorCode::SystemIoFailure, // SQLITE_IOERR: the disk or the file system failed
+    // SQLITE_IOERR: the disk or the file system failed.
+    ErrorCode::SystemIoFailure,
     ErrorCode::DatabaseCorrupt, // SQLITE_CORRUPT
-    ErrorCode::NotADatabase,    // SQLITE_NOTADB: the file was replaced or damaged
-    ErrorCode::DiskFull,        // SQLITE_FULL
-    ErrorCode::DatabaseBusy,    // SQLITE_BUSY: still locked after the busy timeout
-    ErrorCode::DatabaseLocked,  // SQLITE_LOCKED
-    ErrorCode::ReadOnly,        // SQLITE_READONLY: the file or its directory
-    ErrorCode::CannotOpen,      // SQLITE_CANTOPEN
-    ErrorCode::PermissionDenied, // SQLITE_PERM
-    ErrorCode::OutOfMemory,     // SQLITE_NOMEM
+    // SQLITE_NOTADB: the file was replaced or damaged.
+    ErrorCode::NotADatabase,
+    ErrorCode::DiskFull, // SQLITE_FULL
+    // SQLITE_BUSY, SQLITE_LOCKED: still locked after the busy timeout.
+    ErrorCode::DatabaseBusy,
+    ErrorCode::DatabaseLocked,
+    // SQLITE_READONLY: the file or its directory.
+    ErrorCode::ReadOnly,
+    ErrorCode::CannotOpen,                // SQLITE_CANTOPEN
+    ErrorCode::PermissionDenied,          // SQLITE_PERM
+    ErrorCode::OutOfMemory,               // SQLITE_NOMEM
     ErrorCode::FileLockingProtocolFailed, // SQLITE_PROTOCOL
-    ErrorCode::NoLargeFileSupport, // SQLITE_NOLFS
+    ErrorCode::NoLargeFileSupport,        // SQLITE_NOLFS
 ];
 
 /// The tables chatd reads and writes, with the columns it migrated them with.
@@ -326,9 +330,9 @@ const TABLES: &[(&str, &str)] = &[
     ("dead_letters", DEAD_LETTER_COLUMNS),
 ];
 
-/// Errors that mean the store cannot be used now (see [`OUTAGE_CODES`], and a schema that is
-/// no longer the one chatd migrated: [`check_schema`]) make it unavailable; the rest are failures of the request,
-/// which the relay narrows down to the message that causes them.
+/// Errors that mean the store cannot be used now ([`OUTAGE_CODES`], and a schema that is no
+/// longer the one chatd migrated: [`check_schema`]) make it unavailable; the rest are failures
+/// of the request, which the relay narrows down to the message that causes them.
 fn classify(conn: &Connection, e: rusqlite::Error) -> StoreError {
     if is_outage(&e) || (may_be_schema(&e) && check_schema(conn).is_err()) {
         StoreError::Unavailable(e.to_string())
@@ -338,7 +342,10 @@ fn classify(conn: &Connection, e: rusqlite::Error) -> StoreError {
 }
 
 fn is_outage(e: &rusqlite::Error) -> bool {
-    matches!(e, rusqlite::Error::SqliteFailure(ffi::Error { code, .. }, _) if OUTAGE_CODES.contains(code))
+    match e {
+        rusqlite::Error::SqliteFailure(ffi::Error { code, .. }, _) => OUTAGE_CODES.contains(code),
+        _ => false,
+    }
 }
 
 /// SQLITE_ERROR ("no such table", "no such column", among others) and SQLITE_SCHEMA: the
