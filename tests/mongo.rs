@@ -310,6 +310,78 @@ async fn an_outage_delays_messages_but_loses_none_and_dead_letters_none() {
 }
 
 #[tokio::test]
+async fn failover_answers_hold_messages_without_spending_attempts() {
+    let mongo = MongoServer::start_local().await;
+    // One attempt: had a failover answer spent an attempt, the message would be a dead letter.
+    let chat = MongoChat::start(&mongo, &[("RETRY_ATTEMPTS", "1")]).await;
+    let admin = mongo.client().await.database("admin");
+    let mut sent = vec![
+        chat.server
+            .send_ok("alice", &["alice", "bob"], "before")
+            .await,
+    ];
+    chat.server.stored("alice", "alice,bob", 1).await;
+
+    // chatd's inserts only: as if the primary stepped down, then as if the write could not be
+    // replicated (it is applied, but not durable as chatd asks).
+    let failures = [
+        doc! { "errorCode": 10107 },
+        doc! { "writeConcernError": { "code": 64, "errmsg": "waiting for replication timed out" } },
+    ];
+    for failure in failures {
+        let mut data = doc! { "failCommands": ["insert"], "appName": "chatd" };
+        data.extend(failure.clone());
+        admin
+            .run_command(
+                doc! { "configureFailPoint": "failCommand", "mode": "alwaysOn", "data": data },
+            )
+            .await
+            .unwrap();
+        for i in 0..5 {
+            let content = format!("during {failure} {i}");
+            sent.push(
+                chat.server
+                    .send_ok("alice", &["alice", "bob"], &content)
+                    .await,
+            );
+        }
+        eventually(&format!("the store is down after {failure}"), || async {
+            (chat.server.health().await["store"]["up"] == false).then_some(())
+        })
+        .await;
+        assert_eq!(
+            chat.server.health().await["outbox"],
+            json!({"pending": 5, "dead_lettered": 0}),
+            "{failure}"
+        );
+        assert_eq!(chat.dead_letters.count_documents(doc! {}).await.unwrap(), 0);
+
+        admin
+            .run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" })
+            .await
+            .unwrap();
+        eventually(&format!("the outbox empties after {failure}"), || async {
+            let health = chat.server.health().await;
+            (health["outbox"] == json!({"pending": 0, "dead_lettered": 0})
+                && health["store"]["up"] == true)
+                .then_some(())
+        })
+        .await;
+    }
+    let stored: BTreeSet<String> = all(&chat.messages)
+        .await
+        .iter()
+        .map(|d| d.get_str("_id").unwrap().to_string())
+        .collect();
+    let accepted: BTreeSet<String> = sent
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stored, accepted, "every message is stored, once");
+    assert_eq!(chat.dead_letters.count_documents(doc! {}).await.unwrap(), 0);
+}
+
+#[tokio::test]
 async fn a_poison_message_is_dead_lettered_then_replayed_or_purged_by_operators() {
     let mongo = MongoServer::start().await;
     let chat = MongoChat::start(&mongo, &[("RETRY_ATTEMPTS", "3")]).await;

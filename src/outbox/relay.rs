@@ -1,30 +1,57 @@
 //! Drains the outbox into the store. The relay reads the durable outbox, never the broadcast
 //! bus, so a lagging bus receiver cannot cost it an event.
+//!
+//! One dispatcher hands batches to at most `workers` concurrent [`BatchWriter`]s. A writer
+//! writes its batch once and hands back what the store refused; those entries wait out their
+//! backoff in the dispatcher's [`RetrySet`] and go out again beside new entries, so a message
+//! the store keeps refusing never keeps a writer from new work.
+
+mod retries;
+mod writer;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ::metrics::{counter, histogram};
-
-use tokio::sync::{Notify, Semaphore};
+use ::metrics::counter;
+use tokio::sync::Notify;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::dead_letters::DeadLetterMover;
-use super::{Backoff, Outbox, OutboxError, PendingEntry};
+use super::{Backoff, Outbox, PendingEntry};
 use crate::config::RelaySettings;
 use crate::metrics;
-use crate::model::Failure;
-use crate::store::{MessageStore, StoreError, StoreHealth};
+use crate::store::{MessageStore, StoreHealth};
+use retries::RetrySet;
+use writer::BatchWriter;
 
 /// How long the dispatcher lets a batch gather after a short one.
 const LINGER: Duration = Duration::from_millis(10);
+/// How long the dispatcher waits before reading the outbox again after a read failed.
+const READ_RETRY: Duration = Duration::from_secs(1);
+/// The fewest refused entries that wait for a retry before the dispatcher stops reading new
+/// ones, however few writers of however small batches there are: about 4 MiB of messages at
+/// most, so that a handful of poison messages never holds up new ones.
+const MIN_RETRY_CAPACITY: usize = 1024;
 
 pub struct Relay {
     outbox: Arc<Outbox>,
     writer: Arc<BatchWriter>,
     mover: DeadLetterMover,
+    backoff: Backoff,
     settings: RelaySettings,
+}
+
+/// When the dispatcher next reads new entries from the outbox.
+#[derive(Debug, Clone, Copy)]
+enum Reading {
+    /// As soon as a writer is free.
+    Now,
+    /// Not before then: a batch gathers after a short read, and a failed read waits.
+    At(Instant),
+    /// Once entries are appended: the last read found none.
+    OnNewWork,
 }
 
 impl Relay {
@@ -54,195 +81,143 @@ impl Relay {
             outbox,
             writer: Arc::new(writer),
             mover,
+            backoff,
             settings,
         }
     }
 
-    /// Hands batches of pending entries, oldest first, to at most `workers` concurrent writers
-    /// until `stop`. A batch is only taken when a writer is free, so under load batches fill up.
-    /// Entries still pending at `stop` stay in the outbox for the next start.
+    /// Hands batches of pending entries, oldest first, and refused entries once their backoff
+    /// has passed, to at most `workers` concurrent writers until `stop`. New entries are only
+    /// read when a writer is free, so under load batches fill up. Entries still pending at
+    /// `stop` stay in the outbox for the next start.
     pub async fn run(self, stop: CancellationToken) {
-        let workers = Arc::new(Semaphore::new(self.settings.workers));
-        let tasks = TaskTracker::new();
-        tasks.spawn(self.mover.run(stop.clone()));
-        let mut cursor = 0;
-        let mut last_batch_full = true;
+        let Self {
+            outbox,
+            writer,
+            mover,
+            backoff,
+            settings,
+        } = self;
+        let mover = tokio::spawn(mover.run(stop.clone()));
+        let mut dispatcher = Dispatcher {
+            outbox,
+            batch_size: settings.batch_size,
+            // At least as many as the writers can have in flight, so that a whole round of
+            // refused batches fits. Past that, new entries wait in the outbox until refused ones
+            // are stored or dead (see `RetrySet` for the bound).
+            retries: RetrySet::new(
+                (settings.workers * settings.batch_size).max(MIN_RETRY_CAPACITY),
+            ),
+            cursor: 0,
+            reading: Reading::Now,
+        };
+        let mut writers = JoinSet::new();
         loop {
-            // After a short batch, let the next one gather: fewer, fuller store transactions
-            // (each one a disk sync) for a few milliseconds more on the way to history.
-            if !last_batch_full && !sleep_unless_stopped(LINGER, &stop).await {
-                break;
+            let free = writers.len() < settings.workers;
+            if free {
+                let batch = dispatcher.next_batch().await;
+                if !batch.is_empty() {
+                    let (writer, stop) = (writer.clone(), stop.clone());
+                    writers.spawn(async move { writer.write(batch, &stop).await });
+                    continue;
+                }
             }
-            let permit = tokio::select! {
-                permit = workers.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = stop.cancelled() => break,
+            let gathered = match dispatcher.reading {
+                Reading::At(at) => Some(at),
+                Reading::Now | Reading::OnNewWork => None,
             };
-            let batch = match self
-                .outbox
-                .pending_after(cursor, self.settings.batch_size)
-                .await
-            {
-                Ok(batch) => batch,
+            let next_due = dispatcher.retries.next_due();
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                Some(written) = writers.join_next() => dispatcher.retry_later(written, &backoff),
+                () = dispatcher.outbox.new_work(),
+                    if free && matches!(dispatcher.reading, Reading::OnNewWork) =>
+                {
+                    // Let the next batch gather rather than write the first message alone.
+                    dispatcher.reading = Reading::At(Instant::now() + LINGER);
+                }
+                () = tokio::time::sleep_until(gathered.unwrap_or_else(Instant::now)),
+                    if free && gathered.is_some() => dispatcher.reading = Reading::Now,
+                () = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)),
+                    if free && next_due.is_some() => {}
+            }
+        }
+        while writers.join_next().await.is_some() {}
+        if let Err(e) = mover.await {
+            tracing::error!(error = %e, "the dead-letter mover failed");
+        }
+    }
+}
+
+/// The dispatcher's own state: where it is in the outbox and what waits for a retry.
+struct Dispatcher {
+    outbox: Arc<Outbox>,
+    batch_size: usize,
+    retries: RetrySet,
+    /// The last outbox entry read; entries at or below it are written, waiting or done.
+    cursor: i64,
+    reading: Reading,
+}
+
+impl Dispatcher {
+    /// The next batch for a free writer: due retries beside new entries, possibly empty.
+    /// Retries take at most half a batch while new entries may be waiting, and fill whatever
+    /// room the new ones leave, so neither can crowd the other out.
+    async fn next_batch(&mut self) -> Vec<PendingEntry> {
+        let now = Instant::now();
+        let mut batch = self.retries.take_due(now, self.batch_size.div_ceil(2));
+        let may_read = match self.reading {
+            Reading::Now => true,
+            Reading::At(at) => at <= now,
+            Reading::OnNewWork => false,
+        };
+        let wanted = self.batch_size - batch.len();
+        if may_read && wanted > 0 && self.retries.has_room() {
+            match self.outbox.pending_after(self.cursor, wanted).await {
+                Ok(new) => {
+                    // After a short read, let the next batch gather for a few milliseconds:
+                    // fewer, fuller store transactions (each one a disk sync) for a little more
+                    // time on the way to history.
+                    self.reading = if new.is_empty() {
+                        Reading::OnNewWork
+                    } else if new.len() < wanted {
+                        Reading::At(now + LINGER)
+                    } else {
+                        Reading::Now
+                    };
+                    if let Some(last) = new.last() {
+                        self.cursor = last.seq;
+                    }
+                    batch.extend(new);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "reading the outbox failed");
-                    if !sleep_unless_stopped(Duration::from_secs(1), &stop).await {
-                        break;
-                    }
-                    continue;
+                    self.reading = Reading::At(now + READ_RETRY);
                 }
-            };
-            let Some(last) = batch.last() else {
-                last_batch_full = false;
-                drop(permit);
-                tokio::select! {
-                    () = self.outbox.new_work() => continue,
-                    () = stop.cancelled() => break,
-                }
-            };
-            cursor = last.seq;
-            last_batch_full = batch.len() >= self.settings.batch_size;
-            let writer = self.writer.clone();
-            let stop = stop.clone();
-            tasks.spawn(async move {
-                writer.write(batch, &stop).await;
-                drop(permit);
-            });
+            }
         }
-        tasks.close();
-        tasks.wait().await;
-    }
-}
-
-struct BatchWriter {
-    outbox: Arc<Outbox>,
-    store: Arc<dyn MessageStore>,
-    health: Arc<StoreHealth>,
-    backoff: Backoff,
-    max_attempts: u32,
-    /// Woken when an entry is dead-lettered, so it moves to the store's dead letters at once.
-    dead_letters: Arc<Notify>,
-}
-
-impl BatchWriter {
-    /// Writes a batch until every entry is stored or dead-lettered, or `stop`.
-    ///
-    /// An unreachable store is nobody's fault: the batch waits (backing off as the outage goes
-    /// on) without spending attempts. Only a message the store refuses spends its own attempts.
-    async fn write(&self, mut batch: Vec<PendingEntry>, stop: &CancellationToken) {
-        while !batch.is_empty() {
-            let messages: Vec<_> = batch.iter().map(|e| e.message.clone()).collect();
-            let writing = Instant::now();
-            let written = self.store.insert_batch(&messages).await;
-            histogram!(metrics::PERSIST_DURATION).record(writing.elapsed());
-            let outcomes = match written {
-                Ok(outcomes) if outcomes.len() == batch.len() => {
-                    self.health.reachable();
-                    let result = if outcomes.iter().all(Result::is_ok) {
-                        "ok"
-                    } else {
-                        "partial"
-                    };
-                    counter!(metrics::PERSIST_BATCHES, "result" => result).increment(1);
-                    outcomes
-                }
-                Ok(outcomes) => {
-                    let e = format!(
-                        "store answered {} outcomes for {} messages",
-                        outcomes.len(),
-                        batch.len()
-                    );
-                    counter!(metrics::PERSIST_BATCHES, "result" => "failed").increment(1);
-                    vec![Err(Failure::new("store_error", e)); batch.len()]
-                }
-                Err(StoreError::Unavailable(reason)) => {
-                    counter!(metrics::PERSIST_BATCHES, "result" => "unavailable").increment(1);
-                    let outages = self.health.unreachable();
-                    tracing::warn!(%reason, outages, "store unavailable, batch waits in the outbox");
-                    if !sleep_unless_stopped(self.backoff.delay(outages), stop).await {
-                        return;
-                    }
-                    continue;
-                }
-                Err(StoreError::Failed(reason)) => {
-                    counter!(metrics::PERSIST_BATCHES, "result" => "failed").increment(1);
-                    vec![Err(Failure::new("store_error", reason)); batch.len()]
-                }
-            };
-
-            let mut stored = Vec::new();
-            let mut retry = Vec::new();
-            for (mut entry, outcome) in batch.into_iter().zip(outcomes) {
-                match outcome {
-                    Ok(()) => stored.push(entry.seq),
-                    Err(failure) => {
-                        entry.attempts += 1;
-                        let dead = entry.attempts >= self.max_attempts;
-                        // The store's text can quote the message (a duplicate key's value), so
-                        // only its kind is logged above debug.
-                        let (id, attempts, kind) =
-                            (&entry.message.id, entry.attempts, &failure.kind);
-                        tracing::debug!(%id, error = %failure.message, "store refused a message");
-                        if dead {
-                            counter!(metrics::DEAD_LETTERS).increment(1);
-                            tracing::error!(%id, attempts, %kind, "message dead-lettered");
-                        } else {
-                            tracing::warn!(%id, attempts, %kind, "message write failed, will retry");
-                        }
-                        let (seq, attempts) = (entry.seq, entry.attempts);
-                        let recorded = self
-                            .until_recorded(stop, || {
-                                self.outbox
-                                    .record_failure(seq, failure.clone(), attempts, dead)
-                            })
-                            .await;
-                        if !recorded {
-                            return;
-                        }
-                        if dead {
-                            self.dead_letters.notify_one();
-                        } else {
-                            retry.push(entry);
-                        }
-                    }
-                }
-            }
-            if !stored.is_empty()
-                && !self
-                    .until_recorded(stop, || self.outbox.mark_stored(stored.clone()))
-                    .await
-            {
-                return;
-            }
-            let Some(fewest) = retry.iter().map(|e| e.attempts).min() else {
-                return;
-            };
-            counter!(metrics::PERSIST_RETRIES).increment(retry.len() as u64);
-            if !sleep_unless_stopped(self.backoff.delay(fewest), stop).await {
-                return;
-            }
-            batch = retry;
-        }
+        let room = self.batch_size - batch.len();
+        batch.extend(self.retries.take_due(now, room));
+        batch
     }
 
-    /// Retries an outbox update until it succeeds; false if `stop` came first. The dispatcher's
-    /// cursor has moved past these entries, so giving up would strand them until a restart.
-    async fn until_recorded<F, Fut>(&self, stop: &CancellationToken, mut update: F) -> bool
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), OutboxError>>,
-    {
-        let mut failures = 0;
-        loop {
-            match update().await {
-                Ok(()) => return true,
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
-                    if !sleep_unless_stopped(self.backoff.delay(failures), stop).await {
-                        return false;
-                    }
-                }
+    /// Schedules what a writer's store refused for another attempt after its backoff.
+    fn retry_later(&mut self, written: Result<Vec<PendingEntry>, JoinError>, backoff: &Backoff) {
+        let refused = match written {
+            Ok(refused) => refused,
+            Err(e) => {
+                // Its entries are still pending in the outbox, behind the cursor: the next
+                // start writes them.
+                tracing::error!(error = %e, "a relay writer failed");
+                return;
             }
+        };
+        counter!(metrics::PERSIST_RETRIES).increment(refused.len() as u64);
+        let now = Instant::now();
+        for entry in refused {
+            let due = now + backoff.delay(entry.attempts);
+            self.retries.schedule(entry, due);
         }
     }
 }
@@ -263,12 +238,13 @@ mod tests {
     use async_trait::async_trait;
 
     use super::*;
-    use crate::model::{Channel, DeadLetter, Message, UserId};
+    use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
     use crate::outbox::{Draft, OutboxCounts};
-    use crate::store::{Cursor, DeadLetterQuery, HistoryPage, WriteOutcome};
+    use crate::store::{Cursor, DeadLetterQuery, HistoryPage, StoreError, WriteOutcome};
 
-    /// A store that is down for its first `outages` writes, always refuses "poison", and takes
-    /// dead letters only while `takes_dead_letters` is set.
+    /// A store that is down for its first `outages` writes, always refuses "poison", fails any
+    /// batch that holds "breaks-batch" as a whole, and takes dead letters only while
+    /// `takes_dead_letters` is set.
     struct FakeStore {
         outages: AtomicU32,
         stored: Mutex<Vec<String>>,
@@ -312,6 +288,9 @@ mod tests {
                 .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
             if down.is_ok() {
                 return Err(StoreError::Unavailable("connection refused".into()));
+            }
+            if messages.iter().any(|m| m.content == "breaks-batch") {
+                return Err(StoreError::Failed("the batch is malformed".into()));
             }
             let mut stored = self.stored.lock().unwrap();
             Ok(messages
@@ -368,12 +347,39 @@ mod tests {
 
     struct Running {
         outbox: Arc<Outbox>,
+        health: Arc<StoreHealth>,
         stop: CancellationToken,
         relay: tokio::task::JoinHandle<()>,
         _dir: tempfile::TempDir,
     }
 
-    async fn relay_through(store: Arc<FakeStore>, contents: &[&str], attempts: u32) -> Running {
+    impl Running {
+        async fn append(&self, content: &str) -> Message {
+            let alice = UserId::parse("alice").unwrap();
+            let channel = Channel::new(vec![alice.clone()], 1).unwrap();
+            let draft = Draft::new(&alice, &channel, content);
+            self.outbox.append(draft).await.unwrap().message
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.relay.await.unwrap();
+        }
+    }
+
+    /// Two writers of two messages, retrying within milliseconds.
+    fn quick(attempts: u32) -> RelaySettings {
+        RelaySettings {
+            workers: 2,
+            batch_size: 2,
+            retry_attempts: attempts,
+            retry_base: Duration::from_millis(1),
+            retry_max: Duration::from_millis(5),
+        }
+    }
+
+    /// Appends `contents` to a new outbox and starts a relay on it.
+    async fn start(store: Arc<FakeStore>, contents: &[&str], settings: RelaySettings) -> Running {
         let dir = tempfile::tempdir().unwrap();
         let outbox = Arc::new(
             Outbox::open(
@@ -385,35 +391,34 @@ mod tests {
             )
             .unwrap(),
         );
-        let alice = UserId::parse("alice").unwrap();
-        let channel = Channel::new(vec![alice.clone()], 1).unwrap();
-        for content in contents {
-            outbox
-                .append(Draft::new(&alice, &channel, *content))
-                .await
-                .unwrap();
-        }
-        let settings = RelaySettings {
-            workers: 2,
-            batch_size: 2,
-            retry_attempts: attempts,
-            retry_base: Duration::from_millis(1),
-            retry_max: Duration::from_millis(5),
-        };
         let health = Arc::new(StoreHealth::default());
         let stop = CancellationToken::new();
         let relay = Relay::new(outbox.clone(), store, health.clone(), settings);
-        let relay = tokio::spawn(relay.run(stop.clone()));
-        tokio::time::timeout(Duration::from_secs(10), outbox.drained())
+        let running = Running {
+            outbox,
+            health,
+            stop: stop.clone(),
+            relay: tokio::spawn(relay.run(stop)),
+            _dir: dir,
+        };
+        for content in contents {
+            running.append(content).await;
+        }
+        running
+    }
+
+    /// Relays `contents` and returns once nothing is pending.
+    async fn relay_through(
+        store: Arc<FakeStore>,
+        contents: &[&str],
+        settings: RelaySettings,
+    ) -> Running {
+        let running = start(store, contents, settings).await;
+        tokio::time::timeout(Duration::from_secs(10), running.outbox.drained())
             .await
             .expect("the outbox drains");
-        assert!(health.is_up());
-        Running {
-            outbox,
-            stop,
-            relay,
-            _dir: dir,
-        }
+        assert!(running.health.is_up());
+        running
     }
 
     /// Polls a condition every few milliseconds for up to ten seconds.
@@ -431,7 +436,7 @@ mod tests {
     #[tokio::test]
     async fn a_poison_message_is_dead_lettered_into_the_store_after_its_attempts() {
         let store = FakeStore::new(0, true);
-        let running = relay_through(store.clone(), &["a", "poison", "b", "c", "d"], 3).await;
+        let running = relay_through(store.clone(), &["a", "poison", "b", "c", "d"], quick(3)).await;
         until("the dead letter reaches the store", || {
             store.dead_letters.lock().unwrap().len() == 1
         })
@@ -451,14 +456,13 @@ mod tests {
         );
         assert!(letter.first_failed_at <= letter.last_failed_at);
         assert_eq!(letter.instance, "test:1");
-        running.stop.cancel();
-        running.relay.await.unwrap();
+        running.stop().await;
     }
 
     #[tokio::test]
     async fn a_dead_letter_the_store_cannot_take_stays_in_the_outbox_until_it_can() {
         let store = FakeStore::new(0, false);
-        let running = relay_through(store.clone(), &["poison"], 1).await;
+        let running = relay_through(store.clone(), &["poison"], quick(1)).await;
         until("the entry is dead", || {
             running.outbox.counts().dead_lettered == 1
         })
@@ -472,19 +476,72 @@ mod tests {
             running.outbox.counts().dead_lettered == 0
         })
         .await;
-        running.stop.cancel();
-        running.relay.await.unwrap();
+        running.stop().await;
     }
 
     #[tokio::test]
     async fn an_outage_spends_no_attempts() {
         // One attempt each: had the outage cost an attempt, every message would be dead.
         let store = FakeStore::new(6, true);
-        let running = relay_through(store.clone(), &["a", "b", "c", "d", "e"], 1).await;
+        let running = relay_through(store.clone(), &["a", "b", "c", "d", "e"], quick(1)).await;
         assert_eq!(store.stored.lock().unwrap().len(), 5);
         assert_eq!(running.outbox.counts(), OutboxCounts::default());
         assert!(store.dead_letters.lock().unwrap().is_empty());
-        running.stop.cancel();
-        running.relay.await.unwrap();
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_refused_message_waits_for_its_retry_without_holding_a_writer() {
+        // One writer, and retries so far off that a writer waiting for one would time out the
+        // wait for the healthy message below.
+        let settings = RelaySettings {
+            workers: 1,
+            batch_size: 2,
+            retry_attempts: 5,
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(60),
+        };
+        let store = FakeStore::new(0, true);
+        let running = start(store.clone(), &["poison", "poison", "poison"], settings).await;
+        until("every poison message was refused once", || {
+            store.poison_attempts.load(Ordering::SeqCst) == 3
+        })
+        .await;
+        let healthy = running.append("healthy").await;
+        until("the healthy message is stored", || {
+            store.stored.lock().unwrap().contains(&healthy.id)
+        })
+        .await;
+        assert_eq!(store.poison_attempts.load(Ordering::SeqCst), 3);
+        let counts = running.outbox.counts();
+        assert_eq!((counts.pending, counts.dead_lettered), (3, 0));
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_batch_failing_as_a_whole_is_split_until_the_message_at_fault_is_alone() {
+        let settings = RelaySettings {
+            workers: 1,
+            batch_size: 8,
+            ..quick(1)
+        };
+        let store = FakeStore::new(0, true);
+        // One attempt each: had the batch's failure been charged to every message in it, all
+        // eight would be dead.
+        let contents = ["a", "b", "c", "d", "e", "breaks-batch", "f", "g"];
+        let running = relay_through(store.clone(), &contents, settings).await;
+        until("the dead letter reaches the store", || {
+            store.dead_letters.lock().unwrap().len() == 1
+        })
+        .await;
+        assert_eq!(store.stored.lock().unwrap().len(), 7);
+        let letter = store.dead_letters.lock().unwrap()[0].clone();
+        assert_eq!(letter.message.content, "breaks-batch");
+        assert_eq!(letter.attempts, 1);
+        assert_eq!(
+            letter.error,
+            Failure::new("store_error", "the batch is malformed")
+        );
+        running.stop().await;
     }
 }

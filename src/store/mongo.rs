@@ -9,7 +9,10 @@ use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
-use mongodb::error::{ErrorKind, InsertManyError};
+use mongodb::error::{
+    ErrorKind, IndexedWriteError, InsertManyError, RETRYABLE_WRITE_ERROR, SYSTEM_OVERLOADED_ERROR,
+    TRANSIENT_TRANSACTION_ERROR, WriteFailure,
+};
 use mongodb::options::{Acknowledgment, ClientOptions, WriteConcern};
 use mongodb::{Client, Collection, Database};
 
@@ -29,19 +32,41 @@ const MIGRATIONS: &[MongoMigration] = &[MongoMigration {
 
 const DUPLICATE_KEY: i32 = 11000;
 
-/// Server error codes that mean "not now" rather than "not this document".
+/// Server error codes that mean "not now" rather than "not this document": the server is
+/// failing over, shutting down, unreachable from the node that answered, or cannot make the
+/// write durable. Whether a command failed with one or one document of an `insert_many` did,
+/// no message is to blame: the batch waits in the outbox (the store is down meanwhile) and is
+/// written again, idempotently, without spending attempts. The retryable-write codes of the
+/// drivers' specification, plus the durability and resource failures.
 const UNAVAILABLE_CODES: &[i32] = &[
     6,     // HostUnreachable
     7,     // HostNotFound
+    13,    // Unauthorized: permissions lost, no message can be written
+    24,    // LockTimeout
+    50,    // MaxTimeMSExpired
+    64,    // WriteConcernFailed (WriteConcernTimeout): not made durable in time
     89,    // NetworkTimeout
     91,    // ShutdownInProgress
+    100,   // UnsatisfiableWriteConcern: not enough members to make it durable
+    134,   // ReadConcernMajorityNotAvailableYet
     189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
     9001,  // SocketException
+    10058, // LegacyNotPrimary
     10107, // NotWritablePrimary
     11600, // InterruptedAtShutdown
+    11601, // Interrupted
     11602, // InterruptedDueToReplStateChange
     13435, // NotPrimaryNoSecondaryOk
     13436, // NotPrimaryOrSecondary
+    14031, // OutOfDiskSpace
+];
+
+/// Error labels the driver puts on errors worth retrying as they are.
+const UNAVAILABLE_LABELS: &[&str] = &[
+    RETRYABLE_WRITE_ERROR,
+    TRANSIENT_TRANSACTION_ERROR,
+    SYSTEM_OVERLOADED_ERROR,
 ];
 
 pub struct MongoStore {
@@ -86,13 +111,20 @@ impl MongoStore {
         &self,
         call: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, call.into_future()).await {
-            Ok(result) => result.map_err(|e| classify(&e)),
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "no answer from MongoDB within {:?}",
-                self.timeout
-            ))),
-        }
+        self.timed(call).await?.map_err(|e| classify(&e))
+    }
+
+    /// Runs one call under `STORE_TIMEOUT` and gives back the driver's own answer, for callers
+    /// that look into its error.
+    async fn timed<T>(
+        &self,
+        call: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+    ) -> Result<mongodb::error::Result<T>, StoreError> {
+        tokio::time::timeout(self.timeout, call.into_future())
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("no answer from MongoDB within {:?}", self.timeout))
+            })
     }
 
     /// Which of these ids are already stored.
@@ -149,11 +181,11 @@ impl MessageStore for MongoStore {
                 .map_err(|e| StoreError::Failed(format!("migration {}: {e}", migration.name)))?;
             self.call(self.database.run_command(command)).await?;
             let record = doc! { "_id": migration.name, "applied_at": bson::DateTime::now() };
-            match self.call(applied.insert_one(record)).await {
+            match self.timed(applied.insert_one(record)).await? {
                 Ok(_) => applied_now.push(migration.name.to_string()),
                 // Another instance recorded it first; the command itself is idempotent.
-                Err(StoreError::Failed(e)) if e.contains("E11000") => {}
-                Err(e) => return Err(e),
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(classify(&e)),
             }
         }
         Ok(applied_now)
@@ -161,26 +193,12 @@ impl MessageStore for MongoStore {
 
     async fn insert_batch(&self, messages: &[Message]) -> Result<Vec<WriteOutcome>, StoreError> {
         let docs: Vec<Document> = messages.iter().map(message_doc).collect();
-        let call = self.messages.insert_many(docs).ordered(false);
-        let errors = match tokio::time::timeout(self.timeout, call.into_future()).await {
-            Err(_) => {
-                return Err(StoreError::Unavailable(format!(
-                    "no answer from MongoDB within {:?}",
-                    self.timeout
-                )));
-            }
-            Ok(Ok(_)) => return Ok(vec![Ok(()); messages.len()]),
-            Ok(Err(e)) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(InsertManyError {
-                    write_errors: Some(errors),
-                    write_concern_error: None,
-                    ..
-                }) => errors.clone(),
-                // Not about any one document (a write concern not met, lost permissions, an
-                // unreachable server): no message is to blame, so none spends an attempt. The
-                // batch waits and is written again; writes are idempotent.
-                _ => return Err(StoreError::Unavailable(e.to_string())),
-            },
+        let errors = match self
+            .timed(self.messages.insert_many(docs).ordered(false))
+            .await?
+        {
+            Ok(_) => return Ok(vec![Ok(()); messages.len()]),
+            Err(e) => refused_documents(&e)?,
         };
 
         let mut outcomes = vec![Ok(()); messages.len()];
@@ -455,20 +473,92 @@ fn failure_kind(code: i32, code_name: Option<&str>) -> String {
     }
 }
 
-/// Driver errors that waiting cures make MongoDB unavailable; the rest fail the call.
+/// Driver errors that waiting cures make MongoDB unavailable; the rest fail the call (and the
+/// relay narrows a failed batch down to the message that causes it).
 fn classify(e: &mongodb::error::Error) -> StoreError {
-    let unavailable = match e.kind.as_ref() {
+    if is_outage(e) {
+        StoreError::Unavailable(describe(e))
+    } else {
+        StoreError::Failed(describe(e))
+    }
+}
+
+/// An error's text for logs. An `insert_many` failure is summed up by its codes alone: its
+/// write errors' own texts can quote documents of the batch (a duplicate key's value), and
+/// message content has no place in the log.
+fn describe(e: &mongodb::error::Error) -> String {
+    let ErrorKind::InsertMany(InsertManyError {
+        write_errors,
+        write_concern_error,
+        ..
+    }) = e.kind.as_ref()
+    else {
+        return e.to_string();
+    };
+    let concern = write_concern_error
+        .iter()
+        .map(|error| format!("write concern {} {}", error.code, error.code_name));
+    let documents = write_errors.iter().flatten().map(|error| {
+        let name = error.code_name.as_deref().unwrap_or_default();
+        format!("document {}: {} {name}", error.index, error.code)
+    });
+    let errors: Vec<String> = concern.chain(documents).collect();
+    format!("insert_many failed: {}", errors.join("; "))
+}
+
+/// Whether an error means the server cannot take writes now, rather than that a request (or a
+/// document in it) is wrong: the network, server selection, authentication, a write concern not
+/// met, or an [`UNAVAILABLE_CODES`] code on the command or on any document of an `insert_many`.
+fn is_outage(e: &mongodb::error::Error) -> bool {
+    let by_kind = match e.kind.as_ref() {
         ErrorKind::Io(_)
         | ErrorKind::ConnectionPoolCleared { .. }
         | ErrorKind::ServerSelection { .. }
-        | ErrorKind::DnsResolve { .. } => true,
+        | ErrorKind::DnsResolve { .. }
+        | ErrorKind::Authentication { .. }
+        | ErrorKind::InvalidResponse { .. }
+        | ErrorKind::Shutdown => true,
         ErrorKind::Command(command) => UNAVAILABLE_CODES.contains(&command.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_)) => true,
+        ErrorKind::Write(WriteFailure::WriteError(error)) => {
+            UNAVAILABLE_CODES.contains(&error.code)
+        }
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors,
+            write_concern_error,
+            ..
+        }) => {
+            write_concern_error.is_some()
+                || write_errors
+                    .iter()
+                    .flatten()
+                    .any(|error| UNAVAILABLE_CODES.contains(&error.code))
+        }
         _ => false,
-    } || e.contains_label("RetryableWriteError");
-    if unavailable {
-        StoreError::Unavailable(e.to_string())
-    } else {
-        StoreError::Failed(e.to_string())
+    };
+    by_kind
+        || UNAVAILABLE_LABELS
+            .iter()
+            .any(|label| e.contains_label(label))
+}
+
+/// The documents an `insert_many` refused, when that is all that went wrong; otherwise the
+/// error for the batch as a whole.
+fn refused_documents(e: &mongodb::error::Error) -> Result<Vec<IndexedWriteError>, StoreError> {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors: Some(errors),
+            ..
+        }) if !is_outage(e) => Ok(errors.clone()),
+        _ => Err(classify(e)),
+    }
+}
+
+fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::Write(WriteFailure::WriteError(error)) => error.code == DUPLICATE_KEY,
+        ErrorKind::Command(command) => command.code == DUPLICATE_KEY,
+        _ => false,
     }
 }
 
@@ -516,5 +606,100 @@ mod tests {
             let parsed: Document = serde_json::from_str(&command).unwrap();
             assert!(parsed.contains_key("createIndexes"), "{}", m.name);
         }
+    }
+
+    /// An `insert_many` failure as the driver reports it, from the server's reply fields.
+    fn insert_many_failure(reply: Document) -> mongodb::error::Error {
+        let failure: InsertManyError = bson::from_document(reply).unwrap();
+        ErrorKind::InsertMany(failure).into()
+    }
+
+    fn write_error(index: i32, code: i32, message: &str) -> Document {
+        doc! { "index": index, "code": code, "errmsg": message }
+    }
+
+    fn command_failure(code: i32) -> mongodb::error::Error {
+        let failure: mongodb::error::CommandError =
+            bson::from_document(doc! { "code": code, "errmsg": "from the server" }).unwrap();
+        ErrorKind::Command(failure).into()
+    }
+
+    // The test server cannot be made to answer an insert with failover codes on single
+    // documents, so these are checked on the errors the driver would build from such replies.
+    #[test]
+    fn a_failover_code_on_any_document_makes_the_whole_batch_wait() {
+        for code in [
+            10107, 13435, 13436, 189, 11600, 11602, 91, 6, 7, 89, 9001, 262, 64,
+        ] {
+            let e = insert_many_failure(doc! { "writeErrors": [
+                write_error(0, DUPLICATE_KEY, "E11000 dup key: { content: \"secret\" }"),
+                write_error(1, code, "not primary"),
+            ] });
+            match refused_documents(&e) {
+                Err(StoreError::Unavailable(reason)) => assert!(
+                    !reason.contains("secret"),
+                    "the reason quotes a document: {reason}"
+                ),
+                other => panic!("code {code}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn documents_refused_for_their_own_sake_are_each_their_own_failure() {
+        let e = insert_many_failure(doc! { "writeErrors": [
+            write_error(0, DUPLICATE_KEY, "E11000 duplicate key"),
+            write_error(2, 121, "Document failed validation"),
+        ] });
+        let refused = refused_documents(&e).unwrap();
+        let codes: Vec<(usize, i32)> = refused.iter().map(|e| (e.index, e.code)).collect();
+        assert_eq!(codes, [(0, DUPLICATE_KEY), (2, 121)]);
+    }
+
+    #[test]
+    fn a_write_concern_not_met_makes_the_whole_batch_wait() {
+        let e = insert_many_failure(doc! {
+            "writeErrors": [write_error(0, 121, "Document failed validation")],
+            "writeConcernError": { "code": 64, "errmsg": "waiting for replication" },
+        });
+        assert!(matches!(
+            refused_documents(&e),
+            Err(StoreError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn commands_and_connections_are_classified_by_code_and_kind() {
+        for code in [10107, 91, 189, 11602, 13] {
+            assert!(
+                matches!(classify(&command_failure(code)), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        for code in [2, 121, 10334] {
+            assert!(
+                matches!(classify(&command_failure(code)), StoreError::Failed(_)),
+                "{code}"
+            );
+        }
+        let refused: mongodb::error::Error =
+            ErrorKind::from(std::io::ErrorKind::ConnectionRefused).into();
+        assert!(matches!(classify(&refused), StoreError::Unavailable(_)));
+        // A batch that fails as a whole for no outage reason is the relay's to narrow down.
+        assert!(matches!(
+            refused_documents(&command_failure(2)),
+            Err(StoreError::Failed(_))
+        ));
+    }
+
+    #[test]
+    fn duplicate_keys_are_recognised_by_code() {
+        let write: mongodb::error::WriteError =
+            bson::from_document(doc! { "code": DUPLICATE_KEY, "errmsg": "no E-number here" })
+                .unwrap();
+        let e: mongodb::error::Error = ErrorKind::Write(WriteFailure::WriteError(write)).into();
+        assert!(is_duplicate_key(&e));
+        assert!(is_duplicate_key(&command_failure(DUPLICATE_KEY)));
+        assert!(!is_duplicate_key(&command_failure(121)));
     }
 }

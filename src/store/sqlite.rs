@@ -3,7 +3,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::DateTime;
-use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, ffi, params};
 
 use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
 use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
@@ -50,9 +50,11 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let writer = self.writer.clone();
-        blocking(move || f(&mut writer.lock().expect("store writer lock")))
-            .await?
-            .map_err(classify)
+        blocking(move || {
+            let mut conn = writer.lock().expect("store writer lock");
+            f(&mut conn).map_err(|e| classify(&conn, e))
+        })
+        .await?
     }
 
     async fn read<T: Send + 'static>(
@@ -60,7 +62,10 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let readers = self.readers.clone();
-        blocking(move || readers.read(f)).await?.map_err(classify)
+        // The outer error is opening a connection, which no message can cause.
+        blocking(move || readers.read(|conn| Ok(f(conn).map_err(|e| classify(conn, e)))))
+            .await?
+            .map_err(|e| StoreError::Unavailable(format!("opening a connection: {e}")))?
     }
 }
 
@@ -70,9 +75,10 @@ impl MessageStore for SqliteStore {
         "sqlite"
     }
 
+    /// Answers while chatd's tables are there as it migrated them, so `/ready` says the store
+    /// is down when one was dropped or renamed, not only when the file cannot be read.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|conn| conn.query_row("SELECT 1", [], |_| Ok(())))
-            .await
+        self.read(check_schema).await
     }
 
     async fn migrate(&self) -> Result<Vec<String>, StoreError> {
@@ -292,20 +298,80 @@ fn read_page(
     }
 }
 
-/// Errors that waiting cures (a locked, full or unreadable database) make the store
-/// unavailable; the rest are failures of the request.
-fn classify(e: rusqlite::Error) -> StoreError {
-    match e.sqlite_error_code() {
-        Some(
-            ErrorCode::DatabaseBusy
-            | ErrorCode::DatabaseLocked
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::DiskFull
-            | ErrorCode::CannotOpen
-            | ErrorCode::ReadOnly,
-        ) => StoreError::Unavailable(e.to_string()),
-        _ => StoreError::Failed(e.to_string()),
+/// Result codes that mean the database itself cannot be used now, whatever is written to it:
+/// no message is to blame, so the relay holds its batch in the outbox and marks the store down
+/// instead of spending attempts. Matched on the primary code, so every extended code (each
+/// kind of I/O error, say) counts.
+const OUTAGE_CODES: &[ErrorCode] = &[
+    // SQLITE_IOERR: the disk or the file system failed.
+    ErrorCode::SystemIoFailure,
+    ErrorCode::DatabaseCorrupt, // SQLITE_CORRUPT
+    // SQLITE_NOTADB: the file was replaced or damaged.
+    ErrorCode::NotADatabase,
+    ErrorCode::DiskFull, // SQLITE_FULL
+    // SQLITE_BUSY, SQLITE_LOCKED: still locked after the busy timeout.
+    ErrorCode::DatabaseBusy,
+    ErrorCode::DatabaseLocked,
+    // SQLITE_READONLY: the file or its directory.
+    ErrorCode::ReadOnly,
+    ErrorCode::CannotOpen,                // SQLITE_CANTOPEN
+    ErrorCode::PermissionDenied,          // SQLITE_PERM
+    ErrorCode::OutOfMemory,               // SQLITE_NOMEM
+    ErrorCode::FileLockingProtocolFailed, // SQLITE_PROTOCOL
+    ErrorCode::NoLargeFileSupport,        // SQLITE_NOLFS
+];
+
+/// The tables chatd reads and writes, with the columns it migrated them with.
+const TABLES: &[(&str, &str)] = &[
+    (
+        "messages",
+        "id, channel, sender, content, participants, created_at",
+    ),
+    ("dead_letters", DEAD_LETTER_COLUMNS),
+];
+
+/// Errors that mean the store cannot be used now ([`OUTAGE_CODES`], and a schema that is no
+/// longer the one chatd migrated: [`check_schema`]) make it unavailable; the rest are failures
+/// of the request, which the relay narrows down to the message that causes them.
+fn classify(conn: &Connection, e: rusqlite::Error) -> StoreError {
+    if is_outage(&e) || (may_be_schema(&e) && check_schema(conn).is_err()) {
+        StoreError::Unavailable(e.to_string())
+    } else {
+        StoreError::Failed(e.to_string())
     }
+}
+
+fn is_outage(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(ffi::Error { code, .. }, _) => OUTAGE_CODES.contains(code),
+        _ => false,
+    }
+}
+
+/// SQLITE_ERROR ("no such table", "no such column", among others) and SQLITE_SCHEMA: the
+/// codes a statement fails with when the schema changed under it.
+fn may_be_schema(e: &rusqlite::Error) -> bool {
+    match e {
+        rusqlite::Error::SqliteFailure(
+            ffi::Error {
+                code,
+                extended_code,
+            },
+            _,
+        ) => *code == ErrorCode::SchemaChanged || extended_code & 0xff == ffi::SQLITE_ERROR,
+        _ => false,
+    }
+}
+
+/// Whether a statement reading every column of [`TABLES`] compiles. A message is only ever a
+/// bound parameter and cannot stop a statement from compiling, so when this fails the schema is
+/// broken (a table dropped or renamed), not the message. Prepared afresh, not from the
+/// statement cache, so it is compiled against the schema as it is now.
+fn check_schema(conn: &Connection) -> rusqlite::Result<()> {
+    for (table, columns) in TABLES {
+        conn.prepare(&format!("SELECT {columns} FROM {table} LIMIT 0"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -441,5 +507,85 @@ mod tests {
         let ids = vec![letters[0].id().to_string(), "missing".to_string()];
         assert_eq!(store.remove_dead_letters(&ids).await.unwrap(), 1);
         assert_eq!(store.dead_letters(&all).await.unwrap(), letters[1..]);
+    }
+
+    fn failure(code: std::ffi::c_int) -> rusqlite::Error {
+        rusqlite::Error::SqliteFailure(ffi::Error::new(code), Some("from SQLite".into()))
+    }
+
+    #[tokio::test]
+    async fn errors_of_the_database_itself_are_outages_by_code() {
+        let (dir, _store) = store().await;
+        let conn = Connection::open(dir.path().join("store.db")).unwrap();
+        for code in [
+            ffi::SQLITE_IOERR_WRITE,
+            ffi::SQLITE_IOERR_FSYNC,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_NOTADB,
+            ffi::SQLITE_FULL,
+            ffi::SQLITE_BUSY,
+            ffi::SQLITE_LOCKED,
+            ffi::SQLITE_READONLY,
+            ffi::SQLITE_READONLY_DBMOVED,
+            ffi::SQLITE_CANTOPEN,
+        ] {
+            assert!(
+                matches!(classify(&conn, failure(code)), StoreError::Unavailable(_)),
+                "{code}"
+            );
+        }
+        // About what was written, or a plain error while the schema is as migrated.
+        for code in [
+            ffi::SQLITE_CONSTRAINT_UNIQUE,
+            ffi::SQLITE_TOOBIG,
+            ffi::SQLITE_MISMATCH,
+            ffi::SQLITE_ERROR,
+        ] {
+            assert!(
+                matches!(classify(&conn, failure(code)), StoreError::Failed(_)),
+                "{code}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_table_renamed_away_makes_the_store_unavailable_until_it_is_back() {
+        let (dir, store) = store().await;
+        let alice = UserId::parse("a").unwrap();
+        let notes = channel(&["a"]);
+        let first = Message::accept(&alice, &notes, "first".into());
+        // Also caches the insert statement, which must not hide the change.
+        assert_eq!(store.insert_batch(&[first]).await.unwrap(), [Ok(())]);
+        let other = Connection::open(dir.path().join("store.db")).unwrap();
+        other
+            .execute_batch("ALTER TABLE messages RENAME TO messages_away")
+            .unwrap();
+
+        let second = Message::accept(&alice, &notes, "second".into());
+        let written = store.insert_batch(std::slice::from_ref(&second)).await;
+        assert!(
+            matches!(written, Err(StoreError::Unavailable(_))),
+            "{written:?}"
+        );
+        let read = store.history(&notes, &page(None, 0, 10)).await;
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        assert!(matches!(
+            store.ping().await,
+            Err(StoreError::Unavailable(_))
+        ));
+
+        other
+            .execute_batch("ALTER TABLE messages_away RENAME TO messages")
+            .unwrap();
+        store.ping().await.unwrap();
+        assert_eq!(store.insert_batch(&[second]).await.unwrap(), [Ok(())]);
+        assert_eq!(
+            store
+                .history(&notes, &page(None, 0, 10))
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
     }
 }

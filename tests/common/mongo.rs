@@ -86,6 +86,9 @@ impl MongoServer {
             .arg("--storage-path")
             .arg(local.storage.path())
             .args(["--log-level", "WARNING", "--sync-on-commit"])
+            // `configureFailPoint`, for tests that make the server answer as a failing-over
+            // replica set would.
+            .arg("--enable-test-commands")
             .stdout(log.try_clone().expect("a log file"))
             .stderr(log)
             .spawn()

@@ -1,0 +1,192 @@
+//! Writes one batch to the store and records the outcome of every entry in the outbox.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use ::metrics::{counter, histogram};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::sleep_unless_stopped;
+use crate::metrics;
+use crate::model::Failure;
+use crate::outbox::{Backoff, Outbox, OutboxError, PendingEntry};
+use crate::store::{MessageStore, StoreError, StoreHealth, WriteOutcome};
+
+pub(super) struct BatchWriter {
+    pub outbox: Arc<Outbox>,
+    pub store: Arc<dyn MessageStore>,
+    pub health: Arc<StoreHealth>,
+    pub backoff: Backoff,
+    pub max_attempts: u32,
+    /// Woken when an entry is dead-lettered, so it moves to the store's dead letters at once.
+    pub dead_letters: Arc<Notify>,
+}
+
+/// What one write of a part of a batch came to.
+enum Written {
+    /// One outcome per message.
+    Outcomes(Vec<WriteOutcome>),
+    /// The store cannot take writes now.
+    Unavailable(String),
+    /// The write failed as a whole, for a reason that is not an outage.
+    Failed(String),
+}
+
+impl BatchWriter {
+    /// Writes a batch once and returns the entries the store refused that have attempts left,
+    /// their failure already recorded in the outbox. The caller retries them after their
+    /// backoff; this writer is free for other work meanwhile. Returns early at `stop`.
+    ///
+    /// Only a message the store refuses on its own spends an attempt. An unavailable store is
+    /// nobody's fault: the batch waits (backing off as the outage goes on) and spends nothing.
+    /// A write that fails as a whole for another reason is split in halves, spending nothing,
+    /// until the message that makes it fail is written alone.
+    pub(super) async fn write(
+        &self,
+        batch: Vec<PendingEntry>,
+        stop: &CancellationToken,
+    ) -> Vec<PendingEntry> {
+        let mut refused = Vec::new();
+        // Parts still to write, the next one last.
+        let mut parts = vec![batch];
+        while let Some(mut part) = parts.pop() {
+            if stop.is_cancelled() {
+                break;
+            }
+            let outcomes = match self.insert(&part).await {
+                Written::Outcomes(outcomes) => outcomes,
+                Written::Unavailable(reason) => {
+                    let outages = self.health.write_unavailable();
+                    tracing::warn!(%reason, outages, "store unavailable, batch waits in the outbox");
+                    if !sleep_unless_stopped(self.backoff.delay(outages), stop).await {
+                        break;
+                    }
+                    parts.push(part);
+                    continue;
+                }
+                Written::Failed(reason) if part.len() > 1 => {
+                    // The store's text can quote a message, so it is only logged at debug.
+                    tracing::debug!(error = %reason, "batch write failed");
+                    tracing::warn!(
+                        messages = part.len(),
+                        "batch write failed as a whole, splitting it to find the message at fault"
+                    );
+                    let second = part.split_off(part.len() / 2);
+                    parts.push(second);
+                    parts.push(part);
+                    continue;
+                }
+                Written::Failed(reason) => vec![Err(Failure::new("store_error", reason))],
+            };
+            if !self.record(part, outcomes, &mut refused, stop).await {
+                break;
+            }
+        }
+        refused
+    }
+
+    async fn insert(&self, part: &[PendingEntry]) -> Written {
+        let messages: Vec<_> = part.iter().map(|e| e.message.clone()).collect();
+        let writing = Instant::now();
+        let written = self.store.insert_batch(&messages).await;
+        histogram!(metrics::PERSIST_DURATION).record(writing.elapsed());
+        let (result, written) = match written {
+            Ok(outcomes) if outcomes.len() == part.len() => {
+                self.health.write_taken();
+                let result = if outcomes.iter().all(Result::is_ok) {
+                    "ok"
+                } else {
+                    "partial"
+                };
+                (result, Written::Outcomes(outcomes))
+            }
+            Ok(outcomes) => {
+                let e = format!(
+                    "store answered {} outcomes for {} messages",
+                    outcomes.len(),
+                    part.len()
+                );
+                ("failed", Written::Failed(e))
+            }
+            Err(StoreError::Unavailable(reason)) => ("unavailable", Written::Unavailable(reason)),
+            Err(StoreError::Failed(reason)) => ("failed", Written::Failed(reason)),
+        };
+        counter!(metrics::PERSIST_BATCHES, "result" => result).increment(1);
+        written
+    }
+
+    /// Records each entry's outcome in the outbox and adds the refused entries that have
+    /// attempts left to `refused`; false if `stop` came first.
+    async fn record(
+        &self,
+        part: Vec<PendingEntry>,
+        outcomes: Vec<WriteOutcome>,
+        refused: &mut Vec<PendingEntry>,
+        stop: &CancellationToken,
+    ) -> bool {
+        let mut stored = Vec::new();
+        for (mut entry, outcome) in part.into_iter().zip(outcomes) {
+            let failure = match outcome {
+                Ok(()) => {
+                    stored.push(entry.seq);
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            entry.attempts += 1;
+            let dead = entry.attempts >= self.max_attempts;
+            // The store's text can quote the message (a duplicate key's value), so only its
+            // kind is logged above debug.
+            let (id, attempts, kind) = (&entry.message.id, entry.attempts, &failure.kind);
+            tracing::debug!(%id, error = %failure.message, "store refused a message");
+            if dead {
+                counter!(metrics::DEAD_LETTERS).increment(1);
+                tracing::error!(%id, attempts, %kind, "message dead-lettered");
+            } else {
+                tracing::warn!(%id, attempts, %kind, "message write failed, will retry");
+            }
+            let seq = entry.seq;
+            let recorded = self
+                .until_recorded(stop, || {
+                    self.outbox
+                        .record_failure(seq, failure.clone(), attempts, dead)
+                })
+                .await;
+            if !recorded {
+                return false;
+            }
+            if dead {
+                self.dead_letters.notify_one();
+            } else {
+                refused.push(entry);
+            }
+        }
+        stored.is_empty()
+            || self
+                .until_recorded(stop, || self.outbox.mark_stored(stored.clone()))
+                .await
+    }
+
+    /// Retries an outbox update until it succeeds; false if `stop` came first. The dispatcher's
+    /// cursor has moved past these entries, so giving up would strand them until a restart.
+    async fn until_recorded<F, Fut>(&self, stop: &CancellationToken, mut update: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<(), OutboxError>>,
+    {
+        let mut failures = 0;
+        loop {
+            match update().await {
+                Ok(()) => return true,
+                Err(e) => {
+                    failures += 1;
+                    tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
+                    if !sleep_unless_stopped(self.backoff.delay(failures), stop).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
