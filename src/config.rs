@@ -151,7 +151,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "BUS_CAPACITY",
         "4096",
-        "events the fan-out may fall behind by before it skips (sockets catch up from history)",
+        "events the fan-out may fall behind by before it skips (every socket is then closed with 4009 and recovers with since)",
     ),
     setting(
         "MAX_SOCKETS_PER_USER",
