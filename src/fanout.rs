@@ -59,3 +59,55 @@ fn deliver(hub: &Hub, event: &Event) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::bus::{EventBus, LocalBus};
+    use crate::hub::{QueueBounds, SocketLimits};
+    use crate::model::{Channel, Message, UserId};
+
+    #[tokio::test]
+    async fn a_fan_out_that_fell_behind_the_bus_leaves_no_socket_with_a_silent_gap() {
+        let hub = Arc::new(Hub::new(
+            SocketLimits {
+                per_user: 4,
+                total: 8,
+            },
+            QueueBounds {
+                max_bytes: 1 << 20,
+                stall_timeout: Duration::from_secs(60),
+            },
+        ));
+        let (alice, bob) = (
+            UserId::parse("alice").unwrap(),
+            UserId::parse("bob").unwrap(),
+        );
+        let (_registration, mut frames) = hub.register(bob.clone()).unwrap();
+        let bus = LocalBus::new(2);
+        let subscription = bus.subscribe();
+        // Five events on a bus that keeps two, before the fan-out reads any: it must skip.
+        let channel = Channel::new(vec![alice.clone(), bob], 2).unwrap();
+        for i in 0..5 {
+            bus.publish(Arc::new(Event {
+                message: Message::accept(&alice, &channel, format!("m{i}")),
+                accepted_at: Instant::now(),
+            }));
+        }
+        let stop = CancellationToken::new();
+        let fanout = tokio::spawn(run(subscription, hub.clone(), stop.clone()));
+
+        let mut batch = Vec::new();
+        let taken = frames.recv_many(&mut batch, 8).await;
+        assert_eq!(
+            taken, 0,
+            "the skip reaches the socket before any later frame"
+        );
+        assert!(frames.lost(), "the socket is told it missed frames (4009)");
+        assert_eq!(hub.open(), 0, "and it has left the hub");
+        stop.cancel();
+        fanout.await.unwrap();
+    }
+}

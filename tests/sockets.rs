@@ -207,3 +207,51 @@ async fn fragmented_frames_are_read_and_invalid_utf8_ends_only_that_socket() {
         .await;
     assert_eq!(carol.next_message().await, sent);
 }
+
+/// A reader so far behind that its queue overflows, while its writer is never judged stalled
+/// (the stall timeout is an hour): it loses frames, is told so with 4009 and the id to
+/// reconnect from, and reconnecting with that `since` gives it exactly the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_queue_overflowed_is_told_where_to_resume_and_misses_nothing() {
+    const MESSAGES: usize = 160; // 9.6 MB: past the kernel's buffers and the 1 MiB queue
+    let server = TestServer::start_with(&[
+        ("WS_SEND_QUEUE_BYTES", "1048576"),
+        ("WS_STALL_TIMEOUT", "1h"),
+        ("MAX_MESSAGE_BYTES", "60000"),
+    ])
+    .await;
+    let mut behind = server.ws_with_small_buffer("behind").await; // does not read yet
+    let mut sent = Vec::new();
+    for i in 0..MESSAGES {
+        let content = format!("{i:04}{}", "x".repeat(60_000 - 4));
+        let message = server
+            .send_ok("sender", &["sender", "behind"], &content)
+            .await;
+        sent.push(message["id"].as_str().unwrap().to_string());
+    }
+    server.await_connections("behind", 0).await; // the overflow took it out of the hub
+
+    let mut seen = Vec::new();
+    let close = loop {
+        match behind.next().await {
+            Seen::Message(message) => seen.push(message["id"].as_str().unwrap().to_string()),
+            Seen::Ping => {}
+            Seen::Closed(frame) => break frame.expect("a close frame"),
+        }
+    };
+    assert_eq!(u16::from(close.code), 4009, "{close:?}");
+    let last = seen.last().expect("frames before the loss");
+    assert_eq!(
+        close.reason.as_str(),
+        format!("missed frames: reconnect with since={last}")
+    );
+    assert!(seen.len() < MESSAGES, "frames were lost");
+    assert_eq!(seen[..], sent[..seen.len()], "what it got has no hole");
+
+    let mut resumed = server
+        .ws_with_query("behind", &format!("&since={last}"))
+        .await;
+    for id in &sent[seen.len()..] {
+        assert_eq!(resumed.next_message().await["id"], id.as_str());
+    }
+}
