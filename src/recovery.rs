@@ -2,12 +2,19 @@
 //! gets, in order, what its user's channels received after that message, then the live stream,
 //! with nothing missing and nothing twice at the seam.
 //!
-//! The socket is registered before the missed messages are looked up, so everything accepted
-//! from then on is queued live; the lookup reads both the store and the outbox (what the relay
-//! has not written yet). A message can be in both the lookup and the live queue, so the seam is
-//! cut by id: a live frame whose message was replayed is skipped. (Cutting by id order would
-//! be wrong: an id is taken before its commit, so a message with an older id can still arrive
-//! live after a newer one was replayed.)
+//! The socket is registered before the missed messages are looked up, so everything published
+//! from then on is queued live. The lookup reads the outbox (what the relay has not written
+//! yet) and then the store, in that order: a row leaves the outbox only after the store has it,
+//! so a message the relay moves between the two reads is in the second answer if it is not in
+//! the first. (Read at the same time, or store first, a message moving in between was in
+//! neither.) A message can be in both the lookup and the live queue, so the seam is cut by id:
+//! a live frame whose message was replayed is skipped.
+//!
+//! `since` is an id, and ids are given in commit order, which is also the order messages reach
+//! the bus (see `outbox::journal`): "every message after `since`" is exactly what a client that
+//! saw `since` last has not seen. That holds for one instance, whose journal orders them;
+//! instances of a cluster order their own ids only, so a cluster needs a cluster-wide cursor
+//! (the broker's sequence) instead.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -59,11 +66,9 @@ pub async fn missed(
     limit: u32,
 ) -> Result<Recovery, RecoveryError> {
     let fetch = limit.saturating_add(1);
-    let (stored, pending) = tokio::join!(
-        store.missed_by(user, since, fetch),
-        outbox.pending_for(user, since, fetch)
-    );
-    let (stored, pending) = (stored?, pending?);
+    // The outbox first: see the module's doc.
+    let pending = outbox.pending_for(user, since, fetch).await?;
+    let stored = store.missed_by(user, since, fetch).await?;
     // Either list cut short means there may be more than the limit: say so rather than replay
     // a history with a hole in it.
     if stored.len() > limit as usize || pending.len() > limit as usize {
