@@ -169,6 +169,11 @@ pub const SETTINGS: &[Setting] = &[
         "most missed messages /ws?since=<id> replays; beyond it the client is told to page history",
     ),
     setting(
+        "RECOVERY_CONCURRENCY",
+        "8",
+        "reconnect recoveries read at once; an upgrade that waits more than a second for its turn gets 503",
+    ),
+    setting(
         "WS_SEND_QUEUE_BYTES",
         "4194304",
         "bytes of frames queued per socket (4 MiB); beyond it a stalled socket is closed with 4008, a reading one with 4009",
@@ -237,6 +242,8 @@ pub struct Config {
     pub instance_id: String,
     pub connections_require_auth: bool,
     pub recovery_limit: u32,
+    /// Most reconnect recoveries read and replayed at once.
+    pub recovery_concurrency: usize,
     pub rate_limit: RateLimit,
     pub limits: Limits,
     pub relay: RelaySettings,
@@ -370,6 +377,8 @@ impl Config {
                 .unwrap_or_else(default_instance_id),
             connections_require_auth: vars.parse("CONNECTIONS_REQUIRE_AUTH")?,
             recovery_limit: vars.parse_checked("RECOVERY_LIMIT", |v| *v >= 1)?,
+            recovery_concurrency: vars
+                .parse_checked("RECOVERY_CONCURRENCY", |v| (1..=1024).contains(v))?,
             rate_limit: RateLimit {
                 per_second: vars
                     .parse_checked("RATE_LIMIT_RPS", |v: &f64| v.is_finite() && *v >= 0.0)?,

@@ -3,20 +3,22 @@
 //! with nothing missing and nothing twice at the seam.
 //!
 //! The socket is registered before the missed messages are looked up, so everything published
-//! from then on is queued live. The lookup reads the outbox (what the relay has not written
-//! yet) and then the store, in that order: a row leaves the outbox only after the store has it,
-//! so a message the relay moves between the two reads is in the second answer if it is not in
-//! the first. (Read at the same time, or store first, a message moving in between was in
-//! neither.) A message can be in both the lookup and the live queue, so the seam is cut by id:
-//! a live frame whose message was replayed is skipped.
+//! from then on is queued live. Then the lookup takes the outbox's horizon: an id such that
+//! every message up to it is committed and every later one is published after this moment
+//! (ids are given in commit order; see `outbox::journal`). The replay is every message in
+//! `(since, horizon]`; the live stream is every frame after the horizon. So the seam is cut
+//! by one id comparison, exactly: nothing missing, nothing twice, in id order.
 //!
-//! `since` is an id, and ids are given in commit order, which is also the order messages reach
-//! the bus (see `outbox::journal`): "every message after `since`" is exactly what a client that
-//! saw `since` last has not seen. That holds for one instance, whose journal orders them;
-//! instances of a cluster order their own ids only, so a cluster needs a cluster-wide cursor
-//! (the broker's sequence) instead.
+//! The replay reads the outbox (what the relay has not written yet) and then the store, in
+//! that order: a row leaves the outbox only after the store has it, so a message the relay
+//! moves between the two reads is in the second answer if it is not in the first. (Read at
+//! the same time, or store first, a message moving in between was in neither.)
+//!
+//! That holds for one instance, whose journal orders its ids; instances of a cluster order
+//! their own ids only, so a cluster needs a cluster-wide cursor (the broker's sequence).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
 
@@ -29,10 +31,13 @@ use crate::store::{MessageStore, StoreError};
 pub struct Recovery {
     /// The missed messages, oldest first, serialized.
     pub frames: Vec<Utf8Bytes>,
-    /// Their ids: live frames of these messages are not sent again.
-    pub replayed: HashSet<String>,
+    /// Live frames up to this id are not sent: they were replayed, or seen before `since`.
+    pub seam: Option<Arc<str>>,
     /// More were missed than the limit: the client is told to page history instead.
     pub over_limit: Option<u32>,
+    /// This recovery's turn (`RECOVERY_CONCURRENCY`), given back once its frames are written,
+    /// so the memory recoveries hold at once is bounded.
+    pub turn: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,17 +70,24 @@ pub async fn missed(
     since: &str,
     limit: u32,
 ) -> Result<Recovery, RecoveryError> {
+    let horizon = outbox.horizon();
     let fetch = limit.saturating_add(1);
     // The outbox first: see the module's doc.
     let pending = outbox.pending_for(user, since, fetch).await?;
     let stored = store.missed_by(user, since, fetch).await?;
-    // Either list cut short means there may be more than the limit: say so rather than replay
-    // a history with a hole in it.
+    // Both lists are in id order: what lies past the horizon comes live, and a list cut short
+    // below the horizon means there may be more than the limit.
+    let within = |messages: Vec<Message>| -> Vec<Message> {
+        messages.into_iter().filter(|m| *m.id <= *horizon).collect()
+    };
+    let (pending, stored) = (within(pending), within(stored));
+    let over_limit = Recovery {
+        over_limit: Some(limit),
+        seam: Some(horizon.clone()),
+        ..Recovery::default()
+    };
     if stored.len() > limit as usize || pending.len() > limit as usize {
-        return Ok(Recovery {
-            over_limit: Some(limit),
-            ..Recovery::default()
-        });
+        return Ok(over_limit);
     }
     let missed: BTreeMap<String, Message> = stored
         .into_iter()
@@ -84,10 +96,7 @@ pub async fn missed(
         .map(|m| (m.id.clone(), m))
         .collect();
     if missed.len() > limit as usize {
-        return Ok(Recovery {
-            over_limit: Some(limit),
-            ..Recovery::default()
-        });
+        return Ok(over_limit);
     }
     Ok(Recovery {
         frames: missed
@@ -98,7 +107,8 @@ pub async fn missed(
                     .into()
             })
             .collect(),
-        replayed: missed.into_keys().collect(),
+        seam: Some(horizon),
         over_limit: None,
+        turn: None,
     })
 }

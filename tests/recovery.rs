@@ -159,6 +159,8 @@ async fn a_listener_reconnecting_at_random_frames_sees_every_acknowledged_messag
         let server = Arc::new(TestServer::start().await);
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let acked = Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+        // Connected before anything is sent: a first socket has no `since` to recover from.
+        let mut first = Some(server.ws("listener").await);
         let senders: Vec<_> = (0..SENDERS)
             .map(|s| {
                 let (server, acked) = (server.clone(), acked.clone());
@@ -183,7 +185,10 @@ async fn a_listener_reconnecting_at_random_frames_sees_every_acknowledged_messag
                 Some(last) => format!("&since={last}"),
                 None => String::new(),
             };
-            let mut socket = server.ws_with_query("listener", &query).await;
+            let mut socket = match first.take() {
+                Some(socket) => socket,
+                None => server.ws_with_query("listener", &query).await,
+            };
             let frames = rng.random_range(1..=25);
             for _ in 0..frames {
                 if seen.counts.len() == total {
@@ -212,4 +217,49 @@ async fn a_listener_reconnecting_at_random_frames_sees_every_acknowledged_messag
             "seed {seed}: what the listener saw over {reconnects} reconnects"
         );
     }
+}
+
+/// Recoveries take turns (`RECOVERY_CONCURRENCY`), each holding its turn until its missed
+/// messages are written. A replay of 12 MB to a client that does not read cannot be written
+/// (the kernel buffers a few MB at most), so its turn stays taken: another recovering upgrade
+/// is refused with 503 and `Retry-After`, and gets in once the first reader has read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recoveries_take_turns_and_an_upgrade_without_one_is_told_to_retry() {
+    let server = TestServer::start_with(&[
+        ("RECOVERY_CONCURRENCY", "1"),
+        ("MAX_MESSAGE_BYTES", "60000"),
+    ])
+    .await;
+    let first = server.send_ok("alice", &["alice", "bob"], "first").await;
+    let big = "x".repeat(60_000);
+    for _ in 0..200 {
+        server.send_ok("alice", &["alice", "bob"], &big).await;
+    }
+    server.send_ok("alice", &["alice", "bob"], MARKER).await;
+    let since = format!("&since={}", first["id"].as_str().unwrap());
+    let mut holding = server.ws_with_small_buffer_and_query("bob", &since).await;
+    let token = server.token("bob");
+    assert_eq!(
+        server.ws_refused(&format!("?token={token}{since}")).await,
+        503,
+        "no turn is free while the first replay is unread"
+    );
+    // A socket without `since` needs no turn.
+    let _live = server.ws("bob").await;
+
+    assert_eq!(holding.messages_until(MARKER).await.len(), 201);
+    let mut later = eventually("a turn is free again", || async {
+        let url = format!("ws://{}/ws?token={token}{since}", server.addr);
+        tokio_tungstenite::connect_async(url).await.ok()
+    })
+    .await
+    .0;
+    use futures_util::StreamExt;
+    let replayed = later.next().await.unwrap().unwrap();
+    assert!(
+        replayed
+            .into_text()
+            .unwrap()
+            .contains("\"sender\":\"alice\"")
+    );
 }

@@ -180,6 +180,7 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         socket: config.socket,
         connections_require_auth: config.connections_require_auth,
         recovery_limit: config.recovery_limit,
+        recoveries: Arc::new(tokio::sync::Semaphore::new(config.recovery_concurrency)),
         request_timeout: config.http.request_timeout,
         origins: Arc::new(AllowedOrigins::new(config.http.allowed_origins.clone())),
         sockets: sockets.clone(),

@@ -60,6 +60,8 @@ pub struct AppState {
     pub connections_require_auth: bool,
     /// Most missed messages a reconnecting socket is sent.
     pub recovery_limit: u32,
+    /// Turns for reconnect recoveries: each holds its missed messages until they are written.
+    pub recoveries: Arc<tokio::sync::Semaphore>,
     /// Web origins allowed to call chatd; empty: none.
     pub origins: Arc<AllowedOrigins>,
     /// A request taking longer is answered 408.

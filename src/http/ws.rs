@@ -6,6 +6,7 @@ use axum::extract::{RawQuery, State, WebSocketUpgrade};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use std::time::Duration;
 use uuid::Uuid;
 
 use super::extract::QueryParams;
@@ -15,6 +16,8 @@ use crate::hub::{self, Full};
 use crate::recovery::{self, Recovery};
 
 const SOCKET_READ_BUFFER: usize = 4 * 1024;
+/// How long an upgrade with `since` waits for a recovery turn before it is refused with 503.
+const RECOVERY_TURN_WAIT: Duration = Duration::from_secs(1);
 
 pub async fn upgrade(
     State(state): State<AppState>,
@@ -65,6 +68,18 @@ pub async fn upgrade(
     let recovery = match &since {
         None => Recovery::default(),
         Some(since) => {
+            // Recoveries take turns, so a burst of reconnects with ancient `since`s cannot
+            // crowd out live sends; one that cannot get a turn soon is told to come back.
+            let turn =
+                tokio::time::timeout(RECOVERY_TURN_WAIT, state.recoveries.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| {
+                        ApiError::unavailable(
+                            "too many reconnects are recovering at once, try again",
+                        )
+                    })?;
             let user = registration.user();
             recovery::missed(
                 state.store.as_ref(),
@@ -74,6 +89,10 @@ pub async fn upgrade(
                 state.recovery_limit,
             )
             .await
+            .map(|recovery| Recovery {
+                turn: Some(turn),
+                ..recovery
+            })
             .map_err(|e| {
                 tracing::warn!(error = %e, "reconnect recovery failed");
                 ApiError::unavailable("missed messages cannot be read right now, try again")

@@ -107,8 +107,9 @@ pub async fn serve(
     // A reconnecting client first gets what it missed (or word that it missed too much).
     let Recovery {
         frames: missed,
-        mut replayed,
+        mut seam,
         over_limit,
+        turn,
     } = recovery;
     let first = over_limit
         .map(Recovery::over_limit_notice)
@@ -127,6 +128,8 @@ pub async fn serve(
             return;
         }
     };
+    // The missed frames are written: the next recovery may take its turn.
+    drop(turn);
     if !replayed_ok {
         finish(&mut sink, &mut stream, End::Broken).await;
         return;
@@ -143,11 +146,16 @@ pub async fn serve(
                     // queued before the loss has been written.
                     break if frames.lost() { End::MissedFrames(last_sent) } else { End::Broken };
                 }
-                // Already sent by the recovery: the seam between replay and live stream.
-                if !replayed.is_empty() {
-                    batch.retain(|frame| !replayed.remove(&*frame.id));
-                }
+                // Everything taken leaves the queue's account, written or skipped.
                 let bytes: usize = batch.iter().map(|frame| frame.text.len()).sum();
+                // Up to the seam the recovery sent them; live frames come in id order, so
+                // once one is past it, all are.
+                if let Some(last_replayed) = &seam {
+                    batch.retain(|frame| *frame.id > **last_replayed);
+                    if !batch.is_empty() {
+                        seam = None;
+                    }
+                }
                 let written = {
                     let write = async {
                         for frame in &batch {

@@ -55,6 +55,8 @@ pub(super) struct Journal {
     counts: watch::Sender<OutboxCounts>,
     new_work: Arc<Notify>,
     on_commit: OnCommit,
+    /// The last committed id, moved before the new messages are published.
+    horizon: Arc<std::sync::Mutex<Arc<str>>>,
     last_pruned: Option<std::time::Instant>,
 }
 
@@ -83,6 +85,7 @@ impl Journal {
         counts: watch::Sender<OutboxCounts>,
         new_work: Arc<Notify>,
         on_commit: OnCommit,
+        horizon: Arc<std::sync::Mutex<Arc<str>>>,
     ) -> Self {
         Self {
             conn,
@@ -91,6 +94,7 @@ impl Journal {
             counts,
             new_work,
             on_commit,
+            horizon,
             last_pruned: None,
         }
     }
@@ -155,6 +159,14 @@ impl Journal {
         });
         if delta.appended > 0 {
             self.new_work.notify_one();
+        }
+        let last_appended = applied.iter().rev().find_map(|applied| match applied {
+            Applied::Append(Ok(new)) if !new.repeated => Some(new.message.id.as_str()),
+            _ => None,
+        });
+        if let Some(id) = last_appended {
+            // Before publishing: a reader of the horizon never waits for a frame up to it.
+            *self.horizon.lock().expect("horizon lock") = Arc::from(id);
         }
         for (command, applied) in group.zip(applied) {
             if let (Command::Append { draft, .. }, Applied::Append(Ok(new))) = (&command, &applied)

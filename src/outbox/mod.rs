@@ -127,6 +127,8 @@ impl From<rusqlite::Error> for OutboxError {
 
 pub struct Outbox {
     commands: mpsc::Sender<Command>,
+    /// The id of the last message committed (see [`Outbox::horizon`]).
+    horizon: Arc<std::sync::Mutex<Arc<str>>>,
     readers: Arc<ReadPool>,
     counts: watch::Receiver<OutboxCounts>,
     new_work: Arc<Notify>,
@@ -150,6 +152,11 @@ impl Outbox {
         let (counts_tx, counts) = watch::channel(initial);
         let new_work = Arc::new(Notify::new());
         let (commands, receiver) = mpsc::channel(queue);
+        // Before the first commit: an id made now, after every id of an earlier run (they are
+        // time-ordered) and before every id this run's journal will give.
+        let horizon = Arc::new(std::sync::Mutex::new(Arc::from(
+            uuid::Uuid::now_v7().to_string(),
+        )));
         Journal::new(
             conn,
             instance.to_string(),
@@ -157,11 +164,13 @@ impl Outbox {
             counts_tx,
             new_work.clone(),
             on_commit,
+            horizon.clone(),
         )
         .spawn(receiver)
         .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
         Ok(Self {
             commands,
+            horizon,
             readers: Arc::new(ReadPool::new(path, 2)),
             counts,
             new_work,
@@ -310,6 +319,14 @@ impl Outbox {
         .await
         .map_err(|e| OutboxError::Storage(e.to_string()))??;
         Ok(millis.and_then(DateTime::from_timestamp_millis))
+    }
+
+    /// An id such that every message with an id up to it is committed (in the outbox, or
+    /// already moved to the store) and every message after it will be published after this
+    /// call: the exact seam between reading what a reconnecting socket missed and its live
+    /// stream. Ids are given in commit order, so the last committed id is such an id.
+    pub fn horizon(&self) -> Arc<str> {
+        self.horizon.lock().expect("horizon lock").clone()
     }
 
     pub fn counts(&self) -> OutboxCounts {

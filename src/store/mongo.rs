@@ -25,10 +25,16 @@ struct MongoMigration {
     command: &'static str,
 }
 
-const MIGRATIONS: &[MongoMigration] = &[MongoMigration {
-    name: "0001_messages_history_index",
-    command: include_str!("../../migrations/mongo/0001_messages_history_index.json"),
-}];
+const MIGRATIONS: &[MongoMigration] = &[
+    MongoMigration {
+        name: "0001_messages_history_index",
+        command: include_str!("../../migrations/mongo/0001_messages_history_index.json"),
+    },
+    MongoMigration {
+        name: "0002_messages_recovery_index",
+        command: include_str!("../../migrations/mongo/0002_messages_recovery_index.json"),
+    },
+];
 
 const DUPLICATE_KEY: i32 = 11000;
 
@@ -269,7 +275,10 @@ impl MessageStore for MongoStore {
         after: &str,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        // String ids only: the original's ObjectId documents predate any id a client can pass.
+        // String ids only: the original's ObjectId documents predate any id a client can pass
+        // (a `$gt` on a string compares within strings anyway; `$type` says so outright). The
+        // {participants: 1, _id: 1} index (migrations/mongo/0002) serves the filter and the
+        // sort, so however old `after` is, only the documents returned are read.
         let filter =
             doc! { "participants": user.as_str(), "_id": { "$gt": after, "$type": "string" } };
         let found = self

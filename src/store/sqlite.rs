@@ -21,6 +21,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "0002_dead_letters",
         sql: include_str!("../../migrations/sqlite/0002_dead_letters.sql"),
     },
+    Migration {
+        name: "0003_message_participants",
+        sql: include_str!("../../migrations/sqlite/0003_message_participants.sql"),
+    },
 ];
 
 const READERS: usize = 4;
@@ -108,12 +112,12 @@ impl MessageStore for SqliteStore {
     ) -> Result<Vec<Message>, StoreError> {
         let (user, after) = (user.to_string(), after.to_string());
         self.read(move |conn| {
-            // The id range uses the primary key; the membership test then runs only on messages
-            // newer than `after`.
+            // The (user, id) index reads exactly the rows returned, however old `after` is.
             conn.prepare_cached(
-                "SELECT id, sender, content, participants, created_at FROM messages
-                 WHERE id > ?1 AND EXISTS (SELECT 1 FROM json_each(messages.participants) WHERE value = ?2)
-                 ORDER BY id LIMIT ?3",
+                "SELECT m.id, m.sender, m.content, m.participants, m.created_at
+                 FROM message_participants p JOIN messages m ON m.id = p.id
+                 WHERE p.user = ?2 AND p.id > ?1
+                 ORDER BY p.id LIMIT ?3",
             )?
             .query_map(params![after, user, limit], |row| message_from_row(row, 0))?
             .collect()
@@ -238,6 +242,9 @@ fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<V
             "INSERT INTO messages (id, channel, sender, content, participants, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (id) DO NOTHING",
         )?;
+        let mut index = tx.prepare_cached(
+            "INSERT OR IGNORE INTO message_participants (user, id) VALUES (?1, ?2)",
+        )?;
         for m in messages {
             let result = insert.execute(params![
                 m.id,
@@ -248,7 +255,15 @@ fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<V
                 m.created_at.timestamp_millis(),
             ]);
             match result {
-                Ok(_) => outcomes.push(Ok(())),
+                Ok(inserted) => {
+                    // A message already stored has its index rows already.
+                    if inserted > 0 {
+                        for user in &m.participants {
+                            index.execute(params![user, m.id])?;
+                        }
+                    }
+                    outcomes.push(Ok(()));
+                }
                 Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => {
                     outcomes.push(Err(Failure::new("constraint", e.to_string())));
                 }
@@ -328,6 +343,7 @@ const TABLES: &[(&str, &str)] = &[
         "id, channel, sender, content, participants, created_at",
     ),
     ("dead_letters", DEAD_LETTER_COLUMNS),
+    ("message_participants", "user, id"),
 ];
 
 /// Errors that mean the store cannot be used now ([`OUTAGE_CODES`], and a schema that is no
@@ -405,10 +421,57 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
         assert_eq!(
             store.migrate().await.unwrap(),
-            ["0001_messages", "0002_dead_letters"]
+            [
+                "0001_messages",
+                "0002_dead_letters",
+                "0003_message_participants"
+            ]
         );
         assert!(store.migrate().await.unwrap().is_empty());
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn the_recovery_index_covers_messages_stored_before_it_existed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let (alice, bob) = (
+            UserId::parse("alice").unwrap(),
+            UserId::parse("bob").unwrap(),
+        );
+        let old = Message::accept(&alice, &channel(&["alice", "bob"]), "old".into());
+        {
+            let mut conn = crate::sqlite::open(&path).unwrap();
+            crate::sqlite::migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
+            conn.execute(
+                "INSERT INTO messages (id, channel, sender, content, participants, created_at)
+                 VALUES (?1, 'alice,bob', 'alice', 'old', '[\"alice\",\"bob\"]', ?2)",
+                params![old.id, old.created_at.timestamp_millis()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(
+            store.migrate().await.unwrap(),
+            ["0003_message_participants"]
+        );
+        let new = Message::accept(&alice, &channel(&["alice", "bob"]), "new".into());
+        store
+            .insert_batch(std::slice::from_ref(&new))
+            .await
+            .unwrap();
+        let before_both = "00000000-0000-7000-8000-000000000000";
+        let missed = store.missed_by(&bob, before_both, 10).await.unwrap();
+        assert_eq!(missed, [old.clone(), new.clone()]);
+        assert_eq!(store.missed_by(&bob, &old.id, 10).await.unwrap(), [new]);
+        let carol = UserId::parse("carol").unwrap();
+        assert!(
+            store
+                .missed_by(&carol, before_both, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[tokio::test]

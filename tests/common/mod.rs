@@ -204,10 +204,15 @@ impl TestServer {
     /// A socket whose kernel receive buffer is small, so that a client that stops reading
     /// backs up into the server quickly and has little to read once it starts again.
     pub async fn ws_with_small_buffer(&self, user: &str) -> WsClient {
+        self.ws_with_small_buffer_and_query(user, "").await
+    }
+
+    /// [`Self::ws_with_small_buffer`] with more parameters, e.g. `&since=<id>`.
+    pub async fn ws_with_small_buffer_and_query(&self, user: &str, query: &str) -> WsClient {
         let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
         socket.set_recv_buffer_size(16 * 1024).expect("SO_RCVBUF");
         let tcp = socket.connect(self.addr).await.expect("connect");
-        let url = format!("ws://{}/ws?token={}", self.addr, self.token(user));
+        let url = format!("ws://{}/ws?token={}{query}", self.addr, self.token(user));
         let (stream, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp))
             .await
             .expect("WebSocket upgrade");
