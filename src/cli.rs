@@ -10,7 +10,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::app;
 use crate::auth::{Authenticator, SecretSource, resolve_secret};
-use crate::config::{Config, LogSettings, parse_duration};
+use crate::config::{Config, ConfigError, LogSettings, parse_duration};
 use crate::model::UserId;
 use crate::outbox::{DeadLetterView, DeadLetters, ReplayResult, Selection};
 use crate::store;
@@ -103,6 +103,12 @@ pub async fn run() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that stopped reading (`chatd dlq list | head`) is not a failure.
         Err(e) if is_broken_pipe(&e) => ExitCode::SUCCESS,
+        // Found at start-up rather than while reading the variables (a cap that does not fit
+        // `ulimit -n`, say), but a configuration error all the same.
+        Err(e) if e.chain().any(|cause| cause.is::<ConfigError>()) => {
+            eprintln!("chatd: invalid configuration: {e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("chatd: {e:#}");
             ExitCode::FAILURE

@@ -9,6 +9,7 @@ pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod fanout;
+pub mod fds;
 pub mod http;
 pub mod hub;
 pub mod ingest;

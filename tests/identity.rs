@@ -216,3 +216,68 @@ async fn issuer_and_audience_are_checked_when_configured() {
         202
     );
 }
+
+/// A token that is not valid yet (`nbf`) or claims to be issued later (`iat`) than now plus the
+/// 60 s leeway is refused on every door, whoever signed it; within the leeway it passes.
+#[tokio::test]
+async fn tokens_from_the_future_are_refused_over_http_and_on_the_upgrade() {
+    let shared = TestServer::start().await;
+    let secret = shared.secret().to_string();
+    let sign_shared = move |claims: serde_json::Value| {
+        jsonwebtoken::encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    refuses_the_future(&shared, &sign_shared).await;
+
+    let external = TestServer::start_with(&[("JWT_PUBLIC_KEY", &key_file("ec-public.pem"))]).await;
+    let private = key_file("ec-private.pem");
+    let sign_external = move |claims| sign(Algorithm::ES256, &private, None, claims);
+    refuses_the_future(&external, &sign_external).await;
+}
+
+async fn refuses_the_future(server: &TestServer, sign: &dyn Fn(serde_json::Value) -> String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (claim, why) in [
+        ("nbf", "not valid yet (nbf is in the future)"),
+        ("iat", "issued in the future (iat)"),
+    ] {
+        let at = |offset: u64| {
+            let mut claims = claims("alice");
+            claims[claim] = json!(now + offset);
+            sign(claims)
+        };
+        let future = at(3600);
+        let response = server
+            .http
+            .post(server.url("/api/messages"))
+            .bearer_auth(&future)
+            .json(&json!({ "participants": ["alice", "bob"], "content": "hi" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401, "{claim}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        let error = body["error"].as_str().unwrap();
+        assert!(error.contains(why), "{claim}: {error}");
+        assert_eq!(server.ws_refused(&format!("?token={future}")).await, 401);
+
+        let skewed = at(30);
+        assert_eq!(
+            send_status(server, &skewed).await,
+            202,
+            "{claim} within the leeway"
+        );
+        let (socket, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/ws?token={skewed}", server.addr))
+                .await
+                .unwrap();
+        drop(socket);
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use chatd::app;
 use chatd::outbox::{Outbox, OutboxCounts};
-use common::process::Chatd;
+use common::process::{Chatd, FdLimit, limit_fds, run_to_exit, serve_command};
 use common::{eventually, metric, token_for};
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
@@ -200,4 +200,80 @@ async fn a_reader_that_never_reads_costs_bounded_memory_and_nobody_else_anything
     let growth = rss_peak.saturating_sub(rss_before);
     eprintln!("RSS {rss_before} KiB before, {rss_peak} KiB at the peak");
     assert!(growth < 64 * 1024, "the server grew by {growth} KiB");
+}
+
+#[test]
+fn caps_set_beyond_ulimit_n_refuse_to_start_with_exit_2() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let low = FdLimit {
+        soft: 512,
+        hard: 512,
+    };
+    for (name, value) in [
+        ("MAX_CONNECTIONS", "50000"),
+        ("HTTP_MAX_CONNECTIONS", "5000"),
+    ] {
+        let mut command = serve_command(data_dir.path(), "fds", &[(name, value)]);
+        let (status, stderr) = run_to_exit(limit_fds(&mut command, low));
+        assert_eq!(status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("invalid configuration: {name}=\"{value}\"")),
+            "{stderr}"
+        );
+        assert!(stderr.contains("ulimit -n is 512"), "{stderr}");
+        assert!(stderr.contains(&format!("or lower {name}")), "{stderr}");
+    }
+    assert!(
+        !data_dir.path().join(app::OUTBOX_FILE).exists(),
+        "nothing was opened"
+    );
+}
+
+#[tokio::test]
+async fn a_default_max_connections_is_lowered_to_fit_ulimit_n() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let secret = "lowered";
+    // 300 descriptors: 256 reserved, 44 for connections, a quarter of those (11) kept for HTTP
+    // requests, 33 for sockets.
+    let limit = FdLimit {
+        soft: 300,
+        hard: 300,
+    };
+    let chatd = Chatd::start_with_fd_limit(data_dir.path(), secret, &[], limit);
+    assert!(
+        chatd
+            .logs()
+            .iter()
+            .any(|line| line.contains("MAX_CONNECTIONS lowered")
+                && line.contains("max_connections=33")),
+        "{:#?}",
+        chatd.logs()
+    );
+    let server = common::process_target(&chatd, secret);
+    let mut open = Vec::new();
+    for i in 0..33 {
+        open.push(server.ws(&format!("user{i}")).await);
+    }
+    let token = server.token("latecomer");
+    assert_eq!(server.ws_refused(&format!("?token={token}")).await, 503);
+}
+
+#[test]
+fn the_soft_limit_is_raised_to_the_hard_one_before_the_caps_are_fitted() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // 1,000 sockets do not fit under 300 descriptors, but do under 4,096.
+    let limit = FdLimit {
+        soft: 300,
+        hard: 4096,
+    };
+    let env = [("MAX_CONNECTIONS", "1000")];
+    let chatd = Chatd::start_with_fd_limit(data_dir.path(), "raised", &env, limit);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", chatd.child.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .expect("a Max open files line")
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[..2], ["4096", "4096"], "{limits}");
 }

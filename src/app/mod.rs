@@ -22,6 +22,7 @@ use crate::auth::{
 use crate::bus::{EventBus, LocalBus};
 use crate::config::Config;
 use crate::fanout;
+use crate::fds::{self, Limit};
 use crate::http::{self, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::{Hub, QueueBounds};
 use crate::ingest::Ingest;
@@ -67,7 +68,9 @@ impl RunningApp {
 
 /// Opens the outbox and the store, starts the relay and the fan-out, and serves HTTP and
 /// WebSockets on `HOST:PORT`.
-pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
+pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
+    let caps = fit_to_file_descriptors(&config)?;
+    config.socket.limits.total = caps.sockets;
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("creating DATA_DIR {}", config.data_dir.display()))?;
     let data_dir_lock = lock_data_dir(&config.data_dir)?;
@@ -228,6 +231,23 @@ pub async fn start(config: Config) -> anyhow::Result<RunningApp> {
         shutdown,
         stopped,
     })
+}
+
+/// Raises `ulimit -n` as far as it goes and fits the connection caps under it. A cap that
+/// does not fit is a [`crate::config::ConfigError`]: nothing has been opened yet.
+fn fit_to_file_descriptors(config: &Config) -> anyhow::Result<fds::Caps> {
+    let limit = Limit::raise().context("reading ulimit -n")?;
+    let caps = fds::fit(config, limit)?;
+    if let Some(wanted) = caps.lowered_from {
+        tracing::warn!(
+            max_connections = caps.sockets,
+            default = wanted,
+            ulimit_n = limit.soft,
+            hard_limit = limit.hard,
+            "MAX_CONNECTIONS lowered to what ulimit -n allows; raise the hard limit for more"
+        );
+    }
+    Ok(caps)
 }
 
 /// The keys tokens are checked against: an identity service's, or the shared HS256 secret.

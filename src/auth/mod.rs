@@ -16,7 +16,7 @@ use crate::model::UserId;
 pub use external::ExternalKeys;
 pub use secret::{SecretSource, resolve_secret};
 
-/// Clock skew allowed on `exp`: the contract's ceiling.
+/// Clock skew allowed on the time claims (`exp`, `nbf`, `iat`): the contract's ceiling.
 const LEEWAY_SECS: u64 = 60;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -68,6 +68,8 @@ impl Verifier {
 fn validation(algorithm: Algorithm, checks: &ClaimChecks) -> Validation {
     let mut validation = Validation::new(algorithm);
     validation.leeway = LEEWAY_SECS;
+    // A token that is not valid yet is refused like an expired one (checked when present).
+    validation.validate_nbf = true;
     // A configured issuer or audience must be present, not merely right when present.
     let mut required = vec!["exp"];
     if let Some(issuer) = &checks.issuer {
@@ -93,6 +95,17 @@ fn verify_with(
 ) -> Result<UserId, AuthError> {
     let data = jsonwebtoken::decode::<Claims>(token, key, validation)
         .map_err(|e| AuthError::Invalid(describe(e.kind())))?;
+    // jsonwebtoken leaves `iat` alone. A token issued in the future comes from a clock that is
+    // wrong (or a forger who hopes the token lives longer), so it gets the same leeway as `exp`.
+    if data
+        .claims
+        .iat
+        .is_some_and(|iat| iat > now().saturating_add(LEEWAY_SECS))
+    {
+        return Err(AuthError::Invalid(
+            "issued in the future (iat): the issuer's clock is ahead".into(),
+        ));
+    }
     UserId::parse(data.claims.id).map_err(|e| AuthError::Invalid(format!("claim id: {e}")))
 }
 
@@ -121,25 +134,30 @@ impl Authenticator {
     }
 
     pub fn issue(&self, user: &UserId, ttl: Duration) -> String {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = now();
         let claims = Claims {
             id: user.to_string(),
             iat: Some(now),
-            exp: now + ttl.as_secs(),
+            exp: now.saturating_add(ttl.as_secs()),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .expect("HS256 signing with an in-memory key cannot fail")
     }
 }
 
+/// Seconds since the Unix epoch.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
 /// Why a token was refused, in words a client developer can act on.
 fn describe(kind: &ErrorKind) -> String {
     match kind {
         ErrorKind::ExpiredSignature => "expired".into(),
-        ErrorKind::ImmatureSignature => "not valid yet".into(),
+        ErrorKind::ImmatureSignature => "not valid yet (nbf is in the future)".into(),
         ErrorKind::InvalidSignature => "the signature does not match".into(),
         ErrorKind::InvalidAlgorithm
         | ErrorKind::MissingAlgorithm
@@ -168,13 +186,6 @@ mod tests {
 
     fn encode(claims: &serde_json::Value, alg: Algorithm, secret: &[u8]) -> String {
         jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
-    }
-
-    fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
     }
 
     #[test]
@@ -233,6 +244,32 @@ mod tests {
             b"secret",
         );
         assert!(auth.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn time_claims_in_the_future_are_refused_beyond_the_leeway() {
+        let auth = Authenticator::new(b"secret");
+        let verify = |extra: serde_json::Value| {
+            let mut claims = serde_json::json!({"id": "alice", "exp": now() + 600});
+            claims
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            auth.verify(&encode(&claims, Algorithm::HS256, b"secret"))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(
+            verify(serde_json::json!({"nbf": now() + 120})).unwrap_err(),
+            "invalid token: not valid yet (nbf is in the future)"
+        );
+        assert_eq!(
+            verify(serde_json::json!({"iat": now() + 120})).unwrap_err(),
+            "invalid token: issued in the future (iat): the issuer's clock is ahead"
+        );
+        // Within the leeway, and in the past, both pass.
+        assert!(verify(serde_json::json!({"nbf": now() + 30, "iat": now() + 30})).is_ok());
+        assert!(verify(serde_json::json!({"nbf": now() - 600, "iat": now() - 600})).is_ok());
+        assert!(verify(serde_json::json!({"nbf": "soon"})).is_err());
     }
 
     #[test]

@@ -21,6 +21,7 @@ struct Bucket {
 }
 
 pub struct RateLimiter {
+    settings: RateLimit,
     per_second: f64,
     burst: f64,
     buckets: DashMap<RateKey, Bucket>,
@@ -29,6 +30,7 @@ pub struct RateLimiter {
 impl RateLimiter {
     pub fn new(settings: RateLimit) -> Self {
         Self {
+            settings,
             per_second: settings.per_second,
             burst: f64::from(settings.burst),
             buckets: DashMap::new(),
@@ -37,7 +39,7 @@ impl RateLimiter {
 
     /// Takes a token from `key`'s bucket, or says how long until one is there.
     pub fn check(&self, key: RateKey, now: Instant) -> Result<(), Duration> {
-        if self.per_second == 0.0 {
+        if self.settings.is_off() {
             return Ok(());
         }
         let mut bucket = self.buckets.entry(key).or_insert(Bucket {
@@ -51,19 +53,17 @@ impl RateLimiter {
             bucket.tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - bucket.tokens) / self.per_second,
-            ))
+            Err(self.settings.time_to_earn(1.0 - bucket.tokens))
         }
     }
 
     /// Drops buckets that have been idle long enough to be full again: they are the same as no
     /// bucket, so memory follows recent callers, not every caller ever seen.
     pub fn evict_idle(&self, now: Instant) {
-        if self.per_second == 0.0 {
+        if self.settings.is_off() {
             return;
         }
-        let refill = Duration::from_secs_f64(self.burst / self.per_second);
+        let refill = self.settings.time_to_earn(self.burst);
         self.buckets
             .retain(|_, bucket| now.saturating_duration_since(bucket.refilled) < refill);
     }

@@ -1,9 +1,10 @@
 //! The real `chatd` binary as a child process, and its command line.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 
 use serde_json::{Value, json};
@@ -18,18 +19,93 @@ pub struct Chatd {
     logs: Arc<Mutex<Vec<String>>>,
 }
 
+/// `ulimit -n` for a child: its soft and hard limits on open files.
+#[derive(Debug, Clone, Copy)]
+pub struct FdLimit {
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// `chatd` serving on 127.0.0.1, a free port and `data_dir`, with `env` on top.
+pub fn serve_command(data_dir: &Path, secret: &str, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_chatd"));
+    command
+        .env("HOST", "127.0.0.1")
+        .env("PORT", "0")
+        .env("DATA_DIR", data_dir)
+        .env("JWT_SECRET", secret)
+        .env("RATE_LIMIT_RPS", "0")
+        .env("RUST_LOG", "info")
+        .env("LOG_FORMAT", "pretty")
+        .envs(env.iter().copied());
+    command
+}
+
+/// Starts `command`'s process with `limit` as its `ulimit -n`.
+pub fn limit_fds(command: &mut Command, limit: FdLimit) -> &mut Command {
+    let limit = libc::rlimit {
+        rlim_cur: limit.soft,
+        rlim_max: limit.hard,
+    };
+    // SAFETY: the closure runs in the forked child before exec and only calls setrlimit, which
+    // is async-signal-safe, on a value copied in beforehand.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        })
+    }
+}
+
+/// Runs `command`, which must end by itself (a chatd that refuses to start), and returns how it
+/// exited and what it wrote to stderr. Fails the test, killing it, if it is still running after
+/// [`DEADLINE`].
+pub fn run_to_exit(command: &mut Command) -> (ExitStatus, String) {
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("chatd starts");
+    let pid = i32::try_from(child.id()).unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (done, exited) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        let _ = done.send((child.wait(), text));
+    });
+    match exited.recv_timeout(DEADLINE) {
+        Ok((status, stderr)) => (status.expect("waiting for chatd"), stderr),
+        Err(_) => {
+            // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("chatd is still running: it was expected to refuse to start");
+        }
+    }
+}
+
 impl Chatd {
     /// Starts the binary on `data_dir` and waits for it to say where it listens.
     pub fn start(data_dir: &Path, secret: &str, env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chatd"))
-            .env("HOST", "127.0.0.1")
-            .env("PORT", "0")
-            .env("DATA_DIR", data_dir)
-            .env("JWT_SECRET", secret)
-            .env("RATE_LIMIT_RPS", "0")
-            .env("RUST_LOG", "info")
-            .env("LOG_FORMAT", "pretty")
-            .envs(env.iter().copied())
+        Self::spawn(&mut serve_command(data_dir, secret, env), secret)
+    }
+
+    /// Like [`Chatd::start`], with `limit` as the process's `ulimit -n`.
+    pub fn start_with_fd_limit(
+        data_dir: &Path,
+        secret: &str,
+        env: &[(&str, &str)],
+        limit: FdLimit,
+    ) -> Self {
+        let mut command = serve_command(data_dir, secret, env);
+        Self::spawn(limit_fds(&mut command, limit), secret)
+    }
+
+    fn spawn(command: &mut Command, secret: &str) -> Self {
+        let mut child = command
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
