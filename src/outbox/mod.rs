@@ -81,6 +81,7 @@ impl Outbox {
     /// Opens (or creates) the outbox at `path` and starts its journal thread. At most `queue`
     /// commands wait for the next commit; failures it records name `instance`.
     pub fn open(path: &Path, queue: usize, instance: &str) -> Result<Self, OutboxError> {
+        sqlite::check_integrity(path, sqlite::OUTBOX_HOLDS)?;
         let (mut conn, checkpointer) = sqlite::open_writer(path)?;
         sqlite::migrate(&mut conn, MIGRATIONS)?;
         let initial = count(&conn)?;
