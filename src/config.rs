@@ -237,7 +237,7 @@ pub const SETTINGS: &[Setting] = &[
     setting(
         "HTTP_MAX_PENDING_PER_CLIENT",
         "64",
-        "connections one client address may keep open without having sent a whole request head; beyond it: 503 (1 to 100000)",
+        "connections one client address may hold that have gone 1 s without a whole request head (slowloris); beyond it: 503 (1 to 100000)",
     ),
     setting(
         "SHUTDOWN_TIMEOUT",

@@ -30,6 +30,7 @@ pub const DLQ_REPLAYS: &str = "chat_dlq_replays_total";
 pub const HTTP_REQUESTS: &str = "chat_http_requests_total";
 pub const HTTP_DURATION: &str = "chat_http_request_duration_seconds";
 pub const RATE_LIMITED: &str = "chat_rate_limited_total";
+pub const HTTP_REFUSED: &str = "chat_http_connections_refused_total";
 pub const BUILD_INFO: &str = "chat_build_info";
 
 /// Why a socket closed (`chat_ws_connections_closed_total{reason}`).
@@ -49,6 +50,8 @@ pub const REJECT_REASONS: &[&str] = &[
     "rate_limited",
     "unavailable",
 ];
+/// Why the accept loop turned a connection away (`chat_http_connections_refused_total{reason}`).
+pub const REFUSAL_REASONS: &[&str] = &["connections", "pending_per_client"];
 /// How a store write went (`chat_persist_batches_total{result}`).
 pub const BATCH_RESULTS: &[&str] = &["ok", "partial", "failed", "unavailable"];
 /// How a dead-letter replay went (`chat_dlq_replays_total{result}`).
@@ -152,6 +155,10 @@ fn describe() {
         "HTTP request duration, by route"
     );
     describe_counter!(RATE_LIMITED, "API requests refused with 429");
+    describe_counter!(
+        HTTP_REFUSED,
+        "connections answered 503 and closed at accept, by the cap they were over"
+    );
     describe_gauge!(BUILD_INFO, "always 1; the version is a label");
 }
 
@@ -175,6 +182,7 @@ fn register() {
         (MESSAGES_REJECTED, "reason", REJECT_REASONS),
         (PERSIST_BATCHES, "result", BATCH_RESULTS),
         (DLQ_REPLAYS, "result", REPLAY_RESULTS),
+        (HTTP_REFUSED, "reason", REFUSAL_REASONS),
     ] {
         for value in values {
             counter!(name, label => *value).absolute(0);
@@ -221,6 +229,7 @@ mod tests {
             DEAD_LETTER_BACKLOG,
             DLQ_REPLAYS,
             RATE_LIMITED,
+            HTTP_REFUSED,
             BUILD_INFO,
         ] {
             assert!(

@@ -1,6 +1,6 @@
-//! SQLite as chatd opens it, for the outbox and the embedded store alike: WAL so readers never
-//! wait for the writer, `synchronous = FULL` so a commit is on disk when it returns, and
-//! ordered, recorded migrations.
+//! SQLite as chatd opens it, for the outbox and the embedded store alike: an integrity check
+//! before anything is served, WAL so readers never wait for the writer, `synchronous = FULL` so
+//! a commit is on disk when it returns, and ordered, recorded migrations.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -8,9 +8,85 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
-use rusqlite::{Connection, OptionalExtension, Row};
+use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 
 use crate::model::{DeadLetter, Failure, Message};
+
+/// What the outbox holds, for [`check_integrity`]'s advice: it lives here so that the outbox's
+/// own file needs one line for its check.
+pub const OUTBOX_HOLDS: &str = "messages acknowledged (202) but not yet in the store: moving it \
+     aside loses them, so restore it from a backup if you can";
+
+/// How long the start-up integrity check may take: a huge file is checked only this far rather
+/// than holding up the start.
+const INTEGRITY_CHECK_BUDGET: Duration = Duration::from_secs(5);
+/// Steps (virtual-machine instructions, and pages and cells the check walks) between looks at
+/// the clock during the check.
+const STEPS_PER_LOOK: i32 = 100;
+/// Most problems `quick_check` reports.
+const PROBLEMS_SHOWN: u32 = 5;
+
+/// How far the integrity check got.
+#[derive(Debug, PartialEq, Eq)]
+enum Checked {
+    Whole,
+    CutShort,
+}
+
+/// Runs SQLite's `quick_check` on the database at `path` before it is used, for at most a few
+/// seconds. A corrupted file is an error that names it and says what to do; `holds` says what
+/// is in it, which is what moving it aside would lose. A check cut short by its time budget is
+/// logged and start-up goes on.
+pub fn check_integrity(path: &Path, holds: &str) -> rusqlite::Result<()> {
+    if check_within(path, holds, INTEGRITY_CHECK_BUDGET)? == Checked::CutShort {
+        tracing::warn!(
+            file = %path.display(),
+            budget = ?INTEGRITY_CHECK_BUDGET,
+            "the start-up integrity check was cut short: the file is too large to check in time; \
+             run `sqlite3 <file> 'PRAGMA quick_check'` while chatd is stopped to check it whole"
+        );
+    }
+    Ok(())
+}
+
+fn check_within(path: &Path, holds: &str, budget: Duration) -> rusqlite::Result<Checked> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    let started = std::time::Instant::now();
+    conn.progress_handler(STEPS_PER_LOOK, Some(move || started.elapsed() >= budget));
+    let checked = conn
+        .prepare(&format!("PRAGMA quick_check({PROBLEMS_SHOWN})"))
+        .and_then(|mut check| {
+            check
+                .query_map([], |row| row.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    let problems = match checked {
+        Ok(rows) if rows == ["ok"] => return Ok(Checked::Whole),
+        // Its report spans lines; the error is one.
+        Ok(rows) => rows
+            .iter()
+            .flat_map(|row| row.lines())
+            .map(str::trim)
+            .filter(|line| !line.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => match e.sqlite_error_code() {
+            Some(ErrorCode::OperationInterrupted) => return Ok(Checked::CutShort),
+            Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) => e.to_string(),
+            _ => return Err(e),
+        },
+    };
+    Err(rusqlite::Error::SqliteFailure(
+        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+        Some(format!(
+            "{} is corrupted ({problems}). It holds {holds}. chatd will not start on it: stop \
+             here, restore the file from a backup, or move it aside (with its -wal and -shm \
+             files) to start with an empty one",
+            path.display()
+        )),
+    ))
+}
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
@@ -185,6 +261,51 @@ fn timestamp(row: &Row<'_>, column: usize) -> rusqlite::Result<DateTime<Utc>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sound_file_passes_and_a_corrupted_one_is_named_with_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE t (x TEXT);
+             WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 20000)
+             INSERT INTO t SELECT printf('%0100d', i) FROM n;",
+        )
+        .unwrap();
+        let root: i64 = conn
+            .query_row(
+                "SELECT rootpage FROM sqlite_master WHERE name = 't'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        drop(conn);
+        assert_eq!(
+            check_within(&path, "rows", Duration::from_secs(60)).unwrap(),
+            Checked::Whole
+        );
+        // Past its budget the check gives up rather than holding up the start.
+        assert_eq!(
+            check_within(&path, "rows", Duration::ZERO).unwrap(),
+            Checked::CutShort
+        );
+
+        // The table's root page (an interior page over 20,000 rows) becomes garbage.
+        let mut bytes = std::fs::read(&path).unwrap();
+        let page = 4096 * (root as usize - 1);
+        bytes[page..page + 4096].fill(0xA5);
+        std::fs::write(&path, bytes).unwrap();
+        let err = check_within(&path, "the rows", Duration::from_secs(60))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("{} is corrupted", path.display())),
+            "{err}"
+        );
+        assert!(err.contains("It holds the rows"), "{err}");
+        assert!(err.contains("restore the file from a backup"), "{err}");
+    }
 
     #[test]
     fn migrations_apply_once_in_order() {

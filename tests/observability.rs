@@ -32,6 +32,7 @@ const REQUIRED: &[&str] = &[
     "chat_dead_letter_backlog",
     "chat_dlq_replays_total",
     "chat_rate_limited_total",
+    "chat_http_connections_refused_total",
     "chat_build_info",
 ];
 

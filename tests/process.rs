@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use chatd::app;
 use chatd::outbox::{Outbox, OutboxCounts};
+use chatd::store::SQLITE_FILE;
 use common::process::{Chatd, FdLimit, limit_fds, run_to_exit, serve_command};
 use common::{eventually, metric, token_for};
 use futures_util::{StreamExt, stream};
@@ -285,4 +286,107 @@ fn the_soft_limit_is_raised_to_the_hard_one_before_the_caps_are_fitted() {
         .split_whitespace()
         .collect();
     assert_eq!(open_files[..2], ["4096", "4096"], "{limits}");
+}
+
+/// SIGTERM, and the exit status once chatd has stopped.
+async fn stop(mut chatd: Chatd) -> std::process::ExitStatus {
+    let pid = i32::try_from(chatd.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    tokio::task::spawn_blocking(move || chatd.child.wait())
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Overwrites the root page of `table` (an interior page once the table spans several) in the
+/// SQLite file at `path` with garbage.
+fn corrupt_table(path: &std::path::Path, table: &str) {
+    let conn = rusqlite::Connection::open(path).unwrap();
+    let (root, page_size): (i64, i64) = conn
+        .query_row(
+            "SELECT rootpage, (SELECT page_size FROM pragma_page_size) FROM sqlite_master WHERE name = ?1",
+            [table],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap();
+    let pages: i64 = conn
+        .query_row("SELECT page_count FROM pragma_page_count", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert!(pages > root + 2, "{table} spans several pages");
+    drop(conn);
+    let mut bytes = std::fs::read(path).unwrap();
+    let start = usize::try_from((root - 1) * page_size).unwrap();
+    let end = start + usize::try_from(page_size).unwrap();
+    bytes[start..end].fill(0xA5);
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Starting on a corrupted file must stop with a message naming it, and serve nothing. Returns
+/// what chatd said.
+fn assert_refuses_corrupted(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+    file: &str,
+) -> String {
+    let (status, stderr) = run_to_exit(&mut serve_command(data_dir, "corrupt", env));
+    assert!(!status.success(), "{stderr}");
+    let named = format!("{}/{file} is corrupted", data_dir.display());
+    assert!(stderr.contains(&named), "{stderr}");
+    assert!(
+        stderr.contains("restore the file from a backup"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("listening"), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn a_corrupted_outbox_stops_chatd_with_what_to_do() {
+    let data_dir = tempfile::tempdir().unwrap();
+    // The store is away, so what is accepted stays pending in the outbox.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let uri = format!("mongodb://{closed}");
+    let env = [
+        ("MONGO_URI", uri.as_str()),
+        ("STORE_TIMEOUT", "300ms"),
+        ("SHUTDOWN_TIMEOUT", "1s"),
+    ];
+    let chatd = Chatd::start(data_dir.path(), "corrupt", &env);
+    let page = "p".repeat(4000);
+    for _ in 0..20 {
+        chatd.send("alice", &["alice", "bob"], &page).await;
+    }
+    assert_eq!(chatd.pending().await, 20);
+    assert_eq!(stop(chatd).await.code(), Some(0));
+
+    corrupt_table(&data_dir.path().join(app::OUTBOX_FILE), "outbox");
+    let stderr = assert_refuses_corrupted(data_dir.path(), &env, app::OUTBOX_FILE);
+    assert!(
+        stderr.contains("acknowledged (202) but not yet in the store"),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupted_embedded_store_stops_chatd_with_what_to_do() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let chatd = Chatd::start(data_dir.path(), "corrupt", &[]);
+    let page = "p".repeat(4000);
+    for _ in 0..20 {
+        chatd.send("alice", &["alice", "bob"], &page).await;
+    }
+    eventually("the relay stores every message", || async {
+        (chatd.pending().await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(stop(chatd).await.code(), Some(0));
+
+    corrupt_table(&data_dir.path().join(SQLITE_FILE), "messages");
+    assert_refuses_corrupted(data_dir.path(), &[], SQLITE_FILE);
 }

@@ -23,7 +23,7 @@ use crate::bus::{EventBus, LocalBus};
 use crate::config::Config;
 use crate::fanout;
 use crate::fds::{self, Limit};
-use crate::http::{self, AllowedOrigins, AppState, RateLimiter};
+use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::{Hub, QueueBounds};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
@@ -206,11 +206,13 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         Some((cert, key)) => Some(http::tls_acceptor(cert, key).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let admission = Admission::new(caps.connections, config.http.max_pending_per_client);
     let server = tokio::spawn(http::serve(
         listener,
         http::router(state),
         tls,
         config.http.header_timeout,
+        admission,
         shutdown.clone(),
     ));
 

@@ -1,6 +1,8 @@
 //! The HTTP surface: routes, the API guard and the contract's errors.
 
 mod admin;
+mod admission;
+mod admitted;
 mod connections;
 mod deadline;
 mod error;
@@ -33,6 +35,7 @@ use crate::outbox::{DeadLetters, Outbox};
 use crate::store::MessageStore;
 use crate::store::StoreHealth;
 
+pub use admission::Admission;
 pub use error::ApiError;
 pub use extract::Caller;
 pub use origins::AllowedOrigins;

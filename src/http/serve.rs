@@ -1,6 +1,7 @@
 //! The accept loop: `axum::serve` with what it lacks, a deadline for a request's headers, so
-//! connections that open and say nothing (or say it one byte a minute) cannot pile up. It
-//! speaks HTTP/1.1 only: WebSocket upgrades are HTTP/1.1, and HTTP/2's version sniffing would
+//! connections that open and say nothing (or say it one byte a minute) cannot pile up, and caps
+//! on the connections open in all and per client address ([`Admission`]), so they cannot use up
+//! the file descriptors either. It speaks HTTP/1.1 only: WebSocket upgrades are HTTP/1.1, and HTTP/2's version sniffing would
 //! wait for a silent client's first byte with no deadline at all. With `TLS_CERT` and
 //! `TLS_KEY` it serves HTTPS and WSS itself, for deployments without a proxy in front.
 
@@ -17,12 +18,14 @@ use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
+
+use super::admission::{Admission, Refusal, Ticket};
+use super::admitted::{Admitted, Refusable};
 
 /// How long to wait before accepting again after the listener failed (out of file
 /// descriptors, say), so a full table does not become a busy loop.
@@ -30,12 +33,13 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// Serves `router` on `listener` until `shutdown`, then waits for the requests in flight.
 /// With `tls`, every connection is a TLS one. Upgraded connections (WebSockets) leave this
-/// loop's care once upgraded.
+/// loop's care once upgraded, but keep their place in `admission` until they close.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
+    admission: Arc<Admission>,
     shutdown: CancellationToken,
 ) {
     let mut builder = http1::Builder::new();
@@ -55,6 +59,13 @@ pub async fn serve(
             },
             () = shutdown.cancelled() => break,
         };
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(ticket) => ticket,
+            Err(refusal) => {
+                refuse(stream, tls.is_some(), refusal);
+                continue;
+            }
+        };
         let (router, builder, shutdown, tls) = (
             router.clone(),
             builder.clone(),
@@ -63,30 +74,56 @@ pub async fn serve(
         );
         connections.spawn(async move {
             let Some(tls) = tls else {
-                return serve_connection(stream, peer, router, builder, shutdown).await;
+                let io = Admitted::new(stream, ticket.clone());
+                return serve_connection(io, peer, &ticket, router, builder, shutdown).await;
             };
-            // The handshake is part of what must arrive before the headers' deadline.
-            match tokio::time::timeout(header_timeout, tls.accept(stream)).await {
-                Ok(Ok(stream)) => serve_connection(stream, peer, router, builder, shutdown).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-            }
+            // The handshake is part of what must arrive before the headers' deadline, and of
+            // what a slow client is slow at.
+            let handshake = tokio::time::timeout(header_timeout, tls.accept(stream));
+            let stream = tokio::select! {
+                handshake = handshake => match handshake {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+                refusal = ticket.refused_when_slow() => return count_refusal(refusal),
+            };
+            let io = Admitted::new(stream, ticket.clone());
+            serve_connection(io, peer, &ticket, router, builder, shutdown).await;
         });
     }
     connections.close();
     connections.wait().await;
 }
 
+/// Turns a connection away at once: a minimal 503 (over plain HTTP; a TLS client would need
+/// the handshake first, so it is only closed) and the socket closed.
+fn refuse(stream: TcpStream, tls: bool, refusal: Refusal) {
+    if !tls {
+        stream.refuse_now(&refusal.response());
+    }
+    count_refusal(refusal);
+}
+
+fn count_refusal(refusal: Refusal) {
+    ::metrics::counter!(crate::metrics::HTTP_REFUSED, "reason" => refusal.label()).increment(1);
+}
+
 async fn serve_connection<IO>(
-    io: IO,
+    io: Admitted<IO>,
     peer: SocketAddr,
+    ticket: &Arc<Ticket>,
     router: Router,
     builder: http1::Builder,
     shutdown: CancellationToken,
 ) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Admitted<IO>: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: Refusable,
 {
+    let first_head = ticket.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        // The service is called once a whole request head has arrived.
+        first_head.head_received();
         request
             .extensions_mut()
             .insert(ConnectInfo::<SocketAddr>(peer));
@@ -105,10 +142,12 @@ async fn serve_connection<IO>(
         .with_upgrades();
     tokio::pin!(connection);
     // A client that goes away mid-request is not the server's error, so results are not kept.
-    // At shutdown the request in flight is finished and the connection closed.
+    // At shutdown the request in flight is finished and the connection closed. A connection
+    // refused for being slow is dropped, and its transport answers 503 as it closes.
     tokio::select! {
         _ = connection.as_mut() => return,
         () = shutdown.cancelled() => connection.as_mut().graceful_shutdown(),
+        refusal = ticket.refused_when_slow() => return count_refusal(refusal),
     }
     let _ = connection.await;
 }

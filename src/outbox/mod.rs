@@ -146,6 +146,7 @@ impl Outbox {
         key_window: Duration,
         on_commit: OnCommit,
     ) -> Result<Self, OutboxError> {
+        sqlite::check_integrity(path, sqlite::OUTBOX_HOLDS)?;
         let (mut conn, checkpointer) = sqlite::open_writer(path)?;
         sqlite::migrate(&mut conn, MIGRATIONS)?;
         let initial = count(&conn)?;

@@ -41,6 +41,10 @@ pub struct SqliteStore {
 
 impl SqliteStore {
     pub fn open(path: &Path) -> rusqlite::Result<Self> {
+        sqlite::check_integrity(
+            path,
+            "the embedded store's history and dead letters (a file moved aside starts empty)",
+        )?;
         let (writer, checkpointer) = sqlite::open_writer(path)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
