@@ -12,6 +12,10 @@ use std::collections::BTreeSet;
 use common::{TestServer, eventually, metric};
 use serde_json::Value;
 
+/// Held by the tests that send messages: the counters are the process's, so the test that
+/// compares them before and after must not see another test's messages in between.
+static SENDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The series the observability issue names, each of which must exist from start-up.
 const REQUIRED: &[&str] = &[
     "chat_ws_connections",
@@ -124,6 +128,7 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
 
 #[tokio::test]
 async fn the_pipeline_is_counted() {
+    let _sends = SENDS.lock().await;
     let server = TestServer::start().await;
     let url = server.url("/metrics");
     let before = scrape(&server, &url).await;
@@ -198,6 +203,7 @@ async fn every_request_carries_an_id() {
 
 #[tokio::test]
 async fn ready_waits_for_a_reachable_store_while_sends_are_still_accepted() {
+    let _sends = SENDS.lock().await;
     let embedded = TestServer::start().await;
     let ready = embedded
         .http

@@ -382,28 +382,6 @@ impl WsClient {
         }
     }
 
-    /// How many text frames arrive up to and including the message whose content is `marker`,
-    /// counted without parsing them (for floods of large frames).
-    pub async fn count_until(&mut self, marker: &str) -> usize {
-        let needle = format!("\"content\":{}", serde_json::to_string(marker).unwrap());
-        let mut count = 0;
-        loop {
-            let frame = tokio::time::timeout(DEADLINE, self.stream.next())
-                .await
-                .expect("timed out waiting for a frame");
-            match frame {
-                Some(Ok(WsMessage::Text(text))) => {
-                    count += 1;
-                    if text.contains(&needle) {
-                        return count;
-                    }
-                }
-                Some(Ok(_)) => continue,
-                other => panic!("socket ended while counting frames: {other:?}"),
-            }
-        }
-    }
-
     /// Counts frames in the background up to the message whose content is `marker`, telling
     /// how far it has got, so a test can keep its senders within a stated distance of this
     /// reader instead of assuming the reader keeps up.
