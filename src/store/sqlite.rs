@@ -79,11 +79,18 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let readers = self.readers.clone();
-        // The outer error is opening a connection, which no message can cause.
-        blocking(move || readers.read(|conn| Ok(f(conn).map_err(|e| classify(conn, e)))))
-            .await?
-            .map_err(|e| StoreError::Unavailable(format!("opening a connection: {e}")))?
+        let (readers, watch) = (self.readers.clone(), self.watch.clone());
+        // The outer error is opening a connection, which no message can cause. The inner one
+        // is classified here, so the pool never sees it: it passes the watch first.
+        blocking(move || {
+            readers.read(|conn| {
+                Ok(f(conn)
+                    .inspect_err(|e| watch.check(e))
+                    .map_err(|e| classify(conn, e)))
+            })
+        })
+        .await?
+        .map_err(|e| StoreError::Unavailable(format!("opening a connection: {e}")))?
     }
 }
 
