@@ -81,6 +81,10 @@ struct Delta {
 }
 
 impl Journal {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one thing the journal is told; only Outbox::open calls this"
+    )]
     pub(super) fn new(
         conn: Connection,
         instance: String,
