@@ -13,6 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError};
+use crate::integrity::Watch;
 use crate::model::{Event, Failure, Message};
 use crate::sqlite::participants_json;
 
@@ -58,6 +59,8 @@ pub(super) struct Journal {
     /// The last committed id, moved before the new messages are published.
     horizon: Arc<std::sync::Mutex<Arc<str>>>,
     last_pruned: Option<std::time::Instant>,
+    /// Told of a commit that failed because the file is corrupted, before the senders hear.
+    watch: Watch,
 }
 
 /// What one command came to inside a group's transaction.
@@ -78,6 +81,10 @@ struct Delta {
 }
 
 impl Journal {
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "each is one thing the journal is told; only Outbox::open calls this"
+    )]
     pub(super) fn new(
         conn: Connection,
         instance: String,
@@ -86,6 +93,7 @@ impl Journal {
         new_work: Arc<Notify>,
         on_commit: OnCommit,
         horizon: Arc<std::sync::Mutex<Arc<str>>>,
+        watch: Watch,
     ) -> Self {
         Self {
             conn,
@@ -96,6 +104,7 @@ impl Journal {
             on_commit,
             horizon,
             last_pruned: None,
+            watch,
         }
     }
 
@@ -121,6 +130,7 @@ impl Journal {
             match self.commit(&group) {
                 Ok((applied, delta)) => self.committed(group.drain(..), applied, &delta),
                 Err(e) => {
+                    self.watch.check(&e);
                     tracing::error!(error = %e, commands = group.len(), "outbox commit failed");
                     for command in group.drain(..) {
                         command.fail(OutboxError::Storage(e.to_string()));

@@ -388,6 +388,7 @@ mod tests {
                 "test:1",
                 Duration::from_secs(60),
                 Box::new(|_| {}),
+                Arc::default(),
             )
             .unwrap(),
         );
