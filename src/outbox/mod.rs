@@ -5,6 +5,7 @@
 
 mod backoff;
 mod dead_letters;
+mod fresh;
 mod journal;
 mod read_around;
 mod relay;
@@ -25,7 +26,8 @@ pub use backoff::Backoff;
 pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
 pub use relay::Relay;
 
-use journal::{Command, Journal};
+use fresh::{Fresh, Next};
+use journal::{Command, Journal, Outlets};
 use read_around::Unreadable;
 
 const MIGRATIONS: &[Migration] = &[
@@ -135,6 +137,8 @@ pub struct Outbox {
     readers: Arc<ReadPool>,
     counts: watch::Receiver<OutboxCounts>,
     new_work: Arc<Notify>,
+    /// New entries on their way to the relay in memory.
+    fresh: Arc<Fresh>,
     /// Where corruption met on this file is reported.
     watch: Watch,
     /// The `seq`s found unreadable on damaged pages, which reads skip from then on.
@@ -168,15 +172,20 @@ impl Outbox {
         let horizon = Arc::new(std::sync::Mutex::new(Arc::from(
             uuid::Uuid::now_v7().to_string(),
         )));
+        let fresh = Arc::new(Fresh::new());
+        let outlets = Outlets {
+            counts: counts_tx,
+            horizon: horizon.clone(),
+            on_commit,
+            fresh: fresh.clone(),
+            new_work: new_work.clone(),
+        };
         Journal::new(
             conn,
             instance.to_string(),
             key_window,
-            counts_tx,
-            new_work.clone(),
-            on_commit,
-            horizon.clone(),
             watch.clone(),
+            outlets,
         )
         .spawn(receiver)
         .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
@@ -186,6 +195,7 @@ impl Outbox {
             readers: Arc::new(ReadPool::new(path, 2, watch.clone())),
             counts,
             new_work,
+            fresh,
             watch,
             unreadable: Arc::default(),
             _checkpointer: checkpointer,
@@ -206,9 +216,26 @@ impl Outbox {
         committed.await.map_err(|_| OutboxError::Closed)?
     }
 
+    /// The relay's next new entries: up to `limit` pending entries after `seq`, oldest first,
+    /// from memory when the journal could hand them over, else from the file (see `fresh`).
+    pub async fn next_pending(
+        &self,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingEntry>, OutboxError> {
+        match self.fresh.next(seq, limit) {
+            Next::Entries(entries) => Ok(entries),
+            Next::ReadDisk { drops } => {
+                let read = self.pending_after(seq, limit).await?;
+                self.fresh.read_from_disk(drops, read.len() < limit);
+                Ok(read)
+            }
+        }
+    }
+
     /// Up to `limit` pending (not dead) entries after `seq`, oldest first. In a corrupted
     /// outbox, the entries that can still be read, skipping those on damaged pages.
-    pub async fn pending_after(
+    async fn pending_after(
         &self,
         seq: i64,
         limit: usize,
