@@ -28,15 +28,7 @@ async fn connection_churn_leaves_no_socket_behind() {
         (server.health().await["sockets"] == 0).then_some(())
     })
     .await;
-    let metrics = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.scrape().await;
     assert!(
         metrics.lines().any(|l| l == "chat_ws_connections 0"),
         "{metrics}"

@@ -81,17 +81,6 @@ fn garble(conn: &Connection, path: &Path, pages: &[u64]) {
     conn.execute_batch("PRAGMA user_version = 7").unwrap();
 }
 
-async fn scrape(server: &TestServer) -> String {
-    let response = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
-}
-
 /// Waits for `/ready` to answer 503 naming the corrupted file, and returns the body.
 async fn not_ready_because(server: &TestServer, file: &str, path: &Path) -> Value {
     let body = eventually(&format!("/ready names {file}"), || async {
@@ -134,7 +123,7 @@ async fn last_seq(server: &TestServer) -> i64 {
 /// the outbox gives no new seq and no message is accepted.
 async fn sends_are_refused(server: &TestServer) {
     let seq = last_seq(server).await;
-    let accepted = metric(&scrape(server).await, "chat_messages_accepted_total");
+    let accepted = metric(&server.scrape().await, "chat_messages_accepted_total");
     let response = server.send("alice", &["alice", "bob"], "refused").await;
     assert_eq!(response.status(), 503);
     assert!(response.headers().get("retry-after").is_none());
@@ -144,7 +133,7 @@ async fn sends_are_refused(server: &TestServer) {
     assert!(error.contains("another instance"), "{error}");
     assert_eq!(last_seq(server).await, seq);
     assert_eq!(
-        metric(&scrape(server).await, "chat_messages_accepted_total"),
+        metric(&server.scrape().await, "chat_messages_accepted_total"),
         accepted
     );
 }
@@ -159,7 +148,7 @@ async fn a_store_corrupted_while_running_is_named_and_sends_are_refused() {
             .await;
     }
     server.stored("bob", "alice,bob", 60).await;
-    let text = scrape(&server).await;
+    let text = server.scrape().await;
     assert_eq!(metric(&text, "chat_storage_corrupted{file=\"store\"}"), 0.0);
 
     let path: PathBuf = server.data_dir.path().join(SQLITE_FILE);
@@ -180,7 +169,7 @@ async fn a_store_corrupted_while_running_is_named_and_sends_are_refused() {
     assert_eq!(status, 503, "{body}");
     not_ready_because(&server, "store", &path).await;
     sends_are_refused(&server).await;
-    let text = scrape(&server).await;
+    let text = server.scrape().await;
     assert_eq!(metric(&text, "chat_storage_corrupted{file=\"store\"}"), 1.0);
     assert_eq!(
         metric(&text, "chat_storage_corrupted{file=\"outbox\"}"),
@@ -211,7 +200,7 @@ async fn damage_the_outbox_under(messages: usize) -> DamagedOutbox {
         ("RETRY_MAX_MS", "100"),
     ])
     .await;
-    let skipped_before = metric(&scrape(&server).await, "chat_outbox_rows_skipped_total");
+    let skipped_before = metric(&server.scrape().await, "chat_outbox_rows_skipped_total");
 
     // The store is held by another writer, so every message waits in the outbox (the relay's
     // one writer holds its first batch, waiting for the store).
@@ -301,7 +290,7 @@ async fn store_holds(server: &TestServer, expected: &BTreeSet<String>) {
 
 /// The outbox is marked corrupted, `/ready` says so and sends are refused.
 async fn refuses_for_the_damaged_outbox(damaged: &DamagedOutbox) {
-    let text = scrape(&damaged.server).await;
+    let text = damaged.server.scrape().await;
     assert_eq!(
         metric(&text, "chat_storage_corrupted{file=\"outbox\"}"),
         1.0
@@ -320,11 +309,11 @@ async fn messages_the_relay_holds_in_memory_reach_the_store_past_a_damaged_outbo
     store_holds(&damaged.server, &all).await;
     // Removing the stored rows from the outbox reads the damaged page.
     eventually("the outbox is found corrupted", || async {
-        let text = scrape(&damaged.server).await;
+        let text = damaged.server.scrape().await;
         (metric(&text, "chat_storage_corrupted{file=\"outbox\"}") == 1.0).then_some(())
     })
     .await;
-    let text = scrape(&damaged.server).await;
+    let text = damaged.server.scrape().await;
     assert_eq!(
         metric(&text, "chat_outbox_rows_skipped_total"),
         damaged.skipped_before
@@ -345,7 +334,7 @@ async fn a_relay_reading_a_damaged_outbox_skips_only_the_damaged_page() {
         .cloned()
         .collect();
     store_holds(&damaged.server, &readable).await;
-    let text = scrape(&damaged.server).await;
+    let text = damaged.server.scrape().await;
     assert_eq!(
         metric(&text, "chat_outbox_rows_skipped_total") - damaged.skipped_before,
         damaged.on_damaged_page.len() as f64

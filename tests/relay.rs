@@ -35,13 +35,7 @@ fn count(server: &TestServer, file: &str, query: &str) -> u64 {
 }
 
 async fn unavailable_batches(server: &TestServer) -> f64 {
-    let response = server
-        .http
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    metric(&response.text().await.unwrap(), UNAVAILABLE_BATCHES)
+    metric(&server.scrape().await, UNAVAILABLE_BATCHES)
 }
 
 async fn ready(server: &TestServer) -> (u16, Value) {

@@ -96,16 +96,9 @@ impl Fresh {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Channel, Message, UserId};
 
     fn entry(seq: i64) -> PendingEntry {
-        let alice = UserId::parse("alice").unwrap();
-        let channel = Channel::new(vec![alice.clone()], 1).unwrap();
-        PendingEntry {
-            seq,
-            message: Message::accept(&alice, &channel, format!("m{seq}")),
-            attempts: 0,
-        }
+        PendingEntry::for_test(seq, 0)
     }
 
     fn seqs(next: Next) -> Vec<i64> {

@@ -110,6 +110,20 @@ pub struct PendingEntry {
     pub attempts: u32,
 }
 
+#[cfg(test)]
+impl PendingEntry {
+    /// A note from alice to herself at `seq`, for the relay's unit tests.
+    fn for_test(seq: i64, attempts: u32) -> Self {
+        let alice = UserId::parse("alice").expect("a valid user id");
+        let channel = Channel::new(vec![alice.clone()], 1).expect("a valid channel");
+        Self {
+            seq,
+            message: Message::accept(&alice, &channel, format!("m{seq}")),
+            attempts,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
     /// The journal's queue is full: the sender should try again shortly.

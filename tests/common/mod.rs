@@ -85,6 +85,13 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// `GET /metrics`: the Prometheus text.
+    pub async fn scrape(&self) -> String {
+        let response = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     /// `/metrics` on its own listener, when `METRICS_PORT` is set.
     pub fn metrics_url(&self) -> Option<String> {
         let addr = self.app.as_ref()?.metrics_addr()?;

@@ -90,16 +90,9 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::model::{Channel, Message, UserId};
 
     fn entry(seq: i64) -> PendingEntry {
-        let alice = UserId::parse("alice").unwrap();
-        let channel = Channel::new(vec![alice.clone()], 1).unwrap();
-        PendingEntry {
-            seq,
-            message: Message::accept(&alice, &channel, format!("m{seq}")),
-            attempts: 1,
-        }
+        PendingEntry::for_test(seq, 1)
     }
 
     fn seqs(entries: &[PendingEntry]) -> Vec<i64> {
