@@ -750,3 +750,65 @@ async fn a_reconnecting_socket_gets_what_mongodb_holds_for_it() {
         assert_eq!(&bob.next_message().await, expected);
     }
 }
+
+/// A replay from MongoDB is paged like the embedded store's and merged with what an outage left
+/// in the outbox: messages MongoDB already had and messages the outbox held while it was down
+/// arrive once each, in order, over more than one page, even while the relay is moving the
+/// held ones over. One more than the limit is the notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_spans_mongodb_pages_and_what_an_outage_left_in_the_outbox() {
+    let page = chatd::recovery::PAGE as usize;
+    let limit = 2 * page;
+    let mut mongo = MongoServer::start_local().await;
+    let chat = MongoChat::start(&mongo, &[("RECOVERY_LIMIT", &limit.to_string())]).await;
+    let server = &chat.server;
+    let since = server.send_ok("alice", &["alice", "bob"], "before").await;
+    let mut sent = Vec::new();
+    for i in 0..page + page / 2 {
+        sent.push(
+            server
+                .send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+                .await,
+        );
+    }
+    eventually("MongoDB has them all", || async {
+        (server.health().await["outbox"]["pending"] == 0).then_some(())
+    })
+    .await;
+    mongo.kill();
+    for i in sent.len()..limit {
+        sent.push(
+            server
+                .send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+                .await,
+        );
+    }
+    assert_eq!(server.health().await["outbox"]["pending"], page / 2);
+    mongo.restart().await;
+
+    // At once: the held messages are in the outbox, in MongoDB, or moving between the two.
+    let url = format!(
+        "ws://{}/ws?token={}&since={}",
+        server.addr,
+        server.token("bob"),
+        since["id"].as_str().unwrap()
+    );
+    let stream = eventually("a recovery can read MongoDB again", || async {
+        tokio_tungstenite::connect_async(&url).await.ok()
+    })
+    .await
+    .0;
+    let mut bob = common::WsClient { stream };
+    for (i, want) in sent.iter().enumerate() {
+        assert_eq!(&bob.next_message().await, want, "replayed frame {i}");
+    }
+    let live = server.send_ok("alice", &["alice", "bob"], "live").await;
+    assert_eq!(bob.next_message().await, live, "nothing twice at the seam");
+
+    let mut over = server
+        .ws_with_query("bob", &format!("&since={}", since["id"].as_str().unwrap()))
+        .await;
+    let notice = over.next_message().await;
+    assert_eq!(notice["type"], "recovery_limit_exceeded");
+    assert_eq!(notice["limit"], limit);
+}
