@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use ::metrics::{counter, histogram};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::BoxStream;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::{BoxStream, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{Instant, interval_at, timeout};
 use tokio_util::sync::CancellationToken;
