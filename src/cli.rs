@@ -145,7 +145,7 @@ fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> 
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let store = store::open(&config.store, &config.data_dir).await?;
+    let store = store::open(&config.store, &config.data_dir, Default::default()).await?;
     let applied = store.migrate().await?;
     if applied.is_empty() {
         writeln!(
@@ -163,7 +163,7 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// Works on the store's dead letters directly, so it works whether or not a server runs.
 async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let store = store::open(&config.store, &config.data_dir).await?;
+    let store = store::open(&config.store, &config.data_dir, Default::default()).await?;
     store.migrate().await?;
     let dead_letters = DeadLetters::new(store);
     match command {

@@ -13,6 +13,7 @@ pub mod fds;
 pub mod http;
 pub mod hub;
 pub mod ingest;
+pub mod integrity;
 pub mod metrics;
 pub mod model;
 pub mod outbox;

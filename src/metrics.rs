@@ -32,6 +32,8 @@ pub const HTTP_DURATION: &str = "chat_http_request_duration_seconds";
 pub const RATE_LIMITED: &str = "chat_rate_limited_total";
 pub const HTTP_REFUSED: &str = "chat_http_connections_refused_total";
 pub const BUILD_INFO: &str = "chat_build_info";
+pub const STORAGE_CORRUPTED: &str = "chat_storage_corrupted";
+pub const OUTBOX_ROWS_SKIPPED: &str = "chat_outbox_rows_skipped_total";
 
 /// Why a socket closed (`chat_ws_connections_closed_total{reason}`).
 pub const CLOSE_REASONS: &[&str] = &[
@@ -54,6 +56,8 @@ pub const REJECT_REASONS: &[&str] = &[
 pub const REFUSAL_REASONS: &[&str] = &["connections", "pending_per_client"];
 /// How a store write went (`chat_persist_batches_total{result}`).
 pub const BATCH_RESULTS: &[&str] = &["ok", "partial", "failed", "unavailable"];
+/// chatd's database files (`chat_storage_corrupted{file}`).
+pub const CORRUPTION_FILES: &[&str] = &["outbox", "store"];
 /// How a dead-letter replay went (`chat_dlq_replays_total{result}`).
 pub const REPLAY_RESULTS: &[&str] = &["replayed", "failed", "not_found"];
 
@@ -160,6 +164,14 @@ fn describe() {
         "connections answered 503 and closed at accept, by the cap they were over"
     );
     describe_gauge!(BUILD_INFO, "always 1; the version is a label");
+    describe_gauge!(
+        STORAGE_CORRUPTED,
+        "1 once a database file was found corrupted while running (until restart), by file"
+    );
+    describe_counter!(
+        OUTBOX_ROWS_SKIPPED,
+        "outbox seqs the relay could not read on corrupted pages and skipped"
+    );
 }
 
 /// Creates every series at zero (histograms without samples), labelled ones for every label
@@ -174,6 +186,7 @@ fn register() {
         PERSIST_RETRIES,
         DEAD_LETTERS,
         RATE_LIMITED,
+        OUTBOX_ROWS_SKIPPED,
     ] {
         counter!(name).absolute(0);
     }
@@ -196,6 +209,9 @@ fn register() {
         DEAD_LETTER_BACKLOG,
     ] {
         gauge!(name).set(0.0);
+    }
+    for file in CORRUPTION_FILES {
+        gauge!(STORAGE_CORRUPTED, "file" => *file).set(0.0);
     }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
@@ -231,6 +247,8 @@ mod tests {
             RATE_LIMITED,
             HTTP_REFUSED,
             BUILD_INFO,
+            STORAGE_CORRUPTED,
+            OUTBOX_ROWS_SKIPPED,
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

@@ -10,12 +10,17 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 
+use crate::integrity::Watch;
 use crate::model::{DeadLetter, Failure, Message};
 
 /// What the outbox holds, for [`check_integrity`]'s advice: it lives here so that the outbox's
 /// own file needs one line for its check.
 pub const OUTBOX_HOLDS: &str = "messages acknowledged (202) but not yet in the store: moving it \
      aside loses them, so restore it from a backup if you can";
+
+/// What to do about a corrupted file, at start-up and while running alike.
+pub const REMEDY: &str = "restore the file from a backup, or move it aside (with its -wal and \
+     -shm files) to start with an empty one";
 
 /// How long the start-up integrity check may take: a huge file is checked only this far rather
 /// than holding up the start.
@@ -80,12 +85,35 @@ fn check_within(path: &Path, holds: &str, budget: Duration) -> rusqlite::Result<
     Err(rusqlite::Error::SqliteFailure(
         rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
         Some(format!(
-            "{} is corrupted ({problems}). It holds {holds}. chatd will not start on it: stop \
-             here, restore the file from a backup, or move it aside (with its -wal and -shm \
-             files) to start with an empty one",
+            "{} is corrupted ({problems}). It holds {holds}. chatd will not start on it: \
+             {REMEDY}",
             path.display()
         )),
     ))
+}
+
+/// Whether an error means the database file itself is damaged, so that no query touching the
+/// damaged pages will ever succeed until an operator replaces the file: SQLITE_CORRUPT (with
+/// its extended codes), SQLITE_NOTADB, a short read (the file was truncated under chatd:
+/// its pages are gone) and SQLITE_IOERR_CORRUPTFS (the file system reports the damage).
+///
+/// Other I/O errors (a failed read, write or sync, a full disk) are not: they may pass, and
+/// the store treats them as an outage that waiting can fix. A sticky verdict on one of those
+/// would take a sound instance out of service for good.
+pub fn is_corruption(e: &rusqlite::Error) -> bool {
+    const IOERR_CORRUPTFS: std::ffi::c_int = rusqlite::ffi::SQLITE_IOERR | (33 << 8);
+    match e {
+        rusqlite::Error::SqliteFailure(error, _) => {
+            matches!(
+                error.code,
+                ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase
+            ) || matches!(
+                error.extended_code,
+                rusqlite::ffi::SQLITE_IOERR_SHORT_READ | IOERR_CORRUPTFS
+            )
+        }
+        _ => false,
+    }
 }
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -181,19 +209,22 @@ pub fn migrate(conn: &mut Connection, migrations: &[Migration]) -> rusqlite::Res
 }
 
 /// Read connections for blocking tasks: one is taken per read and put back after, so concurrent
-/// reads do not queue behind one connection. At most `max_idle` are kept between reads.
+/// reads do not queue behind one connection. At most `max_idle` are kept between reads. Every
+/// error passes its file's [`Watch`], so a read that meets a damaged page reports it.
 pub struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
+    watch: Watch,
 }
 
 impl ReadPool {
-    pub fn new(path: &Path, max_idle: usize) -> Self {
+    pub fn new(path: &Path, max_idle: usize, watch: Watch) -> Self {
         Self {
             path: path.to_owned(),
             idle: Mutex::new(Vec::new()),
             max_idle,
+            watch,
         }
     }
 
@@ -204,9 +235,9 @@ impl ReadPool {
         let taken = self.idle.lock().expect("read pool lock").pop();
         let conn = match taken {
             Some(conn) => conn,
-            None => open(&self.path)?,
+            None => open(&self.path).inspect_err(|e| self.watch.check(e))?,
         };
-        let result = f(&conn);
+        let result = f(&conn).inspect_err(|e| self.watch.check(e));
         let mut idle = self.idle.lock().expect("read pool lock");
         if idle.len() < self.max_idle {
             idle.push(conn);
@@ -305,6 +336,40 @@ mod tests {
         );
         assert!(err.contains("It holds the rows"), "{err}");
         assert!(err.contains("restore the file from a backup"), "{err}");
+    }
+
+    #[test]
+    fn only_errors_that_mean_a_damaged_file_are_corruption() {
+        let failure = |code| {
+            rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), Some("x".into()))
+        };
+        for code in [
+            rusqlite::ffi::SQLITE_CORRUPT,
+            rusqlite::ffi::SQLITE_CORRUPT_INDEX,
+            rusqlite::ffi::SQLITE_CORRUPT_SEQUENCE,
+            rusqlite::ffi::SQLITE_CORRUPT_VTAB,
+            rusqlite::ffi::SQLITE_NOTADB,
+            rusqlite::ffi::SQLITE_IOERR_SHORT_READ,
+            rusqlite::ffi::SQLITE_IOERR | (33 << 8), // SQLITE_IOERR_CORRUPTFS
+        ] {
+            assert!(is_corruption(&failure(code)), "{code}");
+        }
+        // Outages that may pass, and errors about a statement or a row.
+        for code in [
+            rusqlite::ffi::SQLITE_IOERR,
+            rusqlite::ffi::SQLITE_IOERR_READ,
+            rusqlite::ffi::SQLITE_IOERR_WRITE,
+            rusqlite::ffi::SQLITE_IOERR_FSYNC,
+            rusqlite::ffi::SQLITE_FULL,
+            rusqlite::ffi::SQLITE_BUSY,
+            rusqlite::ffi::SQLITE_READONLY,
+            rusqlite::ffi::SQLITE_CANTOPEN,
+            rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE,
+            rusqlite::ffi::SQLITE_ERROR,
+        ] {
+            assert!(!is_corruption(&failure(code)), "{code}");
+        }
+        assert!(!is_corruption(&rusqlite::Error::QueryReturnedNoRows));
     }
 
     #[test]

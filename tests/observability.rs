@@ -38,6 +38,8 @@ const REQUIRED: &[&str] = &[
     "chat_rate_limited_total",
     "chat_http_connections_refused_total",
     "chat_build_info",
+    "chat_storage_corrupted",
+    "chat_outbox_rows_skipped_total",
 ];
 
 async fn scrape(server: &TestServer, url: &str) -> String {

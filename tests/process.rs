@@ -100,6 +100,7 @@ async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
         "test",
         Duration::from_secs(60),
         Box::new(|_| {}),
+        Default::default(),
     )
     .unwrap();
     assert_eq!(outbox.counts(), OutboxCounts::default());

@@ -26,6 +26,7 @@ use crate::fds::{self, Limit};
 use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::{Hub, QueueBounds};
 use crate::ingest::Ingest;
+use crate::integrity::Integrity;
 use crate::metrics::Metrics;
 use crate::outbox::{Backoff, DeadLetters, Outbox, Relay};
 use crate::store::{self, StoreHealth};
@@ -76,6 +77,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
     let data_dir_lock = lock_data_dir(&config.data_dir)?;
     let verifier = verifier(&config)?;
     let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.bus_capacity));
+    // Corruption the outbox or the embedded store meets while running: sticky until restart.
+    let integrity = Arc::new(Integrity::default());
     let outbox = Arc::new(
         Outbox::open(
             &config.data_dir.join(OUTBOX_FILE),
@@ -86,11 +89,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
                 let bus = bus.clone();
                 move |event| bus.publish(event)
             }),
+            integrity.clone(),
         )
         .context("opening the outbox")?,
     );
     let metrics = Metrics::install();
-    let store = store::open(&config.store, &config.data_dir)
+    let store = store::open(&config.store, &config.data_dir, integrity.clone())
         .await
         .context("opening the store")?;
     let hub = Arc::new(Hub::new(
@@ -176,6 +180,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         metrics_on_main: metrics_listener.is_none(),
         store,
         store_health,
+        integrity,
         hub,
         limiter,
         admin_token: config.admin_token.as_deref().map(Arc::from),

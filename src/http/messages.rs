@@ -54,6 +54,7 @@ pub async fn send(
         )));
     }
     require_participant(&channel, &sender)?;
+    refuse_if_corrupted(&state)?;
     // From here the message may become durable: its sender must hear the 202, never a 408
     // that invites a retry of a message already accepted.
     if let Some(axum::Extension(deadline)) = deadline {
@@ -71,7 +72,9 @@ pub async fn send(
             }
             OutboxError::Storage(e) => {
                 tracing::error!(error = %e, "could not append to the outbox");
-                ApiError::unavailable("the message could not be stored, try again")
+                refuse_if_corrupted(&state).err().unwrap_or_else(|| {
+                    ApiError::unavailable("the message could not be stored, try again")
+                })
             }
         })?;
     let mut reply_headers = HeaderMap::new();
@@ -83,6 +86,25 @@ pub async fn send(
         message: appended.message,
     };
     Ok((StatusCode::ACCEPTED, reply_headers, Json(queued)))
+}
+
+/// Refuses every send once a database file was found corrupted while running: an outbox that
+/// may lose what it holds cannot promise what a 202 promises, and a broken store would never
+/// receive the message. 503 without `Retry-After`: retrying this instance will not help until
+/// an operator restarts it on a sound file; `/ready` has already taken it out of rotation, so
+/// a client or load balancer should send to another instance.
+fn refuse_if_corrupted(state: &AppState) -> Result<(), ApiError> {
+    match state.integrity.found().first() {
+        None => Ok(()),
+        Some(corrupted) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "this instance accepts no messages: its {} database is corrupted; send to \
+                 another instance",
+                corrupted.database.label()
+            ),
+        )),
+    }
 }
 
 /// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.

@@ -30,6 +30,7 @@ use crate::auth::Verifier;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::ingest::Ingest;
+use crate::integrity::Integrity;
 use crate::metrics::Metrics;
 use crate::outbox::{DeadLetters, Outbox};
 use crate::store::MessageStore;
@@ -50,6 +51,8 @@ pub struct AppState {
     pub outbox: Arc<Outbox>,
     pub store: Arc<dyn MessageStore>,
     pub store_health: Arc<StoreHealth>,
+    /// Files found corrupted while running: not ready, and sends refused.
+    pub integrity: Arc<Integrity>,
     pub hub: Arc<Hub>,
     pub limiter: Arc<RateLimiter>,
     pub dead_letters: Arc<DeadLetters>,

@@ -15,6 +15,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
+use crate::integrity::Database;
 use crate::metrics;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -111,6 +112,14 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         Err(e) => tracing::warn!(error = %e, "reading the outbox's oldest entry failed"),
     }
     gauge!(metrics::STORE_UP).set(if state.store_health.is_up() { 1.0 } else { 0.0 });
+    for database in Database::ALL {
+        let corrupted = state.integrity.is_corrupted(database);
+        gauge!(metrics::STORAGE_CORRUPTED, "file" => database.label()).set(if corrupted {
+            1.0
+        } else {
+            0.0
+        });
+    }
     // Dead letters still on their way from the outbox count too. An unanswered store keeps the
     // last figure rather than holding up the scrape.
     if let Ok(Ok(stored)) =
@@ -126,15 +135,35 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// `GET /ready`: 200 once the store is reachable and its migrations are applied.
-pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// `GET /ready`: 200 once the store is reachable and its migrations are applied. A database
+/// file found corrupted while running makes it 503 for good, naming the file and what to do:
+/// a load balancer takes the instance out, and only an operator can bring it back.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let corrupted = state.integrity.found();
+    if !corrupted.is_empty() {
+        let advice: Vec<String> = corrupted.iter().map(|c| c.advice()).collect();
+        let files: Vec<Value> = corrupted
+            .iter()
+            .map(|c| {
+                json!({
+                    "file": c.database.label(),
+                    "path": c.path.display().to_string(),
+                    "error": c.error,
+                })
+            })
+            .collect();
+        let body = json!({
+            "error": format!("not ready: {}", advice.join(" ")),
+            "corrupted": files,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     if state.store_health.is_ready() {
-        Ok(Json(json!({ "status": "ready" })))
+        Json(json!({ "status": "ready" })).into_response()
     } else if state.store_health.is_up() {
-        Err(ApiError::unavailable(
-            "not ready: the store's migrations are not applied yet",
-        ))
+        ApiError::unavailable("not ready: the store's migrations are not applied yet")
+            .into_response()
     } else {
-        Err(ApiError::unavailable("not ready: the store is unreachable"))
+        ApiError::unavailable("not ready: the store is unreachable").into_response()
     }
 }

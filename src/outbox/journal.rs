@@ -12,7 +12,9 @@ use chrono::Utc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError};
+use super::fresh::Fresh;
+use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError, PendingEntry};
+use crate::integrity::Watch;
 use crate::model::{Event, Failure, Message};
 use crate::sqlite::participants_json;
 
@@ -52,19 +54,30 @@ pub(super) struct Journal {
     instance: String,
     /// How long an idempotency key keeps answering with its first message.
     key_window: Duration,
-    counts: watch::Sender<OutboxCounts>,
-    new_work: Arc<Notify>,
-    on_commit: OnCommit,
-    /// The last committed id, moved before the new messages are published.
-    horizon: Arc<std::sync::Mutex<Arc<str>>>,
+    /// Told of a commit that failed because the file is corrupted, before the senders hear.
+    watch: Watch,
+    outlets: Outlets,
     last_pruned: Option<std::time::Instant>,
+}
+
+/// Whom the journal tells about each durable commit, in this order.
+pub(super) struct Outlets {
+    pub counts: watch::Sender<OutboxCounts>,
+    /// The last committed id, moved before the new messages are published.
+    pub horizon: Arc<std::sync::Mutex<Arc<str>>>,
+    /// Live delivery.
+    pub on_commit: OnCommit,
+    /// The relay: the new entries in memory, then a wake-up.
+    pub fresh: Arc<Fresh>,
+    pub new_work: Arc<Notify>,
 }
 
 /// What one command came to inside a group's transaction.
 enum Applied {
     /// An append's answer: a new message (published once the commit is durable), an
-    /// idempotency key's first message, or a refusal of this append alone.
-    Append(Result<Appended, OutboxError>),
+    /// idempotency key's first message, or a refusal of this append alone. A new message
+    /// comes with its `seq`.
+    Append(Result<Appended, OutboxError>, Option<i64>),
     Update,
 }
 
@@ -82,19 +95,15 @@ impl Journal {
         conn: Connection,
         instance: String,
         key_window: Duration,
-        counts: watch::Sender<OutboxCounts>,
-        new_work: Arc<Notify>,
-        on_commit: OnCommit,
-        horizon: Arc<std::sync::Mutex<Arc<str>>>,
+        watch: Watch,
+        outlets: Outlets,
     ) -> Self {
         Self {
             conn,
             instance,
             key_window,
-            counts,
-            new_work,
-            on_commit,
-            horizon,
+            watch,
+            outlets,
             last_pruned: None,
         }
     }
@@ -121,6 +130,7 @@ impl Journal {
             match self.commit(&group) {
                 Ok((applied, delta)) => self.committed(group.drain(..), applied, &delta),
                 Err(e) => {
+                    self.watch.check(&e);
                     tracing::error!(error = %e, commands = group.len(), "outbox commit failed");
                     for command in group.drain(..) {
                         command.fail(OutboxError::Storage(e.to_string()));
@@ -144,40 +154,49 @@ impl Journal {
     }
 
     /// After a durable commit: counts first, so a sender that got its 202 never sees a count
-    /// without its message; then the new messages go to the bus in commit order; then replies.
+    /// without its message; then the new messages go to the bus in commit order, and to the
+    /// relay; then replies.
     fn committed(
         &self,
         group: impl Iterator<Item = Command>,
         applied: Vec<Applied>,
         delta: &Delta,
     ) {
-        self.counts.send_modify(|c| {
+        let outlets = &self.outlets;
+        outlets.counts.send_modify(|c| {
             c.pending =
                 (c.pending + delta.appended).saturating_sub(delta.stored + delta.dead_lettered);
             c.dead_lettered =
                 (c.dead_lettered + delta.dead_lettered).saturating_sub(delta.forgotten);
         });
-        if delta.appended > 0 {
-            self.new_work.notify_one();
-        }
         let last_appended = applied.iter().rev().find_map(|applied| match applied {
-            Applied::Append(Ok(new)) if !new.repeated => Some(new.message.id.as_str()),
+            Applied::Append(Ok(new), Some(_)) => Some(new.message.id.as_str()),
             _ => None,
         });
         if let Some(id) = last_appended {
             // Before publishing: a reader of the horizon never waits for a frame up to it.
-            *self.horizon.lock().expect("horizon lock") = Arc::from(id);
+            *outlets.horizon.lock().expect("horizon lock") = Arc::from(id);
         }
+        let mut fresh = Vec::with_capacity(usize::try_from(delta.appended).unwrap_or(0));
         for (command, applied) in group.zip(applied) {
-            if let (Command::Append { draft, .. }, Applied::Append(Ok(new))) = (&command, &applied)
-                && !new.repeated
+            if let (Command::Append { draft, .. }, Applied::Append(Ok(new), Some(seq))) =
+                (&command, &applied)
             {
-                (self.on_commit)(Arc::new(Event {
+                (outlets.on_commit)(Arc::new(Event {
                     message: new.message.clone(),
                     accepted_at: draft.accepted_at,
                 }));
+                fresh.push(PendingEntry {
+                    seq: *seq,
+                    message: new.message.clone(),
+                    attempts: 0,
+                });
             }
             command.reply(applied);
+        }
+        if !fresh.is_empty() {
+            outlets.fresh.push(fresh);
+            outlets.new_work.notify_one();
         }
     }
 
@@ -205,7 +224,7 @@ impl Command {
     /// Tells the caller how its command went. A caller that stopped waiting no longer needs it.
     fn reply(self, applied: Applied) {
         match (self, applied) {
-            (Command::Append { done, .. }, Applied::Append(result)) => {
+            (Command::Append { done, .. }, Applied::Append(result, _)) => {
                 let _ = done.send(result);
             }
             (command, _) => command.fail_or_ok(Ok(())),
@@ -240,9 +259,7 @@ fn apply(
     delta: &mut Delta,
 ) -> rusqlite::Result<Applied> {
     match command {
-        Command::Append { draft, .. } => {
-            append(tx, draft, key_window_ms, delta).map(Applied::Append)
-        }
+        Command::Append { draft, .. } => append(tx, draft, key_window_ms, delta),
         Command::Stored { seqs, .. } => {
             let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1 AND dead = 0")?;
             for seq in seqs {
@@ -296,7 +313,7 @@ fn append(
     draft: &Draft,
     key_window_ms: i64,
     delta: &mut Delta,
-) -> rusqlite::Result<Result<Appended, OutboxError>> {
+) -> rusqlite::Result<Applied> {
     let now = Utc::now().timestamp_millis();
     if let Some(key) = &draft.idempotency_key {
         let first: Option<String> = tx
@@ -317,14 +334,15 @@ fn append(
             let first: Message = serde_json::from_str(&first).map_err(|e| {
                 rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
             })?;
-            return Ok(if draft.matches(&first) {
+            let answer = if draft.matches(&first) {
                 Ok(Appended {
                     message: first,
                     repeated: true,
                 })
             } else {
                 Err(OutboxError::KeyReused)
-            });
+            };
+            return Ok(Applied::Append(answer, None));
         }
     }
     let m = Message::accept(&draft.sender, &draft.channel, draft.content.clone());
@@ -339,6 +357,7 @@ fn append(
         participants_json(&m.participants),
         m.created_at.timestamp_millis(),
     ])?;
+    let seq = tx.last_insert_rowid();
     if let Some(key) = &draft.idempotency_key {
         tx.prepare_cached(
             "INSERT OR REPLACE INTO idempotency_keys (sender, key, message, created_at)
@@ -352,8 +371,9 @@ fn append(
         ])?;
     }
     delta.appended += 1;
-    Ok(Ok(Appended {
+    let appended = Appended {
         message: m,
         repeated: false,
-    }))
+    };
+    Ok(Applied::Append(Ok(appended), Some(seq)))
 }

@@ -5,7 +5,9 @@
 
 mod backoff;
 mod dead_letters;
+mod fresh;
 mod journal;
+mod read_around;
 mod recipients;
 mod relay;
 
@@ -17,6 +19,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+use crate::integrity::{Database, Integrity, Watch};
 use crate::model::{Channel, DeadLetter, Event, Failure, Message, UserId};
 use crate::sqlite::{self, Checkpointer, Migration, ReadPool};
 
@@ -24,7 +27,9 @@ pub use backoff::Backoff;
 pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
 pub use relay::Relay;
 
-use journal::{Command, Journal};
+use fresh::{Fresh, Next};
+use journal::{Command, Journal, Outlets};
+use read_around::Unreadable;
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -137,6 +142,12 @@ pub struct Outbox {
     readers: Arc<ReadPool>,
     counts: watch::Receiver<OutboxCounts>,
     new_work: Arc<Notify>,
+    /// New entries on their way to the relay in memory.
+    fresh: Arc<Fresh>,
+    /// Where corruption met on this file is reported.
+    watch: Watch,
+    /// The `seq`s found unreadable on damaged pages, which reads skip from then on.
+    unreadable: Arc<Unreadable>,
     _checkpointer: Checkpointer,
 }
 
@@ -144,13 +155,16 @@ impl Outbox {
     /// Opens (or creates) the outbox at `path` and starts its journal thread. At most `queue`
     /// commands wait for the next commit; failures it records name `instance`; idempotency
     /// keys answer for `key_window`; every new message goes to `on_commit` once durable.
+    /// Corruption met while running is reported to `integrity`.
     pub fn open(
         path: &Path,
         queue: usize,
         instance: &str,
         key_window: Duration,
         on_commit: OnCommit,
+        integrity: Arc<Integrity>,
     ) -> Result<Self, OutboxError> {
+        let watch = Watch::new(integrity, Database::Outbox, path, sqlite::OUTBOX_HOLDS);
         sqlite::check_integrity(path, sqlite::OUTBOX_HOLDS)?;
         let (mut conn, checkpointer) = sqlite::open_writer(path)?;
         sqlite::migrate(&mut conn, MIGRATIONS)?;
@@ -163,23 +177,32 @@ impl Outbox {
         let horizon = Arc::new(std::sync::Mutex::new(Arc::from(
             uuid::Uuid::now_v7().to_string(),
         )));
+        let fresh = Arc::new(Fresh::new());
+        let outlets = Outlets {
+            counts: counts_tx,
+            horizon: horizon.clone(),
+            on_commit,
+            fresh: fresh.clone(),
+            new_work: new_work.clone(),
+        };
         Journal::new(
             conn,
             instance.to_string(),
             key_window,
-            counts_tx,
-            new_work.clone(),
-            on_commit,
-            horizon.clone(),
+            watch.clone(),
+            outlets,
         )
         .spawn(receiver)
         .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
         Ok(Self {
             commands,
             horizon,
-            readers: Arc::new(ReadPool::new(path, 2)),
+            readers: Arc::new(ReadPool::new(path, 2, watch.clone())),
             counts,
             new_work,
+            fresh,
+            watch,
+            unreadable: Arc::default(),
             _checkpointer: checkpointer,
         })
     }
@@ -198,33 +221,69 @@ impl Outbox {
         committed.await.map_err(|_| OutboxError::Closed)?
     }
 
-    /// Up to `limit` pending (not dead) entries after `seq`, oldest first.
-    pub async fn pending_after(
+    /// The relay's next new entries: up to `limit` pending entries after `seq`, oldest first,
+    /// from memory when the journal could hand them over, else from the file (see `fresh`).
+    pub async fn next_pending(
+        &self,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<PendingEntry>, OutboxError> {
+        match self.fresh.next(seq, limit) {
+            Next::Entries(entries) => Ok(entries),
+            Next::ReadDisk { drops } => {
+                let read = self.pending_after(seq, limit).await?;
+                self.fresh.read_from_disk(drops, read.len() < limit);
+                Ok(read)
+            }
+        }
+    }
+
+    /// Up to `limit` pending (not dead) entries after `seq`, oldest first. In a corrupted
+    /// outbox, the entries that can still be read, skipping those on damaged pages.
+    async fn pending_after(
         &self,
         seq: i64,
         limit: usize,
     ) -> Result<Vec<PendingEntry>, OutboxError> {
         let readers = self.readers.clone();
+        let (watch, unreadable, wanted) = (self.watch.clone(), self.unreadable.clone(), limit);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = tokio::task::spawn_blocking(move || {
             readers.read(|conn| {
-                conn.prepare_cached(
-                    "SELECT seq, id, sender, content, participants, created_at, attempts
+                let read = conn
+                    .prepare_cached(
+                        "SELECT seq, id, sender, content, participants, created_at, attempts
                      FROM outbox WHERE dead = 0 AND seq > ?1 ORDER BY seq LIMIT ?2",
-                )?
-                .query_map(params![seq, limit], |row| {
-                    Ok(PendingEntry {
-                        seq: row.get(0)?,
-                        message: sqlite::message_from_row(row, 1)?,
-                        attempts: row.get(6)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
+                    )
+                    .and_then(|mut pending| {
+                        pending
+                            .query_map(params![seq, limit], |row| {
+                                Ok(PendingEntry {
+                                    seq: row.get(0)?,
+                                    message: sqlite::message_from_row(row, 1)?,
+                                    attempts: row.get(6)?,
+                                })
+                            })?
+                            .collect::<rusqlite::Result<Vec<_>>>()
+                    });
+                match read {
+                    Err(e) if sqlite::is_corruption(&e) => {
+                        watch.check(&e);
+                        read_around::pending_around(conn, seq, wanted, &unreadable)
+                    }
+                    read => read,
+                }
             })
         })
         .await
         .map_err(|e| OutboxError::Storage(e.to_string()))??;
         Ok(rows)
+    }
+
+    /// Whether this outbox was found corrupted while running: its bookkeeping may fail for
+    /// good, and nothing may be appended to it.
+    pub fn is_corrupted(&self) -> bool {
+        self.watch.is_corrupted()
     }
 
     /// The store has these entries: they leave the outbox.

@@ -44,6 +44,7 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -65,6 +66,7 @@ mod tests {
             "test",
             Duration::from_secs(60),
             Box::new(|_| {}),
+            Arc::default(),
         )
         .unwrap()
     }

@@ -174,7 +174,7 @@ impl Dispatcher {
         };
         let wanted = self.batch_size - batch.len();
         if may_read && wanted > 0 && self.retries.has_room() {
-            match self.outbox.pending_after(self.cursor, wanted).await {
+            match self.outbox.next_pending(self.cursor, wanted).await {
                 Ok(new) => {
                     // After a short read, let the next batch gather for a few milliseconds:
                     // fewer, fuller store transactions (each one a disk sync) for a little more
@@ -388,6 +388,7 @@ mod tests {
                 "test:1",
                 Duration::from_secs(60),
                 Box::new(|_| {}),
+                Arc::default(),
             )
             .unwrap(),
         );
@@ -487,6 +488,33 @@ mod tests {
         assert_eq!(store.stored.lock().unwrap().len(), 5);
         assert_eq!(running.outbox.counts(), OutboxCounts::default());
         assert!(store.dead_letters.lock().unwrap().is_empty());
+        running.stop().await;
+    }
+
+    #[tokio::test]
+    async fn more_appends_than_memory_holds_during_an_outage_are_all_stored_once() {
+        // Down while more is appended than the journal hands the relay in memory, so the
+        // relay reads the rest from the file.
+        let store = FakeStore::new(u32::MAX, true);
+        let settings = RelaySettings {
+            workers: 2,
+            batch_size: 64,
+            ..quick(1)
+        };
+        let running = start(store.clone(), &[], settings).await;
+        let appends = 4400;
+        let mut sent = Vec::with_capacity(appends);
+        for i in 0..appends {
+            sent.push(running.append(&format!("m{i}")).await.id);
+        }
+        store.outages.store(0, Ordering::SeqCst);
+        tokio::time::timeout(Duration::from_secs(30), running.outbox.drained())
+            .await
+            .expect("the outbox drains");
+        let stored = store.stored.lock().unwrap().clone();
+        assert_eq!(stored.len(), appends, "every message stored");
+        let stored: std::collections::HashSet<_> = stored.into_iter().collect();
+        assert!(sent.iter().all(|id| stored.contains(id)));
         running.stop().await;
     }
 

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::config::StoreSettings;
+use crate::integrity::Integrity;
 use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
 
 pub use health::StoreHealth;
@@ -125,10 +126,12 @@ pub trait MessageStore: Send + Sync + 'static {
 }
 
 /// Opens the configured store. Its migrations are applied separately ([`MessageStore::migrate`]),
-/// so chatd can start while MongoDB is away.
+/// so chatd can start while MongoDB is away. The embedded store reports a file found corrupted
+/// while running to `integrity`.
 pub async fn open(
     settings: &StoreSettings,
     data_dir: &Path,
+    integrity: Arc<Integrity>,
 ) -> Result<Arc<dyn MessageStore>, StoreError> {
     Ok(match &settings.mongo {
         Some(mongo) => Arc::new(MongoStore::connect(mongo, settings.timeout).await?),
@@ -137,7 +140,7 @@ pub async fn open(
                 StoreError::Failed(format!("creating DATA_DIR {}: {e}", data_dir.display()))
             })?;
             Arc::new(
-                SqliteStore::open(&data_dir.join(SQLITE_FILE))
+                SqliteStore::open(&data_dir.join(SQLITE_FILE), integrity)
                     .map_err(|e| StoreError::Failed(format!("opening the embedded store: {e}")))?,
             )
         }

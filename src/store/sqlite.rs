@@ -6,6 +6,7 @@ use chrono::DateTime;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, ffi, params};
 
 use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
+use crate::integrity::{Database, Integrity, Watch};
 use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
 use crate::sqlite::{
     self, Checkpointer, Migration, ReadPool, dead_letter_from_row, message_from_row,
@@ -29,6 +30,10 @@ const MIGRATIONS: &[Migration] = &[
 
 const READERS: usize = 4;
 
+/// What the embedded store's file holds, for the advice on a corrupted one.
+const HOLDS: &str =
+    "the embedded store's history and dead letters (a file moved aside starts empty)";
+
 const DEAD_LETTER_COLUMNS: &str = "id, sender, content, participants, created_at, error_kind, \
      error_message, attempts, first_failed_at, last_failed_at, instance";
 
@@ -36,19 +41,22 @@ const DEAD_LETTER_COLUMNS: &str = "id, sender, content, participants, created_at
 pub struct SqliteStore {
     writer: Arc<Mutex<Connection>>,
     readers: Arc<ReadPool>,
+    /// Where corruption met on the file, writing or reading, is reported.
+    watch: Watch,
     _checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
-    pub fn open(path: &Path) -> rusqlite::Result<Self> {
-        sqlite::check_integrity(
-            path,
-            "the embedded store's history and dead letters (a file moved aside starts empty)",
-        )?;
+    /// Opens the store at `path`, checked first; corruption met while running is reported to
+    /// `integrity`.
+    pub fn open(path: &Path, integrity: Arc<Integrity>) -> rusqlite::Result<Self> {
+        sqlite::check_integrity(path, HOLDS)?;
+        let watch = Watch::new(integrity, Database::Store, path, HOLDS);
         let (writer, checkpointer) = sqlite::open_writer(path)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
-            readers: Arc::new(ReadPool::new(path, READERS)),
+            readers: Arc::new(ReadPool::new(path, READERS, watch.clone())),
+            watch,
             _checkpointer: checkpointer,
         })
     }
@@ -57,10 +65,12 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let writer = self.writer.clone();
+        let (writer, watch) = (self.writer.clone(), self.watch.clone());
         blocking(move || {
             let mut conn = writer.lock().expect("store writer lock");
-            f(&mut conn).map_err(|e| classify(&conn, e))
+            f(&mut conn)
+                .inspect_err(|e| watch.check(e))
+                .map_err(|e| classify(&conn, e))
         })
         .await?
     }
@@ -69,11 +79,18 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let readers = self.readers.clone();
-        // The outer error is opening a connection, which no message can cause.
-        blocking(move || readers.read(|conn| Ok(f(conn).map_err(|e| classify(conn, e)))))
-            .await?
-            .map_err(|e| StoreError::Unavailable(format!("opening a connection: {e}")))?
+        let (readers, watch) = (self.readers.clone(), self.watch.clone());
+        // The outer error is opening a connection, which no message can cause. The inner one
+        // is classified here, so the pool never sees it: it passes the watch first.
+        blocking(move || {
+            readers.read(|conn| {
+                Ok(f(conn)
+                    .inspect_err(|e| watch.check(e))
+                    .map_err(|e| classify(conn, e)))
+            })
+        })
+        .await?
+        .map_err(|e| StoreError::Unavailable(format!("opening a connection: {e}")))?
     }
 }
 
@@ -440,7 +457,7 @@ mod tests {
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("store.db")).unwrap();
+        let store = SqliteStore::open(&dir.path().join("store.db"), Arc::default()).unwrap();
         assert_eq!(
             store.migrate().await.unwrap(),
             [
@@ -472,7 +489,7 @@ mod tests {
             )
             .unwrap();
         }
-        let store = SqliteStore::open(&path).unwrap();
+        let store = SqliteStore::open(&path, Arc::default()).unwrap();
         assert_eq!(
             store.migrate().await.unwrap(),
             ["0003_message_participants"]

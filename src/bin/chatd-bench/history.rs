@@ -59,7 +59,7 @@ impl Layout {
 pub async fn build(data_dir: &Path, layout: &Layout) -> anyhow::Result<String> {
     std::fs::create_dir_all(data_dir)?;
     let path = data_dir.join(SQLITE_FILE);
-    let store = SqliteStore::open(&path)?;
+    let store = SqliteStore::open(&path, Default::default())?;
     store.migrate().await?;
     let existing = count(&path)?;
     // Built by an earlier run, which added its live sends (between other users) on top.

@@ -170,6 +170,10 @@ impl BatchWriter {
 
     /// Retries an outbox update until it succeeds; false if `stop` came first. The dispatcher's
     /// cursor has moved past these entries, so giving up would strand them until a restart.
+    /// In an outbox found corrupted, that restart is due anyway and the update may never
+    /// succeed (a damaged page beside the row): it is given up so that this writer goes on
+    /// draining what can still be read. The store has those entries, or they wait in the retry
+    /// set; the rows stay in the outbox and would only be written again, idempotently.
     async fn until_recorded<F, Fut>(&self, stop: &CancellationToken, mut update: F) -> bool
     where
         F: FnMut() -> Fut,
@@ -179,6 +183,10 @@ impl BatchWriter {
         loop {
             match update().await {
                 Ok(()) => return true,
+                Err(e) if self.outbox.is_corrupted() => {
+                    tracing::warn!(error = %e, "the outbox is corrupted: its bookkeeping is given up");
+                    return true;
+                }
                 Err(e) => {
                     failures += 1;
                     tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
