@@ -1,6 +1,6 @@
 //! A database file corrupted while chatd runs: the instance says it is not ready and why,
 //! refuses sends without appending anything, shows it in `/metrics`, and the relay still
-//! drains every acknowledged message it can read from a damaged outbox.
+//! drains every acknowledged message it holds or can read from a damaged outbox.
 //!
 //! SQLite only sees damage when it reads a page from the file: so each test first checkpoints
 //! the file's WAL away (every page is then in the file), overwrites pages with garbage, and
@@ -189,9 +189,18 @@ async fn a_store_corrupted_while_running_is_named_and_sends_are_refused() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_corrupted_outbox_still_drains_every_message_it_can_read() {
-    let _serial = SERIAL.lock().await;
+/// An outbox whose leaf page in the middle of `messages` pending acknowledged messages was
+/// garbled while chatd ran, and the store then let go: the server, the ids sent, the ids on the
+/// damaged page, the outbox's path and the skipped-row count before.
+struct DamagedOutbox {
+    server: TestServer,
+    sent: Vec<String>,
+    on_damaged_page: BTreeSet<String>,
+    path: PathBuf,
+    skipped_before: f64,
+}
+
+async fn damage_the_outbox_under(messages: usize) -> DamagedOutbox {
     // One writer of small batches, backing off briefly while the store is held below. The
     // outbox never drains (its damaged rows stay), so shutdown does not wait for it.
     let server = TestServer::start_with(&[
@@ -205,7 +214,7 @@ async fn a_corrupted_outbox_still_drains_every_message_it_can_read() {
     let skipped_before = metric(&scrape(&server).await, "chat_outbox_rows_skipped_total");
 
     // The store is held by another writer, so every message waits in the outbox (the relay's
-    // one writer holds its first batch in memory, waiting for the store).
+    // one writer holds its first batch, waiting for the store).
     let store = server.data_dir.path().join(SQLITE_FILE);
     let holder = blocking(move || {
         let conn = connect(&store);
@@ -213,17 +222,26 @@ async fn a_corrupted_outbox_still_drains_every_message_it_can_read() {
         conn
     })
     .await;
-    let mut sent = Vec::new();
-    for i in 0..80 {
-        let message = server
-            .send_ok("alice", &["alice", "bob"], &content(i))
-            .await;
-        sent.push(message["id"].as_str().unwrap().to_string());
+    let mut sent = Vec::with_capacity(messages);
+    // A few senders at once, so that thousands of sends take seconds, not minutes.
+    for chunk in (0..messages).collect::<Vec<_>>().chunks(16) {
+        let contents: Vec<String> = chunk.iter().map(|i| content(*i)).collect();
+        let replies = futures_util::future::join_all(
+            contents
+                .iter()
+                .map(|c| server.send_ok("alice", &["alice", "bob"], c)),
+        )
+        .await;
+        sent.extend(
+            replies
+                .iter()
+                .map(|m| m["id"].as_str().unwrap().to_string()),
+        );
     }
 
     // A leaf of the outbox's table in the middle of the pending rows becomes garbage.
     let path: PathBuf = server.data_dir.path().join(OUTBOX_FILE);
-    let lost: BTreeSet<String> = blocking({
+    let on_damaged_page: BTreeSet<String> = blocking({
         let path = path.clone();
         move || {
             let conn = connect(&path);
@@ -235,7 +253,7 @@ async fn a_corrupted_outbox_still_drains_every_message_it_can_read() {
                 .unwrap()
                 .collect::<rusqlite::Result<_>>()
                 .unwrap();
-            assert_eq!(ids.len(), 80, "every message is pending");
+            assert_eq!(ids.len(), messages, "every message is pending");
             let leaves = leaves(&conn, "outbox");
             assert!(leaves.len() >= 6, "{leaves:?}");
             let first: i64 = leaves[..4].iter().map(|l| l.1).sum();
@@ -245,34 +263,93 @@ async fn a_corrupted_outbox_still_drains_every_message_it_can_read() {
         }
     })
     .await;
-    assert!(!lost.is_empty());
+    assert!(!on_damaged_page.is_empty());
     blocking(move || drop(holder)).await;
+    DamagedOutbox {
+        server,
+        sent,
+        on_damaged_page,
+        path,
+        skipped_before,
+    }
+}
 
-    // Every message still readable reaches the store; those on the damaged page are skipped.
-    let readable: BTreeSet<String> = sent
-        .iter()
-        .filter(|id| !lost.contains(*id))
-        .cloned()
-        .collect();
-    let stored: BTreeSet<String> = server
-        .stored("bob", "alice,bob", readable.len())
-        .await
-        .iter()
-        .map(|m| m["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(stored, readable);
-    let text = scrape(&server).await;
-    assert_eq!(
-        metric(&text, "chat_outbox_rows_skipped_total") - skipped_before,
-        lost.len() as f64
-    );
+/// Waits until the store holds exactly `expected`, read from its file.
+async fn store_holds(server: &TestServer, expected: &BTreeSet<String>) {
+    let store = server.data_dir.path().join(SQLITE_FILE);
+    eventually(
+        &format!("the store holds {} messages", expected.len()),
+        || {
+            let store = store.clone();
+            async move {
+                let stored: BTreeSet<String> = blocking(move || {
+                    connect(&store)
+                        .prepare("SELECT id FROM messages")
+                        .unwrap()
+                        .query_map([], |row| row.get(0))
+                        .unwrap()
+                        .collect::<rusqlite::Result<_>>()
+                        .unwrap()
+                })
+                .await;
+                (stored == *expected).then_some(())
+            }
+        },
+    )
+    .await;
+}
+
+/// The outbox is marked corrupted, `/ready` says so and sends are refused.
+async fn refuses_for_the_damaged_outbox(damaged: &DamagedOutbox) {
+    let text = scrape(&damaged.server).await;
     assert_eq!(
         metric(&text, "chat_storage_corrupted{file=\"outbox\"}"),
         1.0
     );
     assert_eq!(metric(&text, "chat_storage_corrupted{file=\"store\"}"), 0.0);
+    not_ready_because(&damaged.server, "outbox", &damaged.path).await;
+    sends_are_refused(&damaged.server).await;
+}
 
-    not_ready_because(&server, "outbox", &path).await;
-    sends_are_refused(&server).await;
-    server.shutdown().await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_the_relay_holds_in_memory_reach_the_store_past_a_damaged_outbox_page() {
+    let _serial = SERIAL.lock().await;
+    // Fewer than the journal hands the relay in memory: it never reads them back.
+    let damaged = damage_the_outbox_under(80).await;
+    let all: BTreeSet<String> = damaged.sent.iter().cloned().collect();
+    store_holds(&damaged.server, &all).await;
+    // Removing the stored rows from the outbox reads the damaged page.
+    eventually("the outbox is found corrupted", || async {
+        let text = scrape(&damaged.server).await;
+        (metric(&text, "chat_storage_corrupted{file=\"outbox\"}") == 1.0).then_some(())
+    })
+    .await;
+    let text = scrape(&damaged.server).await;
+    assert_eq!(
+        metric(&text, "chat_outbox_rows_skipped_total"),
+        damaged.skipped_before
+    );
+    refuses_for_the_damaged_outbox(&damaged).await;
+    damaged.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_reading_a_damaged_outbox_skips_only_the_damaged_page() {
+    let _serial = SERIAL.lock().await;
+    // More than the journal hands the relay in memory (4,096): the relay reads the file.
+    let damaged = damage_the_outbox_under(4400).await;
+    let readable: BTreeSet<String> = damaged
+        .sent
+        .iter()
+        .filter(|id| !damaged.on_damaged_page.contains(*id))
+        .cloned()
+        .collect();
+    store_holds(&damaged.server, &readable).await;
+    let text = scrape(&damaged.server).await;
+    assert_eq!(
+        metric(&text, "chat_outbox_rows_skipped_total") - damaged.skipped_before,
+        damaged.on_damaged_page.len() as f64
+    );
+    refuses_for_the_damaged_outbox(&damaged).await;
+    damaged.server.shutdown().await;
 }

@@ -216,11 +216,7 @@ async fn ready_waits_for_a_reachable_store_while_sends_are_still_accepted() {
     assert_eq!(ready.status(), 200);
 
     // A MongoDB nobody listens for: chatd starts anyway and keeps messages in its outbox.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let uri = format!("mongodb://{closed}");
+    let uri = common::unreachable_mongo_uri();
     let away = TestServer::start_with(&[("MONGO_URI", &uri), ("STORE_TIMEOUT", "300ms")]).await;
     let not_ready = away.http.get(away.url("/ready")).send().await.unwrap();
     assert_eq!(not_ready.status(), 503);

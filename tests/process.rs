@@ -112,11 +112,7 @@ async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
 #[tokio::test]
 async fn gauges_show_an_unreachable_store_and_what_waits_for_it() {
     let data_dir = tempfile::tempdir().unwrap();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let uri = format!("mongodb://{closed}");
+    let uri = common::unreachable_mongo_uri();
     let env = [("MONGO_URI", uri.as_str()), ("STORE_TIMEOUT", "300ms")];
     let chatd = Chatd::start(data_dir.path(), "gauges", &env);
     let _bob = {
@@ -348,11 +344,7 @@ fn assert_refuses_corrupted(
 async fn a_corrupted_outbox_stops_chatd_with_what_to_do() {
     let data_dir = tempfile::tempdir().unwrap();
     // The store is away, so what is accepted stays pending in the outbox.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let uri = format!("mongodb://{closed}");
+    let uri = common::unreachable_mongo_uri();
     let env = [
         ("MONGO_URI", uri.as_str()),
         ("STORE_TIMEOUT", "300ms"),

@@ -455,3 +455,12 @@ impl Counter {
         self.done.await.expect("the reader")
     }
 }
+
+/// A `MONGO_URI` nobody listens on: a port that was free a moment ago, its listener closed.
+pub fn unreachable_mongo_uri() -> String {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    format!("mongodb://{closed}")
+}
