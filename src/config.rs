@@ -180,8 +180,8 @@ pub const SETTINGS: &[Setting] = &[
     ),
     setting(
         "RECOVERY_CONCURRENCY",
-        "8",
-        "reconnect recoveries read at once; an upgrade that waits more than a second for its turn gets 503 (1 to 1024)",
+        "2",
+        "reconnect recoveries read and replayed at once; an upgrade that waits more than a second for its turn gets 503 (1 to 1024)",
     ),
     setting(
         "WS_SEND_QUEUE_BYTES",

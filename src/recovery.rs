@@ -14,31 +14,35 @@
 //! moves between the two reads is in the second answer if it is not in the first. (Read at
 //! the same time, or store first, a message moving in between was in neither.)
 //!
+//! A recovery costs what it returns, however old `since` is:
+//! 1. The outbox's pending messages in the range are read whole, through its (user, id) index,
+//!    at most `limit + 1` of them. They are few: only what the relay has not written yet.
+//! 2. The store is asked for the ids alone, through its (participant, id) index, at most
+//!    `limit + 1`. With (1) they say whether more than `limit` were missed, the user's own
+//!    messages counted too (that needs no message read), and then the client is told to page
+//!    history instead (`over_limit_notice`).
+//! 3. Otherwise the store's messages are read a page at a time ([`replay::PAGE`]) as the socket
+//!    writes them, merged by id with (1); see `replay`. Every page is read after (1), so the
+//!    argument above holds for each: a message of the range was in (1) or is in the store for
+//!    every page read. One that is in both is sent once.
+//!
 //! That holds for one instance, whose journal orders its ids; instances of a cluster order
 //! their own ids only, so a cluster needs a cluster-wide cursor (the broker's sequence).
 
-use std::collections::BTreeMap;
+mod replay;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::ws::Utf8Bytes;
+use futures_util::stream;
+use tokio::sync::OwnedSemaphorePermit;
 
-use crate::model::{Message, UserId};
+use crate::hub::{Early, Prelude};
+use crate::model::UserId;
 use crate::outbox::{Outbox, OutboxError};
 use crate::store::{MessageStore, StoreError};
 
-/// What a reconnecting socket is sent before the live stream.
-#[derive(Debug, Default)]
-pub struct Recovery {
-    /// The missed messages, oldest first, serialized.
-    pub frames: Vec<Utf8Bytes>,
-    /// Live frames up to this id are not sent: they were replayed, or seen before `since`.
-    pub seam: Option<Arc<str>>,
-    /// More were missed than the limit: the client is told to page history instead.
-    pub over_limit: Option<u32>,
-    /// This recovery's turn (`RECOVERY_CONCURRENCY`), given back once its frames are written,
-    /// so the memory recoveries hold at once is bounded.
-    pub turn: Option<tokio::sync::OwnedSemaphorePermit>,
-}
+pub use replay::PAGE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecoveryError {
@@ -48,67 +52,56 @@ pub enum RecoveryError {
     Outbox(#[from] OutboxError),
 }
 
-impl Recovery {
-    /// The first frame when more than `limit` messages were missed.
-    pub fn over_limit_notice(limit: u32) -> Utf8Bytes {
-        serde_json::json!({
+/// The first frame when more than `limit` messages were missed.
+pub fn over_limit_notice(limit: u32) -> Early {
+    Early {
+        id: None,
+        text: serde_json::json!({
             "type": "recovery_limit_exceeded",
             "limit": limit,
             "error": "more messages were missed than can be replayed: page history instead",
         })
         .to_string()
-        .into()
+        .into(),
     }
 }
 
-/// The messages `user` missed after `since`, not counting the user's own (a sender's sockets
-/// never receive its messages live either).
+/// What a socket of `user` reconnecting with `since` is sent before the live stream: the
+/// messages of its channels after `since`, not counting the user's own (a sender's sockets
+/// never receive its messages live either), or the notice that they are more than `limit`.
+/// `turn` (`RECOVERY_CONCURRENCY`) is held until the replay is written or the socket closes.
 pub async fn missed(
-    store: &dyn MessageStore,
+    store: Arc<dyn MessageStore>,
     outbox: &Outbox,
     user: &UserId,
     since: &str,
     limit: u32,
-) -> Result<Recovery, RecoveryError> {
+    turn: OwnedSemaphorePermit,
+) -> Result<Prelude, RecoveryError> {
     let horizon = outbox.horizon();
     let fetch = limit.saturating_add(1);
+    let within = |id: &str| id <= &*horizon;
     // The outbox first: see the module's doc.
-    let pending = outbox.pending_for(user, since, fetch).await?;
-    let stored = store.missed_by(user, since, fetch).await?;
+    let mut pending = outbox.pending_for(user, since, fetch).await?;
+    pending.retain(|m| within(&m.id));
+    let stored = store.missed_ids(user, since, fetch).await?;
     // Both lists are in id order: what lies past the horizon comes live, and a list cut short
     // below the horizon means there may be more than the limit.
-    let within = |messages: Vec<Message>| -> Vec<Message> {
-        messages.into_iter().filter(|m| *m.id <= *horizon).collect()
-    };
-    let (pending, stored) = (within(pending), within(stored));
-    let over_limit = Recovery {
-        over_limit: Some(limit),
-        seam: Some(horizon.clone()),
-        ..Recovery::default()
-    };
-    if stored.len() > limit as usize || pending.len() > limit as usize {
-        return Ok(over_limit);
-    }
-    let missed: BTreeMap<String, Message> = stored
-        .into_iter()
-        .chain(pending)
-        .filter(|m| m.sender != user.as_str())
-        .map(|m| (m.id.clone(), m))
+    let missed: BTreeSet<&str> = stored
+        .iter()
+        .map(String::as_str)
+        .filter(|id| within(id))
+        .chain(pending.iter().map(|m| m.id.as_str()))
         .collect();
-    if missed.len() > limit as usize {
-        return Ok(over_limit);
+    let over_limit = missed.len() > limit as usize;
+    if over_limit {
+        return Ok(Prelude {
+            frames: Box::pin(stream::iter([Ok(over_limit_notice(limit))])),
+            seam: Some(horizon),
+        });
     }
-    Ok(Recovery {
-        frames: missed
-            .values()
-            .map(|m| {
-                serde_json::to_string(m)
-                    .expect("a message always serializes")
-                    .into()
-            })
-            .collect(),
+    Ok(Prelude {
+        frames: Box::pin(replay::Replay::new(store, user, since, &horizon, pending, turn).frames()),
         seam: Some(horizon),
-        over_limit: None,
-        turn: None,
     })
 }

@@ -204,3 +204,35 @@ fn drain_runs() {
         "{summary}"
     );
 }
+
+#[test]
+fn recovery_runs_and_every_reconnect_gets_its_replay() {
+    let summary = bench(&[
+        "recovery",
+        "--messages",
+        "3000",
+        "--reconnects",
+        "4",
+        "--replayed",
+        "150",
+        "--rate",
+        "50",
+        "--baseline",
+        "2",
+    ]);
+    assert_eq!(summary["sockets"], 4, "{summary}");
+    assert_eq!(summary["extra"]["reconnects"], 4, "{summary}");
+    assert_eq!(summary["errors"], 0, "{summary}");
+    assert_eq!(summary["accepted"], summary["sent"], "{summary}");
+    for field in [
+        "send_before_p99_ms",
+        "send_during_p99_ms",
+        "replay_max_ms",
+        "rss_after_close_kib",
+    ] {
+        assert!(
+            summary["extra"][field].is_number(),
+            "{field} missing from {summary}"
+        );
+    }
+}

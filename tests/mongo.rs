@@ -750,3 +750,137 @@ async fn a_reconnecting_socket_gets_what_mongodb_holds_for_it() {
         assert_eq!(&bob.next_message().await, expected);
     }
 }
+
+/// A replay from MongoDB is paged like the embedded store's and merged with what an outage left
+/// in the outbox: messages MongoDB already had and messages the outbox held while it was down
+/// arrive once each, in order, over more than one page, even while the relay is moving the
+/// held ones over. One more than the limit is the notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_spans_mongodb_pages_and_what_an_outage_left_in_the_outbox() {
+    let page = chatd::recovery::PAGE as usize;
+    let limit = 2 * page;
+    let mut mongo = MongoServer::start_local().await;
+    let chat = MongoChat::start(&mongo, &[("RECOVERY_LIMIT", &limit.to_string())]).await;
+    let server = &chat.server;
+    let since = server.send_ok("alice", &["alice", "bob"], "before").await;
+    let mut sent = Vec::new();
+    for i in 0..page + page / 2 {
+        sent.push(
+            server
+                .send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+                .await,
+        );
+    }
+    eventually("MongoDB has them all", || async {
+        (server.health().await["outbox"]["pending"] == 0).then_some(())
+    })
+    .await;
+    mongo.kill();
+    for i in sent.len()..limit {
+        sent.push(
+            server
+                .send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+                .await,
+        );
+    }
+    assert_eq!(server.health().await["outbox"]["pending"], page / 2);
+    mongo.restart().await;
+
+    // At once: the held messages are in the outbox, in MongoDB, or moving between the two.
+    let url = format!(
+        "ws://{}/ws?token={}&since={}",
+        server.addr,
+        server.token("bob"),
+        since["id"].as_str().unwrap()
+    );
+    let stream = eventually("a recovery can read MongoDB again", || async {
+        tokio_tungstenite::connect_async(&url).await.ok()
+    })
+    .await
+    .0;
+    let mut bob = common::WsClient { stream };
+    for (i, want) in sent.iter().enumerate() {
+        assert_eq!(&bob.next_message().await, want, "replayed frame {i}");
+    }
+    let live = server.send_ok("alice", &["alice", "bob"], "live").await;
+    assert_eq!(bob.next_message().await, live, "nothing twice at the seam");
+
+    let mut over = server
+        .ws_with_query("bob", &format!("&since={}", since["id"].as_str().unwrap()))
+        .await;
+    let notice = over.next_message().await;
+    assert_eq!(notice["type"], "recovery_limit_exceeded");
+    assert_eq!(notice["limit"], limit);
+}
+
+/// A store that stops answering part way through a replay: the socket gets every frame of the
+/// pages already read, then `4009` naming the last one, and a reconnect from there gets the
+/// rest. Messages of 200 KB make the first page (20 MB) far more than the socket's buffers
+/// hold, so the replay is still writing it when MongoDB is frozen and the second page's read is
+/// the one that fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_failing_mid_replay_closes_the_socket_naming_where_to_resume() {
+    let page = chatd::recovery::PAGE as usize;
+    let mongo = MongoServer::start_local().await;
+    let chat = MongoChat::start(
+        &mongo,
+        &[
+            ("MAX_BODY_BYTES", "262144"),
+            ("MAX_MESSAGE_BYTES", "200000"),
+        ],
+    )
+    .await;
+    let server = &chat.server;
+    let since = server.send_ok("alice", &["alice", "bob"], "before").await;
+    let big = "x".repeat(199_000);
+    let mut sent = Vec::new();
+    for i in 0..page + page / 2 {
+        let content = format!("{i}:{big}");
+        sent.push(server.send_ok("alice", &["alice", "bob"], &content).await);
+    }
+    eventually("MongoDB has them all", || async {
+        (server.health().await["outbox"]["pending"] == 0).then_some(())
+    })
+    .await;
+
+    let query = format!("&since={}", since["id"].as_str().unwrap());
+    let mut bob = server.ws_with_small_buffer_and_query("bob", &query).await;
+    // The first frame: the first page has been read.
+    let mut got = vec![bob.next_message().await];
+    mongo.pause();
+    let close = loop {
+        match bob.next().await {
+            common::Seen::Message(message) => got.push(message),
+            common::Seen::Ping => {}
+            common::Seen::Closed(frame) => break frame.expect("a close frame"),
+        }
+    };
+    mongo.resume();
+    assert_eq!(u16::from(close.code), 4009, "{close:?}");
+    assert_eq!(
+        got.len(),
+        page,
+        "the first page whole, nothing of the second"
+    );
+    assert!(got.iter().eq(sent[..page].iter()), "in order");
+    let last = got.last().unwrap()["id"].as_str().unwrap();
+    assert!(
+        close.reason.ends_with(&format!("since={last}")),
+        "{close:?}"
+    );
+
+    let url = format!(
+        "ws://{}/ws?token={}&since={last}",
+        server.addr,
+        server.token("bob")
+    );
+    let stream = eventually("a recovery can read MongoDB again", || async {
+        tokio_tungstenite::connect_async(&url).await.ok()
+    })
+    .await
+    .0;
+    let mut again = common::WsClient { stream };
+    for (i, want) in sent[page..].iter().enumerate() {
+        assert_eq!(&again.next_message().await, want, "the rest, frame {i}");
+    }
+}

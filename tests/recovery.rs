@@ -263,3 +263,79 @@ async fn recoveries_take_turns_and_an_upgrade_without_one_is_told_to_retry() {
             .contains("\"sender\":\"alice\"")
     );
 }
+
+/// Waits until the relay has moved everything into the store, so a replay reads the store's
+/// pages and not the outbox.
+async fn await_all_stored(server: &TestServer) {
+    eventually("the outbox is empty", || async {
+        (server.health().await["outbox"]["pending"] == 0).then_some(())
+    })
+    .await;
+}
+
+/// Reconnects as `reader` with `since` and checks that exactly `expected` is replayed, in
+/// order, and that nothing more comes before the live stream.
+async fn replays_exactly(server: &TestServer, reader: &str, since: &Value, expected: &[&Value]) {
+    let query = format!("&since={}", since["id"].as_str().unwrap());
+    let mut socket = server.ws_with_query(reader, &query).await;
+    for (i, want) in expected.iter().enumerate() {
+        let got = socket.next_message().await;
+        assert_eq!(
+            &&got,
+            want,
+            "{reader}: replayed frame {i} of {}",
+            expected.len()
+        );
+    }
+    // In a channel of the reader's alone, so no other reader's replay has it.
+    server.send_ok("alice", &["alice", reader], MARKER).await;
+    assert_eq!(
+        socket.messages_until(MARKER).await.len(),
+        1,
+        "{reader}: nothing beyond the expected {} before the live stream",
+        expected.len()
+    );
+}
+
+/// The store is read a page at a time as the socket writes: replays of exactly one page, one
+/// more than a page and exactly the limit (several pages) arrive whole, in order, with the
+/// reader's own messages (which count towards the limit) skipped across page boundaries; one
+/// more than the limit is the notice.
+#[tokio::test]
+async fn replays_of_several_pages_arrive_whole_up_to_the_limit_exactly() {
+    let page = chatd::recovery::PAGE as usize;
+    let limit = 2 * page + 1;
+    let server = TestServer::start_with(&[("RECOVERY_LIMIT", &limit.to_string())]).await;
+    let group = ["alice", "bob", "carol", "dave", "erin"];
+    let since = server.send_ok("alice", &group, "before").await;
+    let mut sent = Vec::new();
+    for i in 0..=limit {
+        // Bob's own now and then, one of them on the first page boundary.
+        let sender = if i % 50 == page % 50 { "bob" } else { "alice" };
+        sent.push(server.send_ok(sender, &group, &format!("m{i}")).await);
+    }
+    await_all_stored(&server).await;
+    let others_after = |reader: &str, k: usize| -> Vec<&Value> {
+        sent[k + 1..]
+            .iter()
+            .filter(|m| m["sender"] != reader)
+            .collect()
+    };
+
+    // `limit + 1` missed, bob's own counted: the notice, then live.
+    let query = format!("&since={}", since["id"].as_str().unwrap());
+    let mut erin = server.ws_with_query("erin", &query).await;
+    let notice = erin.next_message().await;
+    assert_eq!(notice["type"], "recovery_limit_exceeded");
+    assert_eq!(notice["limit"], limit);
+
+    let checks = [
+        ("bob", 0, limit),
+        ("carol", limit - page - 1, page + 1),
+        ("dave", limit - page, page),
+    ];
+    for (reader, k, missed) in checks {
+        assert_eq!(sent.len() - k - 1, missed);
+        replays_exactly(&server, reader, &sent[k], &others_after(reader, k)).await;
+    }
+}

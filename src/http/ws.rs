@@ -12,8 +12,8 @@ use uuid::Uuid;
 use super::extract::QueryParams;
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
-use crate::hub::{self, Full};
-use crate::recovery::{self, Recovery};
+use crate::hub::{self, Full, Prelude};
+use crate::recovery;
 
 const SOCKET_READ_BUFFER: usize = 4 * 1024;
 /// How long an upgrade with `since` waits for a recovery turn before it is refused with 503.
@@ -65,8 +65,8 @@ pub async fn upgrade(
         Full::Server(_) => ApiError::unavailable(full.to_string()),
     })?;
     // Looked up once the socket is registered, so nothing falls between lookup and live stream.
-    let recovery = match &since {
-        None => Recovery::default(),
+    let prelude = match &since {
+        None => Prelude::default(),
         Some(since) => {
             // Recoveries take turns, so a burst of reconnects with ancient `since`s cannot
             // crowd out live sends; one that cannot get a turn soon is told to come back.
@@ -80,19 +80,15 @@ pub async fn upgrade(
                             "too many reconnects are recovering at once, try again",
                         )
                     })?;
-            let user = registration.user();
             recovery::missed(
-                state.store.as_ref(),
+                state.store.clone(),
                 &state.outbox,
-                user,
+                registration.user(),
                 since,
                 state.recovery_limit,
+                turn,
             )
             .await
-            .map(|recovery| Recovery {
-                turn: Some(turn),
-                ..recovery
-            })
             .map_err(|e| {
                 tracing::warn!(error = %e, "reconnect recovery failed");
                 ApiError::unavailable("missed messages cannot be read right now, try again")
@@ -116,7 +112,7 @@ pub async fn upgrade(
                 frames,
                 settings,
                 shutdown,
-                recovery,
+                prelude,
             ))
         })
         .into_response())

@@ -1,6 +1,7 @@
 //! The sockets connected to this instance, by user. The fan-out hands each socket's writer task
 //! a frame without waiting: a socket that stopped reading is evicted, never waited for.
 
+mod prelude;
 mod queue;
 mod socket;
 
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::model::UserId;
 
+pub use prelude::{Early, Interrupted, Prelude};
 pub use queue::{Offer, QueueBounds, Receiver};
 pub use socket::serve;
 

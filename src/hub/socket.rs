@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use ::metrics::{counter, histogram};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::{BoxStream, SplitSink, SplitStream};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::time::{Instant, interval_at, timeout};
 use tokio_util::sync::CancellationToken;
 
-use super::{Frame, Receiver, Registration};
+use super::{Early, Frame, Interrupted, Prelude, Receiver, Registration};
 use crate::config::SocketSettings;
 use crate::metrics;
-use crate::recovery::Recovery;
 
 /// How long a closing handshake may take before the connection is simply dropped. A slow
 /// consumer's close frame waits behind what it has not read yet, so this is generous.
@@ -83,7 +82,7 @@ pub async fn serve(
     mut frames: Receiver,
     settings: SocketSettings,
     shutdown: CancellationToken,
-    recovery: Recovery,
+    prelude: Prelude,
 ) {
     let (mut sink, mut stream) = socket.split();
     let mut ping = interval_at(
@@ -105,38 +104,23 @@ pub async fn serve(
     tokio::pin!(stop);
 
     // A reconnecting client first gets what it missed (or word that it missed too much).
-    let Recovery {
-        frames: missed,
+    let Prelude {
+        frames: mut early,
         mut seam,
-        over_limit,
-        turn,
-    } = recovery;
-    let first = over_limit
-        .map(Recovery::over_limit_notice)
-        .into_iter()
-        .chain(missed);
-    let replay = async {
-        for text in first {
-            sink.feed(Message::Text(text)).await?;
-        }
-        sink.flush().await
+    } = prelude;
+    let mut last_sent: Option<Arc<str>> = None;
+    let written = tokio::select! {
+        written = write_prelude(&mut sink, &mut early, &mut last_sent) => written.err(),
+        end = &mut stop => Some(end),
     };
-    let replayed_ok = tokio::select! {
-        sent = replay => sent.is_ok(),
-        end = &mut stop => {
-            finish(&mut sink, &mut stream, end).await;
-            return;
-        }
-    };
-    // The missed frames are written: the next recovery may take its turn.
-    drop(turn);
-    if !replayed_ok {
-        finish(&mut sink, &mut stream, End::Broken).await;
+    // Whatever the prelude's producer holds (a recovery's turn, its next page) goes now.
+    drop(early);
+    if let Some(end) = written {
+        finish(&mut sink, &mut stream, end).await;
         return;
     }
 
     let mut batch: Vec<Frame> = Vec::with_capacity(MAX_BATCH);
-    let mut last_sent: Option<Arc<str>> = None;
     let end = loop {
         tokio::select! {
             end = &mut stop => break end,
@@ -212,6 +196,40 @@ pub async fn serve(
     };
 
     finish(&mut sink, &mut stream, end).await;
+}
+
+/// Writes the frames that come before the live stream, pulling each as the socket can take it:
+/// what is ready goes out in one flush, and the socket flushes before it waits for more.
+/// `last_sent` follows the last message written. `Err` is how the socket ends instead of going
+/// live.
+async fn write_prelude(
+    sink: &mut SplitSink<WebSocket, Message>,
+    early: &mut BoxStream<'static, Result<Early, Interrupted>>,
+    last_sent: &mut Option<Arc<str>>,
+) -> Result<(), End> {
+    loop {
+        let next = match early.next().now_or_never() {
+            Some(next) => next,
+            None => {
+                sink.flush().await.map_err(|_| End::Broken)?;
+                early.next().await
+            }
+        };
+        let frame = match next {
+            Some(Ok(frame)) => frame,
+            Some(Err(Interrupted)) => {
+                sink.flush().await.map_err(|_| End::Broken)?;
+                return Err(End::MissedFrames(last_sent.clone()));
+            }
+            None => return sink.flush().await.map_err(|_| End::Broken),
+        };
+        sink.feed(Message::Text(frame.text))
+            .await
+            .map_err(|_| End::Broken)?;
+        if frame.id.is_some() {
+            *last_sent = frame.id;
+        }
+    }
 }
 
 /// Counts the end, and closes the socket with a close frame if the peer can still read one.

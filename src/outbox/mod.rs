@@ -8,6 +8,7 @@ mod dead_letters;
 mod fresh;
 mod journal;
 mod read_around;
+mod recipients;
 mod relay;
 
 use std::path::Path;
@@ -42,6 +43,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0003_idempotency_keys",
         sql: include_str!("../../migrations/outbox/0003_idempotency_keys.sql"),
+    },
+    Migration {
+        name: "0004_outbox_recipients",
+        sql: include_str!("../../migrations/outbox/0004_outbox_recipients.sql"),
     },
 ];
 
@@ -345,36 +350,6 @@ impl Outbox {
     /// These dead entries are safe in the store's dead letters: they leave the outbox.
     pub async fn forget_dead(&self, seqs: Vec<i64>) -> Result<(), OutboxError> {
         self.command(|done| Command::Forgotten { seqs, done }).await
-    }
-
-    /// Up to `limit` messages waiting for the store, of any channel `user` is in, accepted after
-    /// the message `after`, oldest first: what a reconnecting client missed that history does
-    /// not have yet.
-    pub async fn pending_for(
-        &self,
-        user: &UserId,
-        after: &str,
-        limit: u32,
-    ) -> Result<Vec<Message>, OutboxError> {
-        let readers = self.readers.clone();
-        let (user, after) = (user.to_string(), after.to_string());
-        tokio::task::spawn_blocking(move || {
-            readers.read(|conn| {
-                conn.prepare_cached(
-                    "SELECT id, sender, content, participants, created_at FROM outbox
-                     WHERE dead = 0 AND id > ?1
-                       AND EXISTS (SELECT 1 FROM json_each(outbox.participants) WHERE value = ?2)
-                     ORDER BY id LIMIT ?3",
-                )?
-                .query_map(params![after, user, limit], |row| {
-                    sqlite::message_from_row(row, 0)
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()
-            })
-        })
-        .await
-        .map_err(|e| OutboxError::Storage(e.to_string()))?
-        .map_err(OutboxError::from)
     }
 
     /// When the oldest message still waiting for the store was accepted.

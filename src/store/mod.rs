@@ -95,6 +95,20 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Message>, StoreError>;
 
+    /// The ids of up to `limit` messages of any channel `user` is in after `after`, in order:
+    /// what `missed_by` would return, so a reconnect can learn whether it missed more than it
+    /// may replay. Both stores answer from their index without sending the messages; this
+    /// default, for stores without one, reads them.
+    async fn missed_ids(
+        &self,
+        user: &UserId,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let missed = self.missed_by(user, after, limit).await?;
+        Ok(missed.into_iter().map(|m| m.id).collect())
+    }
+
     /// The history position of a stored message, for ids that do not carry their own time.
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError>;
 

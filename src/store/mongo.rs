@@ -293,6 +293,36 @@ impl MessageStore for MongoStore {
         docs.iter().map(message_from_doc).collect()
     }
 
+    async fn missed_ids(
+        &self,
+        user: &UserId,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        // The same filter and index as `missed_by`. `participants` is an array, so the index
+        // is multikey and cannot cover the query: each id costs a document read, `limit` at
+        // most, with only `_id` sent back.
+        let filter =
+            doc! { "participants": user.as_str(), "_id": { "$gt": after, "$type": "string" } };
+        let found = self
+            .call(
+                self.messages
+                    .find(filter)
+                    .sort(doc! { "_id": 1 })
+                    .projection(doc! { "_id": 1 })
+                    .limit(i64::from(limit)),
+            )
+            .await?;
+        let docs: Vec<Document> = self.call(found.try_collect()).await?;
+        docs.iter()
+            .map(|doc| {
+                doc.get_str("_id")
+                    .map(str::to_owned)
+                    .map_err(|e| StoreError::Failed(format!("a message id: {e}")))
+            })
+            .collect()
+    }
+
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError> {
         let found = self
             .call(

@@ -146,6 +146,24 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn missed_ids(
+        &self,
+        user: &UserId,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let (user, after) = (user.to_string(), after.to_string());
+        self.read(move |conn| {
+            conn.prepare_cached(
+                "SELECT id FROM message_participants WHERE user = ?2 AND id > ?1
+                 ORDER BY id LIMIT ?3",
+            )?
+            .query_map(params![after, user, limit], |row| row.get(0))?
+            .collect()
+        })
+        .await
+    }
+
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError> {
         let id = id.to_string();
         self.read(move |conn| {
@@ -484,6 +502,14 @@ mod tests {
         let before_both = "00000000-0000-7000-8000-000000000000";
         let missed = store.missed_by(&bob, before_both, 10).await.unwrap();
         assert_eq!(missed, [old.clone(), new.clone()]);
+        assert_eq!(
+            store.missed_ids(&bob, before_both, 10).await.unwrap(),
+            [old.id.clone(), new.id.clone()]
+        );
+        assert_eq!(
+            store.missed_ids(&bob, before_both, 1).await.unwrap(),
+            std::slice::from_ref(&old.id)
+        );
         assert_eq!(store.missed_by(&bob, &old.id, 10).await.unwrap(), [new]);
         let carol = UserId::parse("carol").unwrap();
         assert!(

@@ -5,9 +5,11 @@
 
 mod ceiling;
 mod drain;
+mod history;
 mod idle;
 mod load;
 mod process_usage;
+mod recovery;
 mod report;
 mod target;
 
@@ -98,6 +100,41 @@ enum Scenario {
         #[arg(long)]
         mongo_uri: Option<String>,
     },
+    /// Reconnects with an ancient `since` on a large embedded store, all at once, during a
+    /// steady stream of sends: the sends' latency before and during, each replay's duration and
+    /// the server's memory before, during and after.
+    Recovery {
+        /// Messages in the store, built before chatd starts.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// Reconnects at once, each of its own user.
+        #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..))]
+        reconnects: u32,
+        /// Messages each reconnect is replayed (at most chatd's RECOVERY_LIMIT, 1,000).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        replayed: u32,
+        /// Sends per second throughout.
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds of sending measured before the burst.
+        #[arg(long, default_value_t = 10.0)]
+        baseline: f64,
+        /// Where to build the store and keep it for the next run (it takes a while); a
+        /// temporary directory without it.
+        #[arg(long)]
+        data_dir: Option<std::path::PathBuf>,
+        /// chatd's RECOVERY_CONCURRENCY, when not its default.
+        #[arg(long)]
+        concurrency: Option<u32>,
+        /// Seconds between the last socket closing and reading the server's memory.
+        #[arg(long, default_value_t = 5.0)]
+        settle: f64,
+        /// Bursts one after another: memory a burst leaves behind shows as a rise.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        bursts: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// The bare broadcast server that `fanout --ceiling` starts.
     #[command(hide = true)]
     CeilingServer,
@@ -152,6 +189,38 @@ fn main() -> anyhow::Result<()> {
                     .await?,
                     common.json,
                 )
+            }
+            Scenario::Recovery {
+                messages,
+                reconnects,
+                replayed,
+                rate,
+                baseline,
+                data_dir,
+                concurrency,
+                settle,
+                bursts,
+                json,
+            } => {
+                let layout = history::Layout {
+                    messages,
+                    recovering: reconnects as usize,
+                    replayed: replayed as usize,
+                };
+                anyhow::ensure!(
+                    layout.recovering * layout.replayed < messages,
+                    "the store must hold more messages than reconnects × replayed"
+                );
+                let options = recovery::Options {
+                    layout,
+                    rate,
+                    baseline,
+                    data_dir,
+                    concurrency,
+                    settle: Duration::from_secs_f64(settle),
+                    bursts,
+                };
+                (recovery::run(options).await?, json)
             }
             Scenario::Drain {
                 common,

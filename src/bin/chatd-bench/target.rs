@@ -24,7 +24,7 @@ pub struct Target {
     /// `http://host:port`
     pub http: String,
     /// `ws://host:port`
-    ws: String,
+    pub ws: String,
     auth: Authenticator,
     pub process: Option<Server>,
     /// The server's CPU and memory: the process this bench started, or `--pid`.
