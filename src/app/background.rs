@@ -42,23 +42,13 @@ pub(super) async fn migrate_then_relay(
     stop: CancellationToken,
 ) {
     if !already_migrated {
-        let mut failures = 0;
-        loop {
-            match store.migrate().await {
-                Ok(applied) => {
-                    migrated(store.as_ref(), &health, applied);
-                    break;
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
-                    tokio::select! {
-                        () = tokio::time::sleep(retry.delay(failures)) => {}
-                        () = stop.cancelled() => return,
-                    }
-                }
-            }
-        }
+        let failed = |e: &StoreError, failures| {
+            tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
+        };
+        let Some(applied) = retry.retry(&stop, || store.migrate(), failed).await else {
+            return;
+        };
+        migrated(store.as_ref(), &health, applied);
     }
     relay.run(stop).await;
 }

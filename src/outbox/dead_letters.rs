@@ -31,24 +31,24 @@ pub(super) struct DeadLetterMover {
 }
 
 impl DeadLetterMover {
+    /// Moves what is dead now, then again when woken or every `SWEEP`, until `stop`. While
+    /// the store does not take them, it retries with backoff.
     pub async fn run(self, stop: CancellationToken) {
-        let mut failures = 0;
+        let failed = |e: &String, failures| {
+            tracing::warn!(error = %e, failures, "dead letters wait in the outbox until the store takes them");
+        };
         loop {
-            match self.move_all().await {
-                Ok(()) => failures = 0,
-                Err(e) => {
-                    failures += 1;
-                    tracing::warn!(error = %e, "dead letters wait in the outbox until the store takes them");
-                }
+            if self
+                .backoff
+                .retry(&stop, || self.move_all(), failed)
+                .await
+                .is_none()
+            {
+                break;
             }
-            let wait = if failures == 0 {
-                SWEEP
-            } else {
-                self.backoff.delay(failures)
-            };
             tokio::select! {
                 () = self.wake.notified() => {}
-                () = tokio::time::sleep(wait) => {}
+                () = tokio::time::sleep(SWEEP) => {}
                 () = stop.cancelled() => break,
             }
         }

@@ -222,14 +222,6 @@ impl Dispatcher {
     }
 }
 
-/// Sleeps for `delay`; false if `stop` came first.
-async fn sleep_unless_stopped(delay: Duration, stop: &CancellationToken) -> bool {
-    tokio::select! {
-        () = tokio::time::sleep(delay) => true,
-        () = stop.cancelled() => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Mutex;

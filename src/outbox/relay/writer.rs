@@ -7,7 +7,6 @@ use ::metrics::{counter, histogram};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::sleep_unless_stopped;
 use crate::metrics;
 use crate::model::Failure;
 use crate::outbox::{Backoff, Outbox, OutboxError, PendingEntry};
@@ -59,7 +58,7 @@ impl BatchWriter {
                 Written::Unavailable(reason) => {
                     let outages = self.health.write_unavailable();
                     tracing::warn!(%reason, outages, "store unavailable, batch waits in the outbox");
-                    if !sleep_unless_stopped(self.backoff.delay(outages), stop).await {
+                    if !self.backoff.wait(outages, stop).await {
                         break;
                     }
                     parts.push(part);
@@ -179,22 +178,21 @@ impl BatchWriter {
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<(), OutboxError>>,
     {
-        let mut failures = 0;
-        loop {
-            match update().await {
-                Ok(()) => return true,
-                Err(e) if self.outbox.is_corrupted() => {
-                    tracing::warn!(error = %e, "the outbox is corrupted: its bookkeeping is given up");
-                    return true;
-                }
-                Err(e) => {
-                    failures += 1;
-                    tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
-                    if !sleep_unless_stopped(self.backoff.delay(failures), stop).await {
-                        return false;
+        let attempt = || {
+            let updated = update();
+            async move {
+                match updated.await {
+                    Err(e) if self.outbox.is_corrupted() => {
+                        tracing::warn!(error = %e, "the outbox is corrupted: its bookkeeping is given up");
+                        Ok(())
                     }
+                    updated => updated,
                 }
             }
-        }
+        };
+        let failed = |e: &OutboxError, failures| {
+            tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
+        };
+        self.backoff.retry(stop, attempt, failed).await.is_some()
     }
 }
