@@ -12,8 +12,8 @@ use crate::app;
 use crate::auth::{Authenticator, SecretSource, resolve_secret};
 use crate::config::{Config, ConfigError, LogSettings, parse_duration};
 use crate::model::UserId;
-use crate::outbox::{DeadLetterView, DeadLetters, ReplayResult, Selection};
 use crate::store;
+use crate::store::{DeadLetterView, DeadLetters, ReplayResult, Selection};
 
 #[derive(Parser)]
 #[command(

@@ -986,7 +986,7 @@ mod tests {
     fn use_as_the_server_does(config: &Config) {
         use crate::fds::{self, Limit};
         use crate::http::RateLimiter;
-        use crate::outbox::Backoff;
+        use crate::pipeline::relay::Backoff;
 
         static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
         let runtime = RUNTIME.get_or_init(|| {

@@ -5,18 +5,14 @@
 
 pub mod app;
 pub mod auth;
-pub mod bus;
 pub mod cli;
 pub mod config;
-pub mod fanout;
 pub mod fds;
 pub mod http;
 pub mod hub;
-pub mod ingest;
 pub mod integrity;
 pub mod metrics;
 pub mod model;
-pub mod outbox;
-pub mod recovery;
+pub mod pipeline;
 pub mod sqlite;
 pub mod store;

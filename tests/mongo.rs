@@ -757,7 +757,7 @@ async fn a_reconnecting_socket_gets_what_mongodb_holds_for_it() {
 /// held ones over. One more than the limit is the notice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_spans_mongodb_pages_and_what_an_outage_left_in_the_outbox() {
-    let page = chatd::recovery::PAGE as usize;
+    let page = chatd::pipeline::recovery::PAGE as usize;
     let limit = 2 * page;
     let mut mongo = MongoServer::start_local().await;
     let chat = MongoChat::start(&mongo, &[("RECOVERY_LIMIT", &limit.to_string())]).await;
@@ -820,7 +820,7 @@ async fn a_replay_spans_mongodb_pages_and_what_an_outage_left_in_the_outbox() {
 /// the one that fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_failing_mid_replay_closes_the_socket_naming_where_to_resume() {
-    let page = chatd::recovery::PAGE as usize;
+    let page = chatd::pipeline::recovery::PAGE as usize;
     let mongo = MongoServer::start_local().await;
     let chat = MongoChat::start(
         &mongo,

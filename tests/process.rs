@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use chatd::app;
-use chatd::outbox::{Outbox, OutboxCounts};
+use chatd::pipeline::outbox::{Outbox, OutboxCounts};
 use chatd::store::SQLITE_FILE;
 use common::process::{Chatd, FdLimit, limit_fds, run_to_exit, serve_command};
 use common::{eventually, metric, token_for};

@@ -303,7 +303,7 @@ async fn replays_exactly(server: &TestServer, reader: &str, since: &Value, expec
 /// more than the limit is the notice.
 #[tokio::test]
 async fn replays_of_several_pages_arrive_whole_up_to_the_limit_exactly() {
-    let page = chatd::recovery::PAGE as usize;
+    let page = chatd::pipeline::recovery::PAGE as usize;
     let limit = 2 * page + 1;
     let server = TestServer::start_with(&[("RECOVERY_LIMIT", &limit.to_string())]).await;
     let group = ["alice", "bob", "carol", "dave", "erin"];

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::outbox::{Backoff, Relay};
+use crate::pipeline::relay::{Backoff, Relay};
 use crate::store::{MessageStore, StoreError, StoreHealth};
 
 /// Applies the store's migrations before serving; `false` if the store is away, in which case

@@ -19,16 +19,18 @@ use tokio_util::task::TaskTracker;
 use crate::auth::{
     Authenticator, ClaimChecks, ExternalKeys, SecretSource, Verifier, resolve_secret,
 };
-use crate::bus::{EventBus, LocalBus};
 use crate::config::Config;
-use crate::fanout;
 use crate::fds::{self, Limit};
 use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::{Hub, QueueBounds};
-use crate::ingest::Ingest;
 use crate::integrity::Integrity;
 use crate::metrics::Metrics;
-use crate::outbox::{Backoff, DeadLetters, Outbox, Relay};
+use crate::pipeline::accept::Ingest;
+use crate::pipeline::bus::{EventBus, LocalBus};
+use crate::pipeline::fanout;
+use crate::pipeline::outbox::Outbox;
+use crate::pipeline::relay::{Backoff, Relay};
+use crate::store::DeadLetters;
 use crate::store::{self, StoreHealth};
 
 /// The outbox, inside `DATA_DIR`.

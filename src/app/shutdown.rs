@@ -8,7 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::outbox::Outbox;
+use crate::pipeline::outbox::Outbox;
 
 /// Everything graceful shutdown has to stop, in the order it stops them.
 pub(super) struct Stopping {

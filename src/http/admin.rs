@@ -14,7 +14,7 @@ use subtle::ConstantTimeEq;
 use super::extract::{JsonBody, QueryParams};
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
-use crate::outbox::{DeadLetterView, ReplayOutcome, ReplayResult, Selection};
+use crate::store::{DeadLetterView, ReplayOutcome, ReplayResult, Selection};
 
 const DEFAULT_LIMIT: u32 = 50;
 const MAX_LIMIT: u32 = 500;

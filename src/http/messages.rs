@@ -12,7 +12,7 @@ use super::extract::{JsonBody, QueryParams, user_ids};
 use super::{ApiError, AppState, Caller};
 use crate::config::Limits;
 use crate::model::{Channel, Message, UserId, uuid_timestamp};
-use crate::outbox::OutboxError;
+use crate::pipeline::outbox::OutboxError;
 use crate::store::{Cursor, HistoryPage};
 
 const DEFAULT_PAGE_SIZE: u32 = 50;

@@ -29,10 +29,11 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
-use crate::ingest::Ingest;
 use crate::integrity::Integrity;
 use crate::metrics::Metrics;
-use crate::outbox::{DeadLetters, Outbox};
+use crate::pipeline::accept::Ingest;
+use crate::pipeline::outbox::Outbox;
+use crate::store::DeadLetters;
 use crate::store::MessageStore;
 use crate::store::StoreHealth;
 

@@ -13,7 +13,7 @@ use super::extract::QueryParams;
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
 use crate::hub::{self, Full, Prelude};
-use crate::recovery;
+use crate::pipeline::recovery;
 
 const SOCKET_READ_BUFFER: usize = 4 * 1024;
 /// How long an upgrade with `since` waits for a recovery turn before it is refused with 503.

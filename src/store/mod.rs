@@ -2,6 +2,7 @@
 //! history endpoint reads through it, and the dead-letter tools manage what could not be
 //! written. The embedded SQLite store is the default; MongoDB is used when `MONGO_URI` is set.
 
+mod dead_letters;
 mod health;
 mod mongo;
 mod sqlite;
@@ -16,6 +17,7 @@ use crate::config::StoreSettings;
 use crate::integrity::Integrity;
 use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
 
+pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
 pub use health::StoreHealth;
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;

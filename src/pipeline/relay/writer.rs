@@ -7,9 +7,10 @@ use ::metrics::{counter, histogram};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::Backoff;
 use crate::metrics;
 use crate::model::Failure;
-use crate::outbox::{Backoff, Outbox, OutboxError, PendingEntry};
+use crate::pipeline::outbox::{Outbox, OutboxError, PendingEntry};
 use crate::store::{MessageStore, StoreError, StoreHealth, WriteOutcome};
 
 pub(super) struct BatchWriter {

@@ -49,7 +49,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Channel, Failure};
-    use crate::outbox::Draft;
+    use crate::pipeline::outbox::Draft;
 
     fn user(id: &str) -> UserId {
         UserId::parse(id).unwrap()

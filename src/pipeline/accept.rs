@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::outbox::{Appended, Draft, Outbox, OutboxError};
 use crate::model::{Channel, UserId};
-use crate::outbox::{Appended, Draft, Outbox, OutboxError};
 
 pub struct Ingest {
     outbox: Arc<Outbox>,

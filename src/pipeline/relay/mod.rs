@@ -6,6 +6,8 @@
 //! backoff in the dispatcher's [`RetrySet`] and go out again beside new entries, so a message
 //! the store keeps refusing never keeps a writer from new work.
 
+mod backoff;
+mod dead_letter_mover;
 mod retries;
 mod writer;
 
@@ -18,11 +20,12 @@ use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::dead_letters::DeadLetterMover;
-use super::{Backoff, Outbox, PendingEntry};
+use super::outbox::{Outbox, PendingEntry};
 use crate::config::RelaySettings;
 use crate::metrics;
 use crate::store::{MessageStore, StoreHealth};
+pub use backoff::Backoff;
+use dead_letter_mover::DeadLetterMover;
 use retries::RetrySet;
 use writer::BatchWriter;
 
@@ -231,7 +234,7 @@ mod tests {
 
     use super::*;
     use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
-    use crate::outbox::{Draft, OutboxCounts};
+    use crate::pipeline::outbox::{Draft, OutboxCounts};
     use crate::store::{Cursor, DeadLetterQuery, HistoryPage, StoreError, WriteOutcome};
 
     /// A store that is down for its first `outages` writes, always refuses "poison", fails any

@@ -1,15 +1,12 @@
 //! The durable local outbox. A message is appended here, and committed to disk, before its
-//! sender hears 202; the [`Relay`] then drains it into the store. What the store refuses on
-//! every attempt is marked dead here until it is safe in the store's dead letters, which
-//! operators manage through [`DeadLetters`].
+//! sender hears 202; the [relay](crate::pipeline::relay) then drains it into the store. What
+//! the store refuses on every attempt is marked dead here until it is safe in the store's dead
+//! letters, which operators manage through [`DeadLetters`](crate::store::DeadLetters).
 
-mod backoff;
-mod dead_letters;
 mod fresh;
 mod journal;
 mod read_around;
 mod recipients;
-mod relay;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,10 +20,6 @@ use crate::integrity::{Database, Integrity, Watch};
 use crate::model::{Channel, DeadLetter, Event, Failure, Message, UserId};
 use crate::sqlite::{self, Checkpointer, Migration, ReadPool};
 
-pub use backoff::Backoff;
-pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
-pub use relay::Relay;
-
 use fresh::{Fresh, Next};
 use journal::{Command, Journal, Outlets};
 use read_around::Unreadable;
@@ -34,19 +27,19 @@ use read_around::Unreadable;
 const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0001_outbox",
-        sql: include_str!("../../migrations/outbox/0001_outbox.sql"),
+        sql: include_str!("../../../migrations/outbox/0001_outbox.sql"),
     },
     Migration {
         name: "0002_failure_details",
-        sql: include_str!("../../migrations/outbox/0002_failure_details.sql"),
+        sql: include_str!("../../../migrations/outbox/0002_failure_details.sql"),
     },
     Migration {
         name: "0003_idempotency_keys",
-        sql: include_str!("../../migrations/outbox/0003_idempotency_keys.sql"),
+        sql: include_str!("../../../migrations/outbox/0003_idempotency_keys.sql"),
     },
     Migration {
         name: "0004_outbox_recipients",
-        sql: include_str!("../../migrations/outbox/0004_outbox_recipients.sql"),
+        sql: include_str!("../../../migrations/outbox/0004_outbox_recipients.sql"),
     },
 ];
 
@@ -118,7 +111,7 @@ pub struct PendingEntry {
 #[cfg(test)]
 impl PendingEntry {
     /// A note from alice to herself at `seq`, for the relay's unit tests.
-    fn for_test(seq: i64, attempts: u32) -> Self {
+    pub(crate) fn for_test(seq: i64, attempts: u32) -> Self {
         let alice = UserId::parse("alice").expect("a valid user id");
         let channel = Channel::new(vec![alice.clone()], 1).expect("a valid channel");
         Self {

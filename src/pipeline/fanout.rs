@@ -6,7 +6,7 @@ use std::sync::Arc;
 use ::metrics::counter;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{Received, Subscription};
+use super::bus::{Received, Subscription};
 use crate::hub::{Frame, Hub};
 use crate::metrics;
 use crate::model::Event;
@@ -65,9 +65,9 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::bus::{EventBus, LocalBus};
     use crate::hub::{QueueBounds, SocketLimits};
     use crate::model::{Channel, Message, UserId};
+    use crate::pipeline::bus::{EventBus, LocalBus};
 
     #[tokio::test]
     async fn a_fan_out_that_fell_behind_the_bus_leaves_no_socket_with_a_silent_gap() {

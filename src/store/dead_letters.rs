@@ -1,87 +1,18 @@
-//! Dead letters: messages the store refused on every attempt. The relay marks them dead in the
-//! outbox; the [`DeadLetterMover`] carries them into the store's dead letters and only then
-//! removes them from the outbox, so a dead letter is never dropped; operators list, replay and
-//! purge them through [`DeadLetters`], from the admin API and the CLI alike.
+//! The operators' side of dead letters (messages the store refused on every attempt, carried
+//! here by the relay's dead-letter mover): list, show, replay and purge, from the admin API and
+//! the CLI alike.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use ::metrics::counter;
 use serde::Serialize;
-use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, Outbox};
+use super::{DeadLetterQuery, MessageStore, StoreError};
 use crate::metrics;
 use crate::model::DeadLetter;
-use crate::store::{DeadLetterQuery, MessageStore, StoreError};
 
-/// How often the mover looks for dead entries it was not told about (after a restart, say).
-const SWEEP: Duration = Duration::from_secs(30);
-/// Dead entries moved per outbox read.
-const MOVE_BATCH: usize = 100;
 /// Dead letters read per page when an operator acts on all of them.
 const PAGE: u32 = 500;
-
-pub(super) struct DeadLetterMover {
-    pub outbox: Arc<Outbox>,
-    pub store: Arc<dyn MessageStore>,
-    pub wake: Arc<Notify>,
-    pub backoff: Backoff,
-}
-
-impl DeadLetterMover {
-    /// Moves what is dead now, then again when woken or every `SWEEP`, until `stop`. While
-    /// the store does not take them, it retries with backoff.
-    pub async fn run(self, stop: CancellationToken) {
-        let failed = |e: &String, failures| {
-            tracing::warn!(error = %e, failures, "dead letters wait in the outbox until the store takes them");
-        };
-        loop {
-            if self
-                .backoff
-                .retry(&stop, || self.move_all(), failed)
-                .await
-                .is_none()
-            {
-                break;
-            }
-            tokio::select! {
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(SWEEP) => {}
-                () = stop.cancelled() => break,
-            }
-        }
-    }
-
-    /// Moves every dead entry into the store. Each is written to the store before it leaves
-    /// the outbox; writing one twice (after a failure in between) replaces it with itself.
-    async fn move_all(&self) -> Result<(), String> {
-        loop {
-            let entries = self
-                .outbox
-                .dead_entries(MOVE_BATCH)
-                .await
-                .map_err(|e| e.to_string())?;
-            if entries.is_empty() {
-                return Ok(());
-            }
-            let mut moved = Vec::with_capacity(entries.len());
-            for (seq, letter) in &entries {
-                self.store
-                    .put_dead_letter(letter)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tracing::info!(id = %letter.id(), kind = %letter.error.kind, "dead letter stored");
-                moved.push(*seq);
-            }
-            self.outbox
-                .forget_dead(moved)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-    }
-}
 
 /// A dead letter as operators see it, from the API and the CLI alike: its id first, then the
 /// letter.

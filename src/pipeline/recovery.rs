@@ -37,9 +37,9 @@ use std::sync::Arc;
 use futures_util::stream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::outbox::{Outbox, OutboxError};
 use crate::hub::{Early, Prelude};
 use crate::model::UserId;
-use crate::outbox::{Outbox, OutboxError};
 use crate::store::{MessageStore, StoreError};
 
 pub use replay::PAGE;

@@ -6,7 +6,7 @@ use std::collections::BinaryHeap;
 
 use tokio::time::Instant;
 
-use crate::outbox::PendingEntry;
+use crate::pipeline::outbox::PendingEntry;
 
 /// Refused entries by the time their next attempt is due, soonest first.
 ///
