@@ -25,7 +25,7 @@ use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::{Hub, QueueBounds};
 use crate::integrity::Integrity;
 use crate::metrics::Metrics;
-use crate::pipeline::accept::Ingest;
+use crate::pipeline::accept::Acceptor;
 use crate::pipeline::bus::{EventBus, LocalBus};
 use crate::pipeline::fanout;
 use crate::pipeline::outbox::Outbox;
@@ -175,7 +175,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
     let sockets = TaskTracker::new();
     let state = AppState {
         auth: Arc::new(verifier),
-        ingest: Arc::new(Ingest::new(outbox.clone())),
+        acceptor: Arc::new(Acceptor::new(outbox.clone())),
         outbox: outbox.clone(),
         dead_letters: Arc::new(DeadLetters::new(store.clone())),
         metrics,

@@ -61,7 +61,7 @@ pub async fn send(
         deadline.disarm();
     }
     let appended = state
-        .ingest
+        .acceptor
         .accept(&sender, &channel, content.clone(), idempotency_key)
         .await
         .map_err(|e| match e {

@@ -31,7 +31,7 @@ use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::integrity::Integrity;
 use crate::metrics::Metrics;
-use crate::pipeline::accept::Ingest;
+use crate::pipeline::accept::Acceptor;
 use crate::pipeline::outbox::Outbox;
 use crate::store::DeadLetters;
 use crate::store::MessageStore;
@@ -48,7 +48,7 @@ pub use serve::{serve, tls_acceptor};
 #[derive(Clone)]
 pub struct AppState {
     pub auth: Arc<Verifier>,
-    pub ingest: Arc<Ingest>,
+    pub acceptor: Arc<Acceptor>,
     pub outbox: Arc<Outbox>,
     pub store: Arc<dyn MessageStore>,
     pub store_health: Arc<StoreHealth>,

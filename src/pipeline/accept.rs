@@ -7,11 +7,12 @@ use std::time::Instant;
 use super::outbox::{Appended, Draft, Outbox, OutboxError};
 use crate::model::{Channel, UserId};
 
-pub struct Ingest {
+/// The first stage: turns a validated send into a durable outbox entry.
+pub struct Acceptor {
     outbox: Arc<Outbox>,
 }
 
-impl Ingest {
+impl Acceptor {
     pub fn new(outbox: Arc<Outbox>) -> Self {
         Self { outbox }
     }
