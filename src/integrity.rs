@@ -196,6 +196,6 @@ mod tests {
     #[test]
     fn every_database_has_its_series() {
         let labels: Vec<&str> = Database::ALL.iter().map(|d| d.label()).collect();
-        assert_eq!(labels, crate::metrics::CORRUPTION_FILES);
+        assert_eq!(labels, crate::telemetry::CORRUPTION_FILES);
     }
 }

@@ -24,7 +24,6 @@ use crate::fds::{self, Limit};
 use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::{Hub, QueueBounds};
 use crate::integrity::Integrity;
-use crate::metrics::Metrics;
 use crate::pipeline::accept::Acceptor;
 use crate::pipeline::bus::{EventBus, LocalBus};
 use crate::pipeline::fanout;
@@ -32,6 +31,7 @@ use crate::pipeline::outbox::Outbox;
 use crate::pipeline::relay::{Backoff, Relay};
 use crate::store::DeadLetters;
 use crate::store::{self, StoreHealth};
+use crate::telemetry::Metrics;
 
 /// The outbox, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";

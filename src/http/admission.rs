@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn refusals_are_labelled_as_registered_and_answered_as_the_contract_says() {
         for refusal in [Refusal::Connections, Refusal::PendingPerClient] {
-            assert!(crate::metrics::REFUSAL_REASONS.contains(&refusal.label()));
+            assert!(crate::telemetry::REFUSAL_REASONS.contains(&refusal.label()));
             let response = String::from_utf8(refusal.response()).unwrap();
             let (head, body) = response.split_once("\r\n\r\n").unwrap();
             assert!(head.starts_with("HTTP/1.1 503 "), "{head}");

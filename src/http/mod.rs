@@ -30,12 +30,12 @@ use crate::auth::Verifier;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::integrity::Integrity;
-use crate::metrics::Metrics;
 use crate::pipeline::accept::Acceptor;
 use crate::pipeline::outbox::Outbox;
 use crate::store::DeadLetters;
 use crate::store::MessageStore;
 use crate::store::StoreHealth;
+use crate::telemetry::Metrics;
 
 pub use admission::Admission;
 pub use error::ApiError;

@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use super::{ApiError, AppState};
 use crate::integrity::Database;
-use crate::metrics;
+use crate::telemetry;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// How long a scrape waits for the store's dead-letter count before showing the last one.
@@ -63,11 +63,11 @@ pub fn record_request(route: String, method: &'static str, status: StatusCode, e
         && method == "POST"
         && let Some(reason) = rejection_reason(status)
     {
-        counter!(metrics::MESSAGES_REJECTED, "reason" => reason).increment(1);
+        counter!(telemetry::MESSAGES_REJECTED, "reason" => reason).increment(1);
     }
-    histogram!(metrics::HTTP_DURATION, "route" => route.clone()).record(elapsed);
+    histogram!(telemetry::HTTP_DURATION, "route" => route.clone()).record(elapsed);
     let status = status.as_u16().to_string();
-    counter!(metrics::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
+    counter!(telemetry::HTTP_REQUESTS, "route" => route, "method" => method, "status" => status)
         .increment(1);
 }
 
@@ -99,22 +99,22 @@ fn rejection_reason(status: StatusCode) -> Option<&'static str> {
 
 /// `GET /metrics`: the Prometheus text format, with the gauges read fresh from the pipeline.
 pub async fn scrape(State(state): State<AppState>) -> Response {
-    gauge!(metrics::WS_CONNECTIONS).set(state.hub.open() as f64);
+    gauge!(telemetry::WS_CONNECTIONS).set(state.hub.open() as f64);
     let counts = state.outbox.counts();
-    gauge!(metrics::OUTBOX_DEPTH).set(counts.pending as f64);
+    gauge!(telemetry::OUTBOX_DEPTH).set(counts.pending as f64);
     match state.outbox.oldest_pending().await {
         Ok(oldest) => {
             let age = oldest.map_or(0.0, |at| {
                 (chrono::Utc::now() - at).as_seconds_f64().max(0.0)
             });
-            gauge!(metrics::OUTBOX_OLDEST_AGE).set(age);
+            gauge!(telemetry::OUTBOX_OLDEST_AGE).set(age);
         }
         Err(e) => tracing::warn!(error = %e, "reading the outbox's oldest entry failed"),
     }
-    gauge!(metrics::STORE_UP).set(if state.store_health.is_up() { 1.0 } else { 0.0 });
+    gauge!(telemetry::STORE_UP).set(if state.store_health.is_up() { 1.0 } else { 0.0 });
     for database in Database::ALL {
         let corrupted = state.integrity.is_corrupted(database);
-        gauge!(metrics::STORAGE_CORRUPTED, "file" => database.label()).set(if corrupted {
+        gauge!(telemetry::STORAGE_CORRUPTED, "file" => database.label()).set(if corrupted {
             1.0
         } else {
             0.0
@@ -125,7 +125,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
     if let Ok(Ok(stored)) =
         tokio::time::timeout(SCRAPE_STORE_TIMEOUT, state.store.count_dead_letters()).await
     {
-        gauge!(metrics::DEAD_LETTER_BACKLOG).set((stored + counts.dead_lettered) as f64);
+        gauge!(telemetry::DEAD_LETTER_BACKLOG).set((stored + counts.dead_lettered) as f64);
     }
     let text = state.metrics.render();
     (

@@ -106,7 +106,7 @@ fn refuse(stream: TcpStream, tls: bool, refusal: Refusal) {
 }
 
 fn count_refusal(refusal: Refusal) {
-    ::metrics::counter!(crate::metrics::HTTP_REFUSED, "reason" => refusal.label()).increment(1);
+    ::metrics::counter!(crate::telemetry::HTTP_REFUSED, "reason" => refusal.label()).increment(1);
 }
 
 async fn serve_connection<IO>(

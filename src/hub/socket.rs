@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Early, Frame, Interrupted, Prelude, Receiver, Registration};
 use crate::config::SocketSettings;
-use crate::metrics;
+use crate::telemetry;
 
 /// How long a closing handshake may take before the connection is simply dropped. A slow
 /// consumer's close frame waits behind what it has not read yet, so this is generous.
@@ -91,8 +91,8 @@ pub async fn serve(
     );
     let mut last_pong = Instant::now();
     // Looked up once: these are touched for every frame.
-    let delivered = counter!(metrics::MESSAGES_DELIVERED);
-    let latency = histogram!(metrics::DELIVERY_LATENCY);
+    let delivered = counter!(telemetry::MESSAGES_DELIVERED);
+    let latency = histogram!(telemetry::DELIVERY_LATENCY);
 
     // Either of these may fire while a write is stuck on a peer that does not read.
     let stop = async {
@@ -241,9 +241,9 @@ async fn finish(
     stream: &mut SplitStream<WebSocket>,
     end: End,
 ) {
-    counter!(metrics::WS_CLOSED, "reason" => end.label()).increment(1);
+    counter!(telemetry::WS_CLOSED, "reason" => end.label()).increment(1);
     if matches!(end, End::SlowConsumer) {
-        counter!(metrics::SLOW_CONSUMERS).increment(1);
+        counter!(telemetry::SLOW_CONSUMERS).increment(1);
     }
     let Some(frame) = end.close_frame() else {
         let _ = timeout(CLOSE_GRACE, sink.close()).await;

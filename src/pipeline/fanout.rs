@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::bus::{Received, Subscription};
 use crate::hub::{Frame, Hub};
-use crate::metrics;
 use crate::model::Event;
+use crate::telemetry;
 
 pub async fn run(mut subscription: Subscription, hub: Arc<Hub>, stop: CancellationToken) {
     loop {
@@ -20,7 +20,7 @@ pub async fn run(mut subscription: Subscription, hub: Arc<Hub>, stop: Cancellati
         match received {
             Some(Received::Event(event)) => deliver(&hub, &event),
             Some(Received::Missed(missed)) => {
-                counter!(metrics::FANOUT_MISSED).increment(missed);
+                counter!(telemetry::FANOUT_MISSED).increment(missed);
                 // Any socket may have needed what was skipped: none is left with a silent gap.
                 let sockets = hub.lose_all();
                 tracing::warn!(

@@ -8,8 +8,8 @@ use ::metrics::counter;
 use serde::Serialize;
 
 use super::{DeadLetterQuery, MessageStore, StoreError};
-use crate::metrics;
 use crate::model::DeadLetter;
+use crate::telemetry;
 
 /// Dead letters read per page when an operator acts on all of them.
 const PAGE: u32 = 500;
@@ -134,7 +134,7 @@ impl DeadLetters {
                     ReplayResult::Failed { .. } => "failed",
                     ReplayResult::NotFound => "not_found",
                 };
-                counter!(metrics::DLQ_REPLAYS, "result" => result).increment(1);
+                counter!(telemetry::DLQ_REPLAYS, "result" => result).increment(1);
             }
         }
         Ok(outcomes)

@@ -14,8 +14,8 @@ use ::metrics::counter;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::PendingEntry;
-use crate::metrics;
 use crate::sqlite;
+use crate::telemetry;
 
 /// The `seq`s found unreadable, as sorted, disjoint, inclusive ranges.
 #[derive(Debug, Default)]
@@ -111,7 +111,7 @@ pub(super) fn pending_around(
         }
     }
     if !skipped.is_empty() {
-        counter!(metrics::OUTBOX_ROWS_SKIPPED).increment(skipped.len() as u64);
+        counter!(telemetry::OUTBOX_ROWS_SKIPPED).increment(skipped.len() as u64);
         for (first, end) in unreadable.add(&skipped) {
             tracing::error!(
                 first_seq = first,

@@ -22,8 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::{Outbox, PendingEntry};
 use crate::config::RelaySettings;
-use crate::metrics;
 use crate::store::{MessageStore, StoreHealth};
+use crate::telemetry;
 pub use backoff::Backoff;
 use dead_letter_mover::DeadLetterMover;
 use retries::RetrySet;
@@ -216,7 +216,7 @@ impl Dispatcher {
                 return;
             }
         };
-        counter!(metrics::PERSIST_RETRIES).increment(refused.len() as u64);
+        counter!(telemetry::PERSIST_RETRIES).increment(refused.len() as u64);
         let now = Instant::now();
         for entry in refused {
             let due = now + backoff.delay(entry.attempts);

@@ -8,10 +8,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
-use crate::metrics;
 use crate::model::Failure;
 use crate::pipeline::outbox::{Outbox, OutboxError, PendingEntry};
 use crate::store::{MessageStore, StoreError, StoreHealth, WriteOutcome};
+use crate::telemetry;
 
 pub(super) struct BatchWriter {
     pub outbox: Arc<Outbox>,
@@ -90,7 +90,7 @@ impl BatchWriter {
         let messages: Vec<_> = part.iter().map(|e| e.message.clone()).collect();
         let writing = Instant::now();
         let written = self.store.insert_batch(&messages).await;
-        histogram!(metrics::PERSIST_DURATION).record(writing.elapsed());
+        histogram!(telemetry::PERSIST_DURATION).record(writing.elapsed());
         let (result, written) = match written {
             Ok(outcomes) if outcomes.len() == part.len() => {
                 self.health.write_taken();
@@ -112,7 +112,7 @@ impl BatchWriter {
             Err(StoreError::Unavailable(reason)) => ("unavailable", Written::Unavailable(reason)),
             Err(StoreError::Failed(reason)) => ("failed", Written::Failed(reason)),
         };
-        counter!(metrics::PERSIST_BATCHES, "result" => result).increment(1);
+        counter!(telemetry::PERSIST_BATCHES, "result" => result).increment(1);
         written
     }
 
@@ -141,7 +141,7 @@ impl BatchWriter {
             let (id, attempts, kind) = (&entry.message.id, entry.attempts, &failure.kind);
             tracing::debug!(%id, error = %failure.message, "store refused a message");
             if dead {
-                counter!(metrics::DEAD_LETTERS).increment(1);
+                counter!(telemetry::DEAD_LETTERS).increment(1);
                 tracing::error!(%id, attempts, %kind, "message dead-lettered");
             } else {
                 tracing::warn!(%id, attempts, %kind, "message write failed, will retry");
