@@ -1,7 +1,9 @@
-//! Configuration from the environment. [`SETTINGS`] is the one list of variables, defaults and
-//! meanings: parsing reads its defaults and `chatd --help` prints it.
+//! Configuration from the environment. Each variable is declared once below (name, default,
+//! accepted values, help); the parser reads those declarations, [`SETTINGS`] lists them for
+//! `chatd --help`, and a test holds README's table to what they print.
 
 use std::fmt::Display;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
@@ -10,13 +12,108 @@ use std::time::Duration;
 
 use crate::hub::SocketLimits;
 
+/// What every variable has. The typed declarations ([`Value`], [`Number`], [`Span`]) add the
+/// values they accept, so that a setting's name, default, range and help are written once and
+/// the parser, `chatd --help`, README's table and the tests all read that one declaration.
 pub struct Setting {
     pub name: &'static str,
+    /// What an unset or empty variable means, written as an operator would set it, and parsed
+    /// like a set value; empty: unset.
     pub default: &'static str,
-    pub help: &'static str,
+    /// The meaning, with `{range}`, or `{min}` and `{max}`, where the declared bounds go, so the
+    /// help cannot state other bounds than the parser enforces. Read through
+    /// [`Declared::help`].
+    help: &'static str,
 }
 
-const fn setting(name: &'static str, default: &'static str, help: &'static str) -> Setting {
+/// A variable parsed with `FromStr` whose type is its whole range: an address, a port, a flag.
+pub struct Value<T> {
+    pub setting: Setting,
+    parsed_as: PhantomData<fn() -> T>,
+}
+
+/// A number within `range`, or exactly `no_limit` where that value turns a limit off.
+pub struct Number<T> {
+    pub setting: Setting,
+    pub range: RangeInclusive<T>,
+    pub no_limit: Option<T>,
+}
+
+/// A duration within `range`.
+pub struct Span {
+    pub setting: Setting,
+    pub range: RangeInclusive<Duration>,
+}
+
+/// Any declaration, as `--help`, README's table and the tests see it.
+pub trait Declared {
+    fn setting(&self) -> &Setting;
+
+    /// The lowest and highest value accepted, written as the out-of-range errors write them;
+    /// `None` for text, and for values whose type is their range.
+    fn bounds(&self) -> Option<(String, String)> {
+        None
+    }
+
+    /// The help text with the declared bounds in place.
+    fn help(&self) -> String {
+        let help = self.setting().help;
+        match self.bounds() {
+            Some((min, max)) => help
+                .replace("{range}", &format!("{min} to {max}"))
+                .replace("{min}", &min)
+                .replace("{max}", &max),
+            None => help.to_string(),
+        }
+    }
+}
+
+impl Declared for Setting {
+    fn setting(&self) -> &Setting {
+        self
+    }
+}
+
+impl<T> Declared for Value<T> {
+    fn setting(&self) -> &Setting {
+        &self.setting
+    }
+}
+
+impl<T: Display> Number<T> {
+    fn min_max(&self) -> (String, String) {
+        (self.range.start().to_string(), self.range.end().to_string())
+    }
+}
+
+impl<T: Display> Declared for Number<T> {
+    fn setting(&self) -> &Setting {
+        &self.setting
+    }
+
+    fn bounds(&self) -> Option<(String, String)> {
+        Some(self.min_max())
+    }
+}
+
+impl Span {
+    fn min_max(&self) -> (String, String) {
+        let format = |d: &Duration| humantime::format_duration(*d).to_string();
+        (format(self.range.start()), format(self.range.end()))
+    }
+}
+
+impl Declared for Span {
+    fn setting(&self) -> &Setting {
+        &self.setting
+    }
+
+    fn bounds(&self) -> Option<(String, String)> {
+        Some(self.min_max())
+    }
+}
+
+const fn text(name: &'static str, default: &'static str, help: &'static str) -> Setting {
     Setting {
         name,
         default,
@@ -24,232 +121,349 @@ const fn setting(name: &'static str, default: &'static str, help: &'static str) 
     }
 }
 
-pub const SETTINGS: &[Setting] = &[
-    setting("HOST", "0.0.0.0", "address to listen on"),
-    setting(
-        "PORT",
-        "8080",
-        "HTTP and WebSocket port (0 picks a free one)",
-    ),
-    setting(
-        "METRICS_PORT",
-        "",
-        "serve /metrics on its own port instead of the main one",
-    ),
-    setting(
-        "DATA_DIR",
-        "./data",
-        "the embedded store, the local outbox and the development secret",
-    ),
-    setting(
-        "JWT_SECRET",
-        "",
-        "HS256 secret; unset: a development secret is generated once in DATA_DIR",
-    ),
-    setting(
-        "JWT_PUBLIC_KEY",
-        "",
-        "an identity service's public key (PEM text, or @/path/key.pem): RS256/ES256 tokens instead of HS256",
-    ),
-    setting(
-        "JWKS_URL",
-        "",
-        "an identity service's JWKS document: RS256/ES256 tokens, keys chosen by kid, cached",
-    ),
-    setting("JWT_ISSUER", "", "when set, a token's iss must be this"),
-    setting(
-        "JWT_AUDIENCE",
-        "",
-        "when set, a token's aud must include this",
-    ),
-    setting(
-        "MONGO_URI",
-        "",
-        "MongoDB connection string; unset: the embedded store in DATA_DIR",
-    ),
-    setting("MONGO_DB", "chatdb", "MongoDB database"),
-    setting(
-        "MONGO_COLLECTION",
-        "messages",
-        "MongoDB collection of messages",
-    ),
-    setting(
-        "MONGO_DEAD_LETTER_COLLECTION",
-        "dead_letters",
-        "MongoDB collection of messages that spent every attempt",
-    ),
-    setting(
-        "STORE_TIMEOUT",
-        "10s",
-        "a store call taking longer counts as the store being unavailable (1ms to 1day)",
-    ),
-    setting(
-        "ADMIN_TOKEN",
-        "",
-        "bearer token for /admin/*; unset: the admin API is off (404)",
-    ),
-    setting(
-        "INSTANCE_ID",
-        "",
-        "this instance's name in dead letters; unset: hostname:pid",
-    ),
-    setting(
-        "CONNECTIONS_REQUIRE_AUTH",
-        "false",
-        "require a JWT on POST /api/connections (the original left it open)",
-    ),
-    setting(
+const fn value<T>(name: &'static str, default: &'static str, help: &'static str) -> Value<T> {
+    Value {
+        setting: text(name, default, help),
+        parsed_as: PhantomData,
+    }
+}
+
+const fn number<T>(
+    name: &'static str,
+    default: &'static str,
+    range: RangeInclusive<T>,
+    help: &'static str,
+) -> Number<T> {
+    Number {
+        setting: text(name, default, help),
+        range,
+        no_limit: None,
+    }
+}
+
+const fn span(
+    name: &'static str,
+    default: &'static str,
+    range: RangeInclusive<Duration>,
+    help: &'static str,
+) -> Span {
+    Span {
+        setting: text(name, default, help),
+        range,
+    }
+}
+
+pub const HOST: Value<IpAddr> = value("HOST", "0.0.0.0", "address to listen on");
+pub const PORT: Value<u16> = value(
+    "PORT",
+    "8080",
+    "HTTP and WebSocket port (0 picks a free one)",
+);
+pub const METRICS_PORT: Value<u16> = value(
+    "METRICS_PORT",
+    "",
+    "serve /metrics on its own port instead of the main one",
+);
+pub const DATA_DIR: Setting = text(
+    "DATA_DIR",
+    "./data",
+    "the embedded store, the local outbox and the development secret",
+);
+pub const JWT_SECRET: Setting = text(
+    "JWT_SECRET",
+    "",
+    "HS256 secret; unset: a development secret is generated once in DATA_DIR",
+);
+pub const JWT_PUBLIC_KEY: Setting = text(
+    "JWT_PUBLIC_KEY",
+    "",
+    "an identity service's public key (PEM text, or @/path/key.pem): RS256/ES256 tokens instead of HS256",
+);
+pub const JWKS_URL: Setting = text(
+    "JWKS_URL",
+    "",
+    "an identity service's JWKS document: RS256/ES256 tokens, keys chosen by kid, cached",
+);
+pub const JWT_ISSUER: Setting = text("JWT_ISSUER", "", "when set, a token's iss must be this");
+pub const JWT_AUDIENCE: Setting = text(
+    "JWT_AUDIENCE",
+    "",
+    "when set, a token's aud must include this",
+);
+pub const MONGO_URI: Setting = text(
+    "MONGO_URI",
+    "",
+    "MongoDB connection string; unset: the embedded store in DATA_DIR",
+);
+pub const MONGO_DB: Setting = text("MONGO_DB", "chatdb", "MongoDB database");
+pub const MONGO_COLLECTION: Setting = text(
+    "MONGO_COLLECTION",
+    "messages",
+    "MongoDB collection of messages",
+);
+pub const MONGO_DEAD_LETTER_COLLECTION: Setting = text(
+    "MONGO_DEAD_LETTER_COLLECTION",
+    "dead_letters",
+    "MongoDB collection of messages that spent every attempt",
+);
+pub const STORE_TIMEOUT: Span = span(
+    "STORE_TIMEOUT",
+    "10s",
+    SHORTEST_TIMEOUT..=LONGEST,
+    "a store call taking longer counts as the store being unavailable ({range})",
+);
+pub const ADMIN_TOKEN: Setting = text(
+    "ADMIN_TOKEN",
+    "",
+    "bearer token for /admin/*; unset: the admin API is off (404)",
+);
+pub const INSTANCE_ID: Setting = text(
+    "INSTANCE_ID",
+    "",
+    "this instance's name in dead letters; unset: hostname:pid",
+);
+pub const CONNECTIONS_REQUIRE_AUTH: Value<bool> = value(
+    "CONNECTIONS_REQUIRE_AUTH",
+    "false",
+    "require a JWT on POST /api/connections (the original left it open)",
+);
+/// A non-zero rate must be at least one request per 1,000 s, so that waiting for a token is a
+/// duration that fits.
+pub const RATE_LIMIT_RPS: Number<f64> = Number {
+    no_limit: Some(0.0),
+    ..number(
         "RATE_LIMIT_RPS",
         "5",
-        "per-user token bucket refill rate on /api/* (0: no limit; else 0.001 to 1000000)",
-    ),
-    setting(
-        "RATE_LIMIT_BURST",
-        "10",
-        "per-user token bucket size on /api/* (1 to 1000000)",
-    ),
-    setting(
-        "MAX_BODY_BYTES",
-        "65536",
-        "largest request body; larger: 413 (1024 to 67108864)",
-    ),
-    setting(
-        "MAX_MESSAGE_BYTES",
-        "4096",
-        "largest message content in bytes; larger: 413 (1 to MAX_BODY_BYTES)",
-    ),
-    setting(
-        "MAX_PARTICIPANTS",
-        "100",
-        "most participants in a channel; more: 400 (1 to 10000)",
-    ),
-    setting(
-        "RETRY_ATTEMPTS",
-        "5",
-        "persistence attempts before a message is dead-lettered (1 to 1000)",
-    ),
-    setting(
-        "RETRY_BASE_MS",
-        "100",
-        "first retry delay; it doubles per attempt, with jitter (1 to RETRY_MAX_MS)",
-    ),
-    setting(
-        "RETRY_MAX_MS",
-        "30000",
-        "longest retry delay (RETRY_BASE_MS to 86400000, a day)",
-    ),
-    setting(
-        "RELAY_WORKERS",
-        "4",
-        "batches written to the store at once (1 to 1024)",
-    ),
-    setting(
-        "RELAY_BATCH_SIZE",
-        "256",
-        "most messages in one store write (1 to 10000)",
-    ),
-    setting(
-        "OUTBOX_QUEUE",
-        "8192",
-        "sends waiting for the outbox's next commit; beyond it: 503 (1 to 1048576)",
-    ),
-    setting(
-        "IDEMPOTENCY_WINDOW",
-        "24h",
-        "how long an Idempotency-Key on POST /api/messages answers with its first message",
-    ),
-    setting(
-        "BUS_CAPACITY",
-        "4096",
-        "events the fan-out may fall behind by before it skips (every socket is then closed with 4009 and recovers with since; 1 to 1048576)",
-    ),
-    setting(
-        "MAX_SOCKETS_PER_USER",
-        "16",
-        "sockets one user may have open; beyond it the upgrade is refused with 429 (1 to 100000)",
-    ),
-    setting(
-        "MAX_CONNECTIONS",
-        "50000",
-        "sockets open in all; beyond it the upgrade is refused with 503 (1 to 10000000; must fit ulimit -n, see README)",
-    ),
-    setting(
-        "RECOVERY_LIMIT",
-        "1000",
-        "most missed messages /ws?since=<id> replays; beyond it the client is told to page history (1 to 100000)",
-    ),
-    setting(
-        "RECOVERY_CONCURRENCY",
-        "2",
-        "reconnect recoveries read and replayed at once; an upgrade that waits more than a second for its turn gets 503 (1 to 1024)",
-    ),
-    setting(
-        "WS_SEND_QUEUE_BYTES",
-        "4194304",
-        "bytes of frames queued per socket (4 MiB); beyond it a stalled socket is closed with 4008, a reading one with 4009 (1024 to 1073741824)",
-    ),
-    setting(
-        "WS_STALL_TIMEOUT",
-        "10s",
-        "a socket whose queue is full and whose writer made no progress for this long is a slow consumer (4008; 100ms to 24h)",
-    ),
-    setting(
-        "WS_MAX_INBOUND_BYTES",
-        "65536",
-        "largest frame a client may send (1 to 16777216)",
-    ),
-    setting(
-        "WS_PING_INTERVAL",
-        "30s",
-        "how often sockets are pinged (10ms to 1day)",
-    ),
-    setting(
-        "WS_PONG_TIMEOUT",
-        "60s",
-        "a socket whose last pong is this old is closed (checked at each ping; more than WS_PING_INTERVAL, at most 1day)",
-    ),
-    setting(
-        "CORS_ALLOWED_ORIGINS",
-        "",
-        "web origins allowed to call chatd, comma-separated (https://app.example.com); unset: none",
-    ),
-    setting(
-        "TLS_CERT",
-        "",
-        "PEM certificate chain: serve HTTPS and WSS (with TLS_KEY); unset: plain HTTP",
-    ),
-    setting("TLS_KEY", "", "PEM private key for TLS_CERT"),
-    setting(
-        "HTTP_HEADER_TIMEOUT",
-        "10s",
-        "a connection that has not sent a request's headers by then is closed (1ms to 1day)",
-    ),
-    setting(
-        "HTTP_REQUEST_TIMEOUT",
-        "30s",
-        "a request not answered by then (a body trickling in, say) gets 408 (1ms to 1day)",
-    ),
-    setting(
-        "HTTP_MAX_CONNECTIONS",
-        "",
-        "TCP connections open in all, WebSockets included; beyond it a new one gets 503 and is closed; unset: MAX_CONNECTIONS plus room for requests (must fit ulimit -n)",
-    ),
-    setting(
-        "HTTP_MAX_PENDING_PER_CLIENT",
-        "64",
-        "connections one client address may hold that have gone 1 s without a whole request head (slowloris); beyond it: 503 (1 to 100000)",
-    ),
-    setting(
-        "SHUTDOWN_TIMEOUT",
-        "10s",
-        "how long shutdown waits for the outbox to drain; the rest waits for the next start (0s to 1day)",
-    ),
-    setting("RUST_LOG", "info", "log filter, e.g. chatd=debug,info"),
-    setting(
-        "LOG_FORMAT",
-        "pretty",
-        "log lines as 'pretty' text or 'json'",
-    ),
+        0.001..=1_000_000.0,
+        "per-user token bucket refill rate on /api/* (0: no limit; else {range})",
+    )
+};
+pub const RATE_LIMIT_BURST: Number<u32> = number(
+    "RATE_LIMIT_BURST",
+    "10",
+    1..=1_000_000,
+    "per-user token bucket size on /api/* ({range})",
+);
+pub const MAX_BODY_BYTES: Number<usize> = number(
+    "MAX_BODY_BYTES",
+    "65536",
+    1024..=LARGEST_BODY,
+    "largest request body; larger: 413 ({range})",
+);
+pub const MAX_MESSAGE_BYTES: Number<usize> = number(
+    "MAX_MESSAGE_BYTES",
+    "4096",
+    1..=LARGEST_BODY,
+    "largest message content in bytes; larger: 413 ({min} to MAX_BODY_BYTES)",
+);
+pub const MAX_PARTICIPANTS: Number<usize> = number(
+    "MAX_PARTICIPANTS",
+    "100",
+    1..=10_000,
+    "most participants in a channel; more: 400 ({range})",
+);
+pub const RETRY_ATTEMPTS: Number<u32> = number(
+    "RETRY_ATTEMPTS",
+    "5",
+    1..=1000,
+    "persistence attempts before a message is dead-lettered ({range})",
+);
+pub const RETRY_BASE_MS: Number<u64> = number(
+    "RETRY_BASE_MS",
+    "100",
+    1..=LONGEST_MS,
+    "first retry delay; it doubles per attempt, with jitter ({min} to RETRY_MAX_MS)",
+);
+pub const RETRY_MAX_MS: Number<u64> = number(
+    "RETRY_MAX_MS",
+    "30000",
+    1..=LONGEST_MS,
+    "longest retry delay (RETRY_BASE_MS to {max}, a day)",
+);
+pub const RELAY_WORKERS: Number<usize> = number(
+    "RELAY_WORKERS",
+    "4",
+    1..=1024,
+    "batches written to the store at once ({range})",
+);
+pub const RELAY_BATCH_SIZE: Number<usize> = number(
+    "RELAY_BATCH_SIZE",
+    "256",
+    1..=10_000,
+    "most messages in one store write ({range})",
+);
+pub const OUTBOX_QUEUE: Number<usize> = number(
+    "OUTBOX_QUEUE",
+    "8192",
+    1..=LARGEST_QUEUE,
+    "sends waiting for the outbox's next commit; beyond it: 503 ({range})",
+);
+pub const IDEMPOTENCY_WINDOW: Span = span(
+    "IDEMPOTENCY_WINDOW",
+    "24h",
+    Duration::from_secs(1)..=LONGEST_KEY_WINDOW,
+    "how long an Idempotency-Key on POST /api/messages answers with its first message ({range})",
+);
+pub const BUS_CAPACITY: Number<usize> = number(
+    "BUS_CAPACITY",
+    "4096",
+    1..=LARGEST_QUEUE,
+    "events the fan-out may fall behind by before it skips (every socket is then closed with 4009 and recovers with since; {range})",
+);
+pub const MAX_SOCKETS_PER_USER: Number<usize> = number(
+    "MAX_SOCKETS_PER_USER",
+    "16",
+    1..=100_000,
+    "sockets one user may have open; beyond it the upgrade is refused with 429 ({range})",
+);
+pub const MAX_CONNECTIONS: Number<usize> = number(
+    "MAX_CONNECTIONS",
+    "50000",
+    1..=10_000_000,
+    "sockets open in all; beyond it the upgrade is refused with 503 ({range}; must fit ulimit -n, see README)",
+);
+pub const RECOVERY_LIMIT: Number<u32> = number(
+    "RECOVERY_LIMIT",
+    "1000",
+    1..=100_000,
+    "most missed messages /ws?since=<id> replays; beyond it the client is told to page history ({range})",
+);
+pub const RECOVERY_CONCURRENCY: Number<usize> = number(
+    "RECOVERY_CONCURRENCY",
+    "2",
+    1..=1024,
+    "reconnect recoveries read and replayed at once; an upgrade that waits more than a second for its turn gets 503 ({range})",
+);
+pub const WS_SEND_QUEUE_BYTES: Number<usize> = number(
+    "WS_SEND_QUEUE_BYTES",
+    "4194304",
+    1024..=1 << 30,
+    "bytes of frames queued per socket (4 MiB); beyond it a stalled socket is closed with 4008, a reading one with 4009 ({range})",
+);
+pub const WS_STALL_TIMEOUT: Span = span(
+    "WS_STALL_TIMEOUT",
+    "10s",
+    Duration::from_millis(100)..=LONGEST,
+    "a socket whose queue is full and whose writer made no progress for this long is a slow consumer (4008; {range})",
+);
+pub const WS_MAX_INBOUND_BYTES: Number<usize> = number(
+    "WS_MAX_INBOUND_BYTES",
+    "65536",
+    1..=16 << 20,
+    "largest frame a client may send ({range})",
+);
+pub const WS_PING_INTERVAL: Span = span(
+    "WS_PING_INTERVAL",
+    "30s",
+    SHORTEST_PING..=LONGEST,
+    "how often sockets are pinged ({range})",
+);
+pub const WS_PONG_TIMEOUT: Span = span(
+    "WS_PONG_TIMEOUT",
+    "60s",
+    SHORTEST_PING..=LONGEST,
+    "a socket whose last pong is this old is closed (checked at each ping; more than WS_PING_INTERVAL, at most {max})",
+);
+pub const CORS_ALLOWED_ORIGINS: Setting = text(
+    "CORS_ALLOWED_ORIGINS",
+    "",
+    "web origins allowed to call chatd, comma-separated (https://app.example.com); unset: none",
+);
+pub const TLS_CERT: Setting = text(
+    "TLS_CERT",
+    "",
+    "PEM certificate chain: serve HTTPS and WSS (with TLS_KEY); unset: plain HTTP",
+);
+pub const TLS_KEY: Setting = text("TLS_KEY", "", "PEM private key for TLS_CERT");
+pub const HTTP_HEADER_TIMEOUT: Span = span(
+    "HTTP_HEADER_TIMEOUT",
+    "10s",
+    SHORTEST_TIMEOUT..=LONGEST,
+    "a connection that has not sent a request's headers by then is closed ({range})",
+);
+pub const HTTP_REQUEST_TIMEOUT: Span = span(
+    "HTTP_REQUEST_TIMEOUT",
+    "30s",
+    SHORTEST_TIMEOUT..=LONGEST,
+    "a request not answered by then (a body trickling in, say) gets 408 ({range})",
+);
+pub const HTTP_MAX_CONNECTIONS: Number<usize> = number(
+    "HTTP_MAX_CONNECTIONS",
+    "",
+    1..=10_000_000,
+    "TCP connections open in all, WebSockets included; beyond it a new one gets 503 and is closed; unset: MAX_CONNECTIONS plus room for requests ({range}; must fit ulimit -n)",
+);
+pub const HTTP_MAX_PENDING_PER_CLIENT: Number<usize> = number(
+    "HTTP_MAX_PENDING_PER_CLIENT",
+    "64",
+    1..=100_000,
+    "connections one client address may hold that have gone 1 s without a whole request head (slowloris); beyond it: 503 ({range})",
+);
+pub const SHUTDOWN_TIMEOUT: Span = span(
+    "SHUTDOWN_TIMEOUT",
+    "10s",
+    Duration::ZERO..=LONGEST,
+    "how long shutdown waits for the outbox to drain; the rest waits for the next start ({range})",
+);
+pub const RUST_LOG: Setting = text("RUST_LOG", "info", "log filter, e.g. chatd=debug,info");
+pub const LOG_FORMAT: Setting = text(
+    "LOG_FORMAT",
+    "pretty",
+    "log lines as 'pretty' text or 'json'",
+);
+
+/// Every variable chatd reads, in `--help`'s and README's order. A test checks that the parser
+/// reads exactly these.
+pub const SETTINGS: &[&dyn Declared] = &[
+    &HOST,
+    &PORT,
+    &METRICS_PORT,
+    &DATA_DIR,
+    &JWT_SECRET,
+    &JWT_PUBLIC_KEY,
+    &JWKS_URL,
+    &JWT_ISSUER,
+    &JWT_AUDIENCE,
+    &MONGO_URI,
+    &MONGO_DB,
+    &MONGO_COLLECTION,
+    &MONGO_DEAD_LETTER_COLLECTION,
+    &STORE_TIMEOUT,
+    &ADMIN_TOKEN,
+    &INSTANCE_ID,
+    &CONNECTIONS_REQUIRE_AUTH,
+    &RATE_LIMIT_RPS,
+    &RATE_LIMIT_BURST,
+    &MAX_BODY_BYTES,
+    &MAX_MESSAGE_BYTES,
+    &MAX_PARTICIPANTS,
+    &RETRY_ATTEMPTS,
+    &RETRY_BASE_MS,
+    &RETRY_MAX_MS,
+    &RELAY_WORKERS,
+    &RELAY_BATCH_SIZE,
+    &OUTBOX_QUEUE,
+    &IDEMPOTENCY_WINDOW,
+    &BUS_CAPACITY,
+    &MAX_SOCKETS_PER_USER,
+    &MAX_CONNECTIONS,
+    &RECOVERY_LIMIT,
+    &RECOVERY_CONCURRENCY,
+    &WS_SEND_QUEUE_BYTES,
+    &WS_STALL_TIMEOUT,
+    &WS_MAX_INBOUND_BYTES,
+    &WS_PING_INTERVAL,
+    &WS_PONG_TIMEOUT,
+    &CORS_ALLOWED_ORIGINS,
+    &TLS_CERT,
+    &TLS_KEY,
+    &HTTP_HEADER_TIMEOUT,
+    &HTTP_REQUEST_TIMEOUT,
+    &HTTP_MAX_CONNECTIONS,
+    &HTTP_MAX_PENDING_PER_CLIENT,
+    &SHUTDOWN_TIMEOUT,
+    &RUST_LOG,
+    &LOG_FORMAT,
 ];
 
 #[derive(Debug, Clone)]
@@ -395,10 +609,6 @@ const SHORTEST_PING: Duration = Duration::from_millis(10);
 const LARGEST_QUEUE: usize = 1 << 20;
 /// The largest request body (64 MiB): bodies are read whole into memory.
 const LARGEST_BODY: usize = 64 << 20;
-/// A non-zero `RATE_LIMIT_RPS` must be at least this (one request per 1,000 s), so waiting for a
-/// token is a duration that fits; and at most [`FASTEST_RATE`].
-const SLOWEST_RATE: f64 = 0.001;
-const FASTEST_RATE: f64 = 1_000_000.0;
 
 impl RateLimit {
     /// No limit at all (`RATE_LIMIT_RPS=0`).
@@ -427,111 +637,101 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(&lookup);
         let config = Self {
-            host: vars.parse("HOST")?,
-            port: vars.parse("PORT")?,
-            metrics_port: match vars.optional("METRICS_PORT") {
-                Some(_) => Some(vars.parse("METRICS_PORT")?),
+            host: vars.value(&HOST)?,
+            port: vars.value(&PORT)?,
+            metrics_port: match vars.optional(&METRICS_PORT.setting) {
+                Some(_) => Some(vars.value(&METRICS_PORT)?),
                 None => None,
             },
-            data_dir: PathBuf::from(vars.text("DATA_DIR")),
-            jwt_secret: vars.optional("JWT_SECRET"),
+            data_dir: PathBuf::from(vars.text(&DATA_DIR)),
+            jwt_secret: vars.optional(&JWT_SECRET),
             identity: Identity {
-                public_key: vars.optional("JWT_PUBLIC_KEY"),
-                jwks_url: vars.optional("JWKS_URL"),
-                issuer: vars.optional("JWT_ISSUER"),
-                audience: vars.optional("JWT_AUDIENCE"),
+                public_key: vars.optional(&JWT_PUBLIC_KEY),
+                jwks_url: vars.optional(&JWKS_URL),
+                issuer: vars.optional(&JWT_ISSUER),
+                audience: vars.optional(&JWT_AUDIENCE),
             },
             store: StoreSettings {
-                mongo: vars.optional("MONGO_URI").map(|uri| MongoSettings {
+                mongo: vars.optional(&MONGO_URI).map(|uri| MongoSettings {
                     uri,
-                    database: vars.text("MONGO_DB"),
-                    messages: vars.text("MONGO_COLLECTION"),
-                    dead_letters: vars.text("MONGO_DEAD_LETTER_COLLECTION"),
+                    database: vars.text(&MONGO_DB),
+                    messages: vars.text(&MONGO_COLLECTION),
+                    dead_letters: vars.text(&MONGO_DEAD_LETTER_COLLECTION),
                 }),
-                timeout: vars.duration_in("STORE_TIMEOUT", SHORTEST_TIMEOUT..=LONGEST)?,
+                timeout: vars.duration(&STORE_TIMEOUT)?,
             },
-            admin_token: vars.optional("ADMIN_TOKEN"),
+            admin_token: vars.optional(&ADMIN_TOKEN),
             instance_id: vars
-                .optional("INSTANCE_ID")
+                .optional(&INSTANCE_ID)
                 .unwrap_or_else(default_instance_id),
-            connections_require_auth: vars.parse("CONNECTIONS_REQUIRE_AUTH")?,
-            recovery_limit: vars.number("RECOVERY_LIMIT", 1..=100_000)?,
-            recovery_concurrency: vars.number("RECOVERY_CONCURRENCY", 1..=1024)?,
+            connections_require_auth: vars.value(&CONNECTIONS_REQUIRE_AUTH)?,
+            recovery_limit: vars.number(&RECOVERY_LIMIT)?,
+            recovery_concurrency: vars.number(&RECOVERY_CONCURRENCY)?,
             rate_limit: RateLimit {
-                per_second: vars.parse_where(
-                    "RATE_LIMIT_RPS",
-                    |v: &f64| *v == 0.0 || (SLOWEST_RATE..=FASTEST_RATE).contains(v),
-                    format_args!("expected 0 (no limit) or {SLOWEST_RATE} to {FASTEST_RATE}"),
-                )?,
-                burst: vars.number("RATE_LIMIT_BURST", 1..=1_000_000)?,
+                per_second: vars.number(&RATE_LIMIT_RPS)?,
+                burst: vars.number(&RATE_LIMIT_BURST)?,
             },
             limits: Limits {
-                max_body_bytes: vars.number("MAX_BODY_BYTES", 1024..=LARGEST_BODY)?,
-                max_message_bytes: vars.number("MAX_MESSAGE_BYTES", 1..=LARGEST_BODY)?,
-                max_participants: vars.number("MAX_PARTICIPANTS", 1..=10_000)?,
+                max_body_bytes: vars.number(&MAX_BODY_BYTES)?,
+                max_message_bytes: vars.number(&MAX_MESSAGE_BYTES)?,
+                max_participants: vars.number(&MAX_PARTICIPANTS)?,
             },
             relay: RelaySettings {
-                workers: vars.number("RELAY_WORKERS", 1..=1024)?,
-                batch_size: vars.number("RELAY_BATCH_SIZE", 1..=10_000)?,
-                retry_attempts: vars.number("RETRY_ATTEMPTS", 1..=1000)?,
-                retry_base: Duration::from_millis(vars.number("RETRY_BASE_MS", 1..=LONGEST_MS)?),
-                retry_max: Duration::from_millis(vars.number("RETRY_MAX_MS", 1..=LONGEST_MS)?),
+                workers: vars.number(&RELAY_WORKERS)?,
+                batch_size: vars.number(&RELAY_BATCH_SIZE)?,
+                retry_attempts: vars.number(&RETRY_ATTEMPTS)?,
+                retry_base: Duration::from_millis(vars.number(&RETRY_BASE_MS)?),
+                retry_max: Duration::from_millis(vars.number(&RETRY_MAX_MS)?),
             },
-            outbox_queue: vars.number("OUTBOX_QUEUE", 1..=LARGEST_QUEUE)?,
-            idempotency_window: vars.duration_in(
-                "IDEMPOTENCY_WINDOW",
-                Duration::from_secs(1)..=LONGEST_KEY_WINDOW,
-            )?,
-            bus_capacity: vars.number("BUS_CAPACITY", 1..=LARGEST_QUEUE)?,
+            outbox_queue: vars.number(&OUTBOX_QUEUE)?,
+            idempotency_window: vars.duration(&IDEMPOTENCY_WINDOW)?,
+            bus_capacity: vars.number(&BUS_CAPACITY)?,
             socket: SocketSettings {
                 limits: SocketLimits {
-                    per_user: vars.number("MAX_SOCKETS_PER_USER", 1..=100_000)?,
-                    total: vars.number("MAX_CONNECTIONS", 1..=10_000_000)?,
+                    per_user: vars.number(&MAX_SOCKETS_PER_USER)?,
+                    total: vars.number(&MAX_CONNECTIONS)?,
                 },
-                total_is_explicit: vars.is_set("MAX_CONNECTIONS"),
-                queue_bytes: vars.number("WS_SEND_QUEUE_BYTES", 1024..=1 << 30)?,
-                stall_timeout: vars
-                    .duration_in("WS_STALL_TIMEOUT", Duration::from_millis(100)..=LONGEST)?,
-                max_inbound_bytes: vars.number("WS_MAX_INBOUND_BYTES", 1..=16 << 20)?,
-                ping_interval: vars.duration_in("WS_PING_INTERVAL", SHORTEST_PING..=LONGEST)?,
-                pong_timeout: vars.duration_in("WS_PONG_TIMEOUT", SHORTEST_PING..=LONGEST)?,
+                total_is_explicit: vars.is_set(&MAX_CONNECTIONS.setting),
+                queue_bytes: vars.number(&WS_SEND_QUEUE_BYTES)?,
+                stall_timeout: vars.duration(&WS_STALL_TIMEOUT)?,
+                max_inbound_bytes: vars.number(&WS_MAX_INBOUND_BYTES)?,
+                ping_interval: vars.duration(&WS_PING_INTERVAL)?,
+                pong_timeout: vars.duration(&WS_PONG_TIMEOUT)?,
             },
-            shutdown_timeout: vars.duration_in("SHUTDOWN_TIMEOUT", Duration::ZERO..=LONGEST)?,
+            shutdown_timeout: vars.duration(&SHUTDOWN_TIMEOUT)?,
             http: HttpSettings {
-                tls: match (vars.optional("TLS_CERT"), vars.optional("TLS_KEY")) {
+                tls: match (vars.optional(&TLS_CERT), vars.optional(&TLS_KEY)) {
                     (Some(cert), Some(key)) => Some((PathBuf::from(cert), PathBuf::from(key))),
                     (None, None) => None,
                     (cert, _) => {
                         return Err(ConfigError {
                             name: if cert.is_some() {
-                                "TLS_KEY"
+                                TLS_KEY.name
                             } else {
-                                "TLS_CERT"
+                                TLS_CERT.name
                             },
                             value: String::new(),
                             reason: "TLS_CERT and TLS_KEY go together".into(),
                         });
                     }
                 },
-                header_timeout: vars
-                    .duration_in("HTTP_HEADER_TIMEOUT", SHORTEST_TIMEOUT..=LONGEST)?,
-                request_timeout: vars
-                    .duration_in("HTTP_REQUEST_TIMEOUT", SHORTEST_TIMEOUT..=LONGEST)?,
+                header_timeout: vars.duration(&HTTP_HEADER_TIMEOUT)?,
+                request_timeout: vars.duration(&HTTP_REQUEST_TIMEOUT)?,
                 allowed_origins: allowed_origins(&vars)?,
-                max_connections: match vars.optional("HTTP_MAX_CONNECTIONS") {
-                    Some(_) => Some(vars.number("HTTP_MAX_CONNECTIONS", 1..=10_000_000)?),
+                max_connections: match vars.optional(&HTTP_MAX_CONNECTIONS.setting) {
+                    Some(_) => Some(vars.number(&HTTP_MAX_CONNECTIONS)?),
                     None => None,
                 },
-                max_pending_per_client: vars.number("HTTP_MAX_PENDING_PER_CLIENT", 1..=100_000)?,
+                max_pending_per_client: vars.number(&HTTP_MAX_PENDING_PER_CLIENT)?,
             },
             log: LogSettings {
                 filter: log_filter(&vars)?,
-                json: match vars.text("LOG_FORMAT").as_str() {
+                json: match vars.text(&LOG_FORMAT).as_str() {
                     "json" => true,
                     "pretty" => false,
                     other => {
                         return Err(ConfigError {
-                            name: "LOG_FORMAT",
+                            name: LOG_FORMAT.name,
                             value: other.into(),
                             reason: "expected 'pretty' or 'json'".into(),
                         });
@@ -541,7 +741,7 @@ impl Config {
         };
         if config.identity.public_key.is_some() && config.identity.jwks_url.is_some() {
             return Err(ConfigError {
-                name: "JWKS_URL",
+                name: JWKS_URL.name,
                 value: config.identity.jwks_url.unwrap_or_default(),
                 reason: "set JWT_PUBLIC_KEY or JWKS_URL, not both".into(),
             });
@@ -552,31 +752,36 @@ impl Config {
 
     /// What no single range can say: settings that only make sense together.
     fn check_relations(&self, vars: &Vars<'_>) -> Result<(), ConfigError> {
-        let refuse = |name, reason: &str| Err(ConfigError::new(name, vars.text(name), reason));
+        let refuse = |setting: &Setting, reason: &str| {
+            Err(ConfigError::new(setting.name, vars.text(setting), reason))
+        };
         if self.relay.retry_max < self.relay.retry_base {
-            return refuse("RETRY_MAX_MS", "must not be less than RETRY_BASE_MS");
+            return refuse(&RETRY_MAX_MS.setting, "must not be less than RETRY_BASE_MS");
         }
         if self.limits.max_message_bytes > self.limits.max_body_bytes {
             return refuse(
-                "MAX_MESSAGE_BYTES",
+                &MAX_MESSAGE_BYTES.setting,
                 "must not be more than MAX_BODY_BYTES: a message that large could never arrive",
             );
         }
         // The pong watch runs at each ping, and the first ping comes one interval after the
         // upgrade: a timeout not above the interval would close every socket at its first ping.
         if self.socket.pong_timeout <= self.socket.ping_interval {
-            return refuse("WS_PONG_TIMEOUT", "must be more than WS_PING_INTERVAL");
+            return refuse(
+                &WS_PONG_TIMEOUT.setting,
+                "must be more than WS_PING_INTERVAL",
+            );
         }
         if let Some(metrics) = self.metrics_port
             && metrics != 0
             && metrics == self.port
         {
-            return refuse("METRICS_PORT", "must differ from PORT");
+            return refuse(&METRICS_PORT.setting, "must differ from PORT");
         }
         if let Some(url) = &self.identity.jwks_url {
             let scheme = reqwest::Url::parse(url).map(|url| url.scheme().to_string());
             if !matches!(scheme.as_deref(), Ok("http" | "https")) {
-                return refuse("JWKS_URL", "expected an http:// or https:// URL");
+                return refuse(&JWKS_URL, "expected an http:// or https:// URL");
             }
         }
         Ok(())
@@ -584,15 +789,21 @@ impl Config {
 
     /// `chatd --help`'s list of variables.
     pub fn help() -> String {
-        let width = SETTINGS.iter().map(|s| s.name.len()).max().unwrap_or(0);
+        let width = SETTINGS
+            .iter()
+            .map(|s| s.setting().name.len())
+            .max()
+            .unwrap_or(0);
         let mut text = String::from("Environment (default in brackets):\n");
-        for s in SETTINGS {
+        for declared in SETTINGS {
+            let s = declared.setting();
             let default = if s.default.is_empty() {
                 "unset"
             } else {
                 s.default
             };
-            text.push_str(&format!("  {:width$}  {} [{default}]\n", s.name, s.help));
+            let help = declared.help();
+            text.push_str(&format!("  {:width$}  {help} [{default}]\n", s.name));
         }
         text
     }
@@ -602,87 +813,78 @@ struct Vars<'a>(&'a dyn Fn(&str) -> Option<String>);
 
 impl Vars<'_> {
     /// The variable is set, not left to its default.
-    fn is_set(&self, name: &'static str) -> bool {
-        (self.0)(name).is_some_and(|value| !value.is_empty())
+    fn is_set(&self, setting: &Setting) -> bool {
+        (self.0)(setting.name).is_some_and(|value| !value.is_empty())
     }
 
-    fn optional(&self, name: &'static str) -> Option<String> {
-        Some(self.text(name)).filter(|value| !value.is_empty())
+    fn optional(&self, setting: &Setting) -> Option<String> {
+        Some(self.text(setting)).filter(|value| !value.is_empty())
     }
 
-    fn text(&self, name: &'static str) -> String {
-        match (self.0)(name) {
+    /// The value, or the declared default when the variable is unset or empty.
+    fn text(&self, setting: &Setting) -> String {
+        match (self.0)(setting.name) {
             Some(value) if !value.is_empty() => value,
-            _ => default_of(name).to_string(),
+            _ => setting.default.to_string(),
         }
     }
 
-    fn parse<T: FromStr>(&self, name: &'static str) -> Result<T, ConfigError>
+    fn value<T: FromStr>(&self, declared: &Value<T>) -> Result<T, ConfigError>
     where
-        T::Err: std::fmt::Display,
+        T::Err: Display,
     {
-        let value = self.text(name);
+        self.parse(&declared.setting)
+    }
+
+    fn parse<T: FromStr>(&self, setting: &Setting) -> Result<T, ConfigError>
+    where
+        T::Err: Display,
+    {
+        let value = self.text(setting);
         value.parse().map_err(|e: T::Err| ConfigError {
-            name,
+            name: setting.name,
             reason: e.to_string(),
             value,
         })
     }
 
-    /// A number within `range`.
-    fn number<T>(&self, name: &'static str, range: RangeInclusive<T>) -> Result<T, ConfigError>
+    fn number<T>(&self, declared: &Number<T>) -> Result<T, ConfigError>
     where
         T: FromStr + PartialOrd + Display,
         T::Err: Display,
     {
-        self.parse_where(
-            name,
-            |v| range.contains(v),
-            format_args!("expected {} to {}", range.start(), range.end()),
-        )
-    }
-
-    fn parse_where<T: FromStr>(
-        &self,
-        name: &'static str,
-        valid: impl Fn(&T) -> bool,
-        expected: impl Display,
-    ) -> Result<T, ConfigError>
-    where
-        T::Err: Display,
-    {
-        let parsed = self.parse(name)?;
-        if valid(&parsed) {
-            Ok(parsed)
-        } else {
-            Err(ConfigError {
-                name,
-                value: self.text(name),
-                reason: format!("out of range: {expected}"),
-            })
+        let setting = &declared.setting;
+        let parsed = self.parse(setting)?;
+        if declared.range.contains(&parsed) || declared.no_limit.as_ref() == Some(&parsed) {
+            return Ok(parsed);
         }
+        let (min, max) = declared.min_max();
+        let expected = match &declared.no_limit {
+            Some(off) => format!("expected {off} (no limit) or {min} to {max}"),
+            None => format!("expected {min} to {max}"),
+        };
+        Err(ConfigError {
+            name: setting.name,
+            value: self.text(setting),
+            reason: format!("out of range: {expected}"),
+        })
     }
 
-    /// A duration within `range`.
-    fn duration_in(
-        &self,
-        name: &'static str,
-        range: RangeInclusive<Duration>,
-    ) -> Result<Duration, ConfigError> {
-        let value = self.text(name);
+    fn duration(&self, declared: &Span) -> Result<Duration, ConfigError> {
+        let setting = &declared.setting;
+        let value = self.text(setting);
         match parse_duration(&value) {
-            Ok(duration) if range.contains(&duration) => Ok(duration),
-            Ok(_) => Err(ConfigError {
-                name,
-                value,
-                reason: format!(
-                    "out of range: expected {} to {}",
-                    humantime::format_duration(*range.start()),
-                    humantime::format_duration(*range.end())
-                ),
-            }),
+            Ok(duration) if declared.range.contains(&duration) => Ok(duration),
+            Ok(_) => {
+                let (min, max) = declared.min_max();
+                Err(ConfigError {
+                    name: setting.name,
+                    value,
+                    reason: format!("out of range: expected {min} to {max}"),
+                })
+            }
             Err(reason) => Err(ConfigError {
-                name,
+                name: setting.name,
                 value,
                 reason,
             }),
@@ -694,7 +896,7 @@ impl Vars<'_> {
 /// (a bare host, a path) would never match a browser's `Origin`, so it is refused rather than
 /// silently ignored.
 fn allowed_origins(vars: &Vars<'_>) -> Result<Vec<String>, ConfigError> {
-    let text = vars.text("CORS_ALLOWED_ORIGINS");
+    let text = vars.text(&CORS_ALLOWED_ORIGINS);
     let mut origins = Vec::new();
     for origin in text
         .split(',')
@@ -712,7 +914,7 @@ fn allowed_origins(vars: &Vars<'_>) -> Result<Vec<String>, ConfigError> {
         });
         let Some(url) = url else {
             return Err(ConfigError::new(
-                "CORS_ALLOWED_ORIGINS",
+                CORS_ALLOWED_ORIGINS.name,
                 text.clone(),
                 format!("{origin:?} is not an origin like https://app.example.com"),
             ));
@@ -725,19 +927,11 @@ fn allowed_origins(vars: &Vars<'_>) -> Result<Vec<String>, ConfigError> {
 
 /// `RUST_LOG`, checked here so that a filter the log cannot use is a configuration error.
 fn log_filter(vars: &Vars<'_>) -> Result<String, ConfigError> {
-    let filter = vars.text("RUST_LOG");
+    let filter = vars.text(&RUST_LOG);
     match tracing_subscriber::EnvFilter::try_new(&filter) {
         Ok(_) => Ok(filter),
-        Err(e) => Err(ConfigError::new("RUST_LOG", filter, e.to_string())),
+        Err(e) => Err(ConfigError::new(RUST_LOG.name, filter, e.to_string())),
     }
-}
-
-fn default_of(name: &str) -> &'static str {
-    SETTINGS
-        .iter()
-        .find(|s| s.name == name)
-        .map(|s| s.default)
-        .unwrap_or_else(|| panic!("{name} is missing from SETTINGS"))
 }
 
 /// `hostname:pid`, which tells apart instances on one host and restarts of one instance.
@@ -792,15 +986,88 @@ mod tests {
         assert_eq!(c.socket.pong_timeout, Duration::from_secs(60));
     }
 
+    /// A variable the parser reads but [`SETTINGS`] lacks would be missing from `--help` and
+    /// README; one listed but never read would be documented and ignored.
     #[test]
-    fn every_setting_is_read_and_documented() {
-        let every = SETTINGS.iter().map(|s| (s.name, s.default));
+    fn the_parser_reads_exactly_the_declared_settings() {
+        use std::cell::RefCell;
+        use std::collections::BTreeSet;
+
+        let read = RefCell::new(BTreeSet::new());
+        // With MongoDB on, so that its settings are read too.
+        Config::from_lookup(|name| {
+            read.borrow_mut().insert(name.to_string());
+            (name == MONGO_URI.name).then(|| "mongodb://db:27017".to_string())
+        })
+        .unwrap();
+        let declared: BTreeSet<String> = SETTINGS
+            .iter()
+            .map(|s| s.setting().name.to_string())
+            .collect();
+        assert_eq!(read.into_inner(), declared);
+        assert_eq!(declared.len(), SETTINGS.len(), "a setting is listed twice");
+    }
+
+    #[test]
+    fn every_default_is_a_valid_value() {
+        let every = SETTINGS
+            .iter()
+            .map(|s| (s.setting().name, s.setting().default));
         let c = config(&every.collect::<Vec<_>>()).unwrap();
         assert_eq!(c.port, 8080);
         let help = Config::help();
         for s in SETTINGS {
-            assert!(help.contains(s.name), "{} missing from help", s.name);
+            assert!(
+                help.contains(s.setting().name),
+                "{} missing from help",
+                s.setting().name
+            );
         }
+    }
+
+    /// Help states the bounds the parser enforces by naming them, so it cannot state others:
+    /// `{range}`, or `{min}` and `{max}`, where a bound may instead be another setting (a
+    /// relation that [`Config::check_relations`] enforces).
+    #[test]
+    fn help_shows_every_declared_bound() {
+        let names: Vec<&str> = SETTINGS.iter().map(|s| s.setting().name).collect();
+        for declared in SETTINGS.iter().filter(|s| s.bounds().is_some()) {
+            let Setting { name, help, .. } = declared.setting();
+            let names_another = names
+                .iter()
+                .any(|other| other != name && help.contains(other));
+            let shows = |bound| help.contains("{range}") || help.contains(bound) || names_another;
+            assert!(
+                shows("{min}") && shows("{max}"),
+                "{name}'s help hides its range: {help}"
+            );
+        }
+    }
+
+    /// README's table is `--help`'s list; on a difference, the message is the table to paste.
+    #[test]
+    fn readme_table_is_the_declared_settings() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+        let header = "| Variable | Default | Meaning |\n|---|---|---|\n";
+        let start = readme.find(header).expect("README's configuration table") + header.len();
+        let end = readme[start..]
+            .find("\n\n")
+            .map_or(readme.len(), |end| start + end + 1);
+        let mut table = String::new();
+        for declared in SETTINGS {
+            let Setting { name, default, .. } = declared.setting();
+            let default = if default.is_empty() {
+                "unset".to_string()
+            } else {
+                format!("`{default}`")
+            };
+            table.push_str(&format!("| `{name}` | {default} | {} |\n", declared.help()));
+        }
+        assert!(
+            readme[start..end] == table,
+            "README's configuration table differs from the declarations; it should read:\n{table}"
+        );
     }
 
     #[test]
@@ -980,6 +1247,51 @@ mod tests {
         ]
     }
 
+    /// Each declared bound and the values just past it, read from the declaration, so that a
+    /// range changed there is tried at its new edges.
+    fn declared_edges(declared: &dyn Declared) -> Vec<String> {
+        let (inside, outside) = bounds_and_beyond(declared);
+        inside.into_iter().chain(outside).collect()
+    }
+
+    /// The declared bounds, and the values just below the lowest and just above the highest.
+    fn bounds_and_beyond(declared: &dyn Declared) -> (Vec<String>, Vec<String>) {
+        let Some((min, max)) = declared.bounds() else {
+            return Default::default();
+        };
+        let beyond = |bound: &str, up: bool| -> Option<String> {
+            if let Ok(n) = bound.parse::<i128>() {
+                Some((if up { n + 1 } else { n - 1 }).to_string())
+            } else if let Ok(x) = bound.parse::<f64>() {
+                Some((if up { x.next_up() } else { x.next_down() }).to_string())
+            } else {
+                let ns = parse_duration(bound).unwrap().as_nanos();
+                let ns = if up {
+                    ns.checked_add(1)
+                } else {
+                    ns.checked_sub(1)
+                };
+                ns.map(|ns| format!("{ns}ns"))
+            }
+        };
+        let outside = [beyond(&min, false), beyond(&max, true)];
+        (vec![min, max], outside.into_iter().flatten().collect())
+    }
+
+    /// A setting and a value for it: often one at or just past its declared bounds.
+    fn setting_and_value() -> impl proptest::strategy::Strategy<Value = (usize, String)> {
+        use proptest::prelude::*;
+        (0..SETTINGS.len()).prop_flat_map(|i| {
+            let edges = declared_edges(SETTINGS[i]);
+            let value = if edges.is_empty() {
+                edge().boxed()
+            } else {
+                prop_oneof![edge(), proptest::sample::select(edges)].boxed()
+            };
+            (Just(i), value)
+        })
+    }
+
     /// Builds what the server builds from a configuration and computes what it computes with
     /// it (timers, deadlines, queues, the rate limiter's waits, the file-descriptor fit), so that
     /// a configuration `from_lookup` accepts cannot panic a worker later.
@@ -1049,15 +1361,33 @@ mod tests {
 
         #[test]
         fn no_value_panics_and_every_accepted_configuration_is_safe_to_use(
-            values in proptest::collection::vec(
-                (0..SETTINGS.len(), edge()),
-                1..3,
-            )
+            values in proptest::collection::vec(setting_and_value(), 1..3)
         ) {
-            let vars: HashMap<&str, String> =
-                values.into_iter().map(|(i, value)| (SETTINGS[i].name, value)).collect();
+            let vars: HashMap<&str, String> = values
+                .into_iter()
+                .map(|(i, value)| (SETTINGS[i].setting().name, value))
+                .collect();
             if let Ok(config) = Config::from_lookup(|name| vars.get(name).cloned()) {
                 use_as_the_server_does(&config);
+            }
+        }
+    }
+
+    /// Out of range is refused, naming the variable, whatever else is set: ranges are checked
+    /// before relations.
+    #[test]
+    fn just_past_every_declared_bound_is_refused() {
+        for declared in SETTINGS {
+            let name = declared.setting().name;
+            for value in bounds_and_beyond(*declared).1 {
+                let err = config(&[(name, &value)])
+                    .map(|_| ())
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.starts_with(&format!("{name}=")),
+                    "{name}={value}: {err}"
+                );
             }
         }
     }
@@ -1066,9 +1396,14 @@ mod tests {
     /// triples may miss one.
     #[test]
     fn every_edge_in_every_setting() {
-        for setting in SETTINGS {
-            for value in EDGES {
-                if let Ok(config) = config(&[(setting.name, value)]) {
+        for declared in SETTINGS {
+            let name = declared.setting().name;
+            for value in EDGES
+                .iter()
+                .map(|v| v.to_string())
+                .chain(declared_edges(*declared))
+            {
+                if let Ok(config) = config(&[(name, &value)]) {
                     use_as_the_server_does(&config);
                 }
             }

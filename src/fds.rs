@@ -6,7 +6,7 @@
 
 use std::io;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, HTTP_MAX_CONNECTIONS, MAX_CONNECTIONS};
 
 /// Descriptors kept for everything but client connections: the two SQLite files (each a
 /// writer, a checkpointer and up to four readers, each with the database, its WAL and its
@@ -91,7 +91,7 @@ pub fn fit(config: &Config, limit: Limit) -> Result<Caps, ConfigError> {
     };
     if for_sockets == 0 {
         return Err(refuse(
-            "MAX_CONNECTIONS",
+            MAX_CONNECTIONS.setting.name,
             wanted,
             format!(
                 "chatd needs more than {RESERVED} file descriptors (that many for its \
@@ -103,7 +103,7 @@ pub fn fit(config: &Config, limit: Limit) -> Result<Caps, ConfigError> {
         (wanted, None)
     } else if config.socket.total_is_explicit {
         return Err(refuse(
-            "MAX_CONNECTIONS",
+            MAX_CONNECTIONS.setting.name,
             wanted,
             format!(
                 "{wanted} sockets need {} file descriptors ({room} more for HTTP requests and \
@@ -117,7 +117,7 @@ pub fn fit(config: &Config, limit: Limit) -> Result<Caps, ConfigError> {
     let connections = match config.http.max_connections {
         Some(explicit) if explicit as u64 > available => {
             return Err(refuse(
-                "HTTP_MAX_CONNECTIONS",
+                HTTP_MAX_CONNECTIONS.setting.name,
                 explicit,
                 format!(
                     "{explicit} connections need {} file descriptors ({RESERVED} more for the \
