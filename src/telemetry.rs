@@ -260,8 +260,10 @@ mod tests {
                 text.contains(&format!("# TYPE {name} histogram")),
                 "{name} missing from\n{text}"
             );
+            // Other unit tests in this binary may have recorded into the global recorder by
+            // now: the bucket must be there, whatever it counts.
             assert!(
-                text.contains(&format!("{name}_bucket{{le=\"0.005\"}} 0")),
+                text.contains(&format!("{name}_bucket{{le=\"0.005\"}} ")),
                 "{name} has no buckets in\n{text}"
             );
         }
