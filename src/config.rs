@@ -10,8 +10,6 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::hub::SocketLimits;
-
 /// What every variable has. The typed declarations ([`Value`], [`Number`], [`Span`]) add the
 /// values they accept, so that a setting's name, default, range and help are written once and
 /// the parser, `chatd --help`, README's table and the tests all read that one declaration.
@@ -559,6 +557,13 @@ pub struct RelaySettings {
     pub retry_attempts: u32,
     pub retry_base: Duration,
     pub retry_max: Duration,
+}
+
+/// How many sockets may be open.
+#[derive(Debug, Clone, Copy)]
+pub struct SocketLimits {
+    pub per_user: usize,
+    pub total: usize,
 }
 
 #[derive(Debug, Clone, Copy)]

@@ -15,6 +15,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::SocketLimits;
 use crate::model::UserId;
 
 pub use prelude::{Early, Interrupted, Prelude};
@@ -41,13 +42,6 @@ pub struct Hub {
     open: AtomicUsize,
     limits: SocketLimits,
     bounds: QueueBounds,
-}
-
-/// How many sockets may be open.
-#[derive(Debug, Clone, Copy)]
-pub struct SocketLimits {
-    pub per_user: usize,
-    pub total: usize,
 }
 
 /// Why a socket could not be registered.

@@ -65,7 +65,8 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::hub::{QueueBounds, SocketLimits};
+    use crate::config::SocketLimits;
+    use crate::hub::QueueBounds;
     use crate::model::{Channel, Message, UserId};
     use crate::pipeline::bus::{EventBus, LocalBus};
 
