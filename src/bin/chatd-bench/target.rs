@@ -158,7 +158,7 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
     if !path.exists() {
         bail!(
-            "{} not found: build it too (cargo build --release --bins)",
+            "{} not found: build it too (cargo build --release --features bench)",
             path.display()
         );
     }
