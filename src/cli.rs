@@ -1,14 +1,18 @@
 //! The `chatd` command line: `serve` (the default) and `token`.
 
 use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context;
 use chrono::SecondsFormat;
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::app;
+use crate::app::{self, RunningApp};
 use crate::auth::{Authenticator, SecretSource, resolve_secret};
 use crate::config::{Config, ConfigError, LogSettings, parse_duration};
 use crate::model::UserId;
@@ -19,17 +23,29 @@ use crate::store::{DeadLetterView, DeadLetters, ReplayResult, Selection};
 #[command(
     name = "chatd",
     version,
-    about = "A real-time chat service: REST in, WebSockets out, history kept"
+    about = "A real-time chat service: REST in, WebSockets out, history kept",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// `chatd` alone serves, so it takes `serve`'s options too.
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Once listening, write {"addr":"IP:PORT","metrics_addr":"IP:PORT" or null} to PATH
+    /// (atomically; removed at shutdown): how whoever started chatd with PORT=0 learns its port.
+    #[arg(long, value_name = "PATH")]
+    ready_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Serve HTTP and WebSockets (what `chatd` alone does).
-    Serve,
+    Serve(ServeArgs),
     /// Print an HS256 token for a user, signed with JWT_SECRET or the development secret.
     Token {
         user_id: String,
@@ -93,11 +109,12 @@ pub async fn run() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let outcome = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(config).await,
-        Command::Token { user_id, ttl } => token(&config, user_id, ttl),
-        Command::Migrate => migrate(&config).await,
-        Command::Dlq { command } => dlq(&config, command).await,
+    let outcome = match cli.command {
+        None => serve(config, cli.serve).await,
+        Some(Command::Serve(args)) => serve(config, args).await,
+        Some(Command::Token { user_id, ttl }) => token(&config, user_id, ttl),
+        Some(Command::Migrate) => migrate(&config).await,
+        Some(Command::Dlq { command }) => dlq(&config, command).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -116,12 +133,44 @@ pub async fn run() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config.log)?;
     let running = app::start(config).await?;
+    if let Some(path) = &args.ready_file
+        && let Err(e) = write_ready_file(path, &running)
+    {
+        // Whoever asked for the file waits for it: better a failed start than a silent one.
+        running.shutdown().await;
+        return Err(e);
+    }
     shutdown_signal().await?;
+    if let Some(path) = &args.ready_file {
+        // Gone once chatd stops serving, so that a file there always means a chatd listening.
+        let _ = std::fs::remove_file(path);
+    }
     running.shutdown().await;
     Ok(())
+}
+
+/// What `--ready-file` holds, an interface documented in the README: the addresses actually
+/// bound, which a log line also says but which no program should have to parse logs for.
+#[derive(Serialize)]
+struct Ready {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+}
+
+/// Writes beside `path`, then renames over it, so that a reader never sees half a file.
+fn write_ready_file(path: &Path, running: &RunningApp) -> anyhow::Result<()> {
+    let ready = Ready {
+        addr: running.addr(),
+        metrics_addr: running.metrics_addr(),
+    };
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    std::fs::write(&partial, serde_json::to_vec(&ready)?)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("writing --ready-file {}", path.display()))
 }
 
 fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> {

@@ -109,6 +109,40 @@ async fn sigterm_closes_sockets_with_1001_drains_and_exits_0() {
     assert_eq!(chatd.whole_history("bob", "alice,bob").await.len(), 20);
 }
 
+/// `--ready-file` is how a program that started chatd with `PORT=0` learns its ports (every
+/// `Chatd` here is found through it); it is there exactly while chatd serves.
+#[tokio::test]
+async fn the_ready_file_names_both_ports_and_is_removed_at_shutdown() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let chatd = Chatd::start(data_dir.path(), "ready", &[("METRICS_PORT", "0")]);
+    let ready_file = chatd.ready_file();
+    let ready: Value = serde_json::from_slice(&std::fs::read(&ready_file).unwrap()).unwrap();
+    assert_eq!(ready["addr"], chatd.addr.to_string(), "{ready}");
+    let metrics_addr = ready["metrics_addr"].as_str().expect("METRICS_PORT is set");
+    assert_ne!(metrics_addr, ready["addr"], "{ready}");
+    let metrics = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+
+    let pid = i32::try_from(chatd.child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let (status, chatd) = tokio::task::spawn_blocking(move || {
+        let mut chatd = chatd;
+        (chatd.child.wait().unwrap(), chatd)
+    })
+    .await
+    .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let left: Vec<_> = std::fs::read_dir(ready_file.parent().unwrap())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+    drop(chatd);
+}
+
 #[tokio::test]
 async fn gauges_show_an_unreachable_store_and_what_waits_for_it() {
     let data_dir = tempfile::tempdir().unwrap();

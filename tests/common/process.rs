@@ -3,13 +3,18 @@
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use tempfile::TempDir;
 
 use super::{DEADLINE, token_for};
+
+/// The name of a started chatd's `--ready-file`, in a directory of its own.
+const READY_FILE: &str = "ready.json";
 
 pub struct Chatd {
     pub child: Child,
@@ -17,6 +22,8 @@ pub struct Chatd {
     secret: String,
     http: reqwest::Client,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Holds the `--ready-file`, apart from the data directory the test looks into.
+    ready_dir: TempDir,
 }
 
 /// `ulimit -n` for a child: its soft and hard limits on open files.
@@ -104,41 +111,45 @@ impl Chatd {
         Self::spawn(limit_fds(&mut command, limit), secret)
     }
 
+    /// Starts `command` with a `--ready-file` and reads its address from there once chatd
+    /// writes it.
     fn spawn(command: &mut Command, secret: &str) -> Self {
+        let ready_dir = tempfile::tempdir().unwrap();
+        let ready_file = ready_dir.path().join(READY_FILE);
         let mut child = command
+            .arg("--ready-file")
+            .arg(&ready_file)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("chatd starts");
-        // Forward the log so the pipe never fills, and pick out the listening address.
-        let (lines, listening) = mpsc::channel();
+        // Forward the log so the pipe never fills, and keep it for tests that read it.
         let stderr = child.stderr.take().unwrap();
         let logs = Arc::new(Mutex::new(Vec::new()));
         let kept = logs.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("[chatd] {line}");
-                kept.lock().unwrap().push(line.clone());
-                if let Some(rest) = line.split("listening addr=").nth(1) {
-                    let _ = lines.send(
-                        rest.split_whitespace()
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    );
-                }
+                kept.lock().unwrap().push(line);
             }
         });
-        let addr = listening
-            .recv_timeout(DEADLINE)
-            .expect("chatd logs its address");
+        let ready = read_ready_file(&ready_file, &mut child);
         Self {
             child,
-            addr: addr.parse().expect("a socket address"),
+            addr: ready["addr"]
+                .as_str()
+                .and_then(|addr| addr.parse().ok())
+                .unwrap_or_else(|| panic!("no socket address in {ready}")),
             secret: secret.to_string(),
             http: reqwest::Client::new(),
             logs,
+            ready_dir,
         }
+    }
+
+    /// The `--ready-file` this chatd was started with.
+    pub fn ready_file(&self) -> PathBuf {
+        self.ready_dir.path().join(READY_FILE)
     }
 
     /// chatd's resident memory, in KiB.
@@ -225,6 +236,27 @@ impl Drop for Chatd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// What chatd wrote to `path` once listening, failing the test if it exits first or takes more
+/// than [`DEADLINE`]. chatd renames the file into place whole, so it is never read half written.
+fn read_ready_file(path: &Path, child: &mut Child) -> Value {
+    let started = Instant::now();
+    loop {
+        match std::fs::read(path) {
+            Ok(bytes) => return serde_json::from_slice(&bytes).expect("the ready file is JSON"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("reading {}: {e}", path.display()),
+        }
+        if let Some(status) = child.try_wait().expect("waiting for chatd") {
+            panic!("chatd exited ({status}) before writing its ready file");
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "chatd wrote no ready file within {DEADLINE:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -3,6 +3,8 @@
 //! as it is, to every socket. chatd's fan-out is reported as a fraction of what this does
 //! under the same load on the same machine.
 
+use std::path::Path;
+
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -14,14 +16,20 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
-pub async fn serve() -> anyhow::Result<()> {
+/// Serves until killed, having written `{"addr":"IP:PORT"}` to `ready_file` (written whole, then
+/// renamed into place, as chatd writes its `--ready-file`) once listening.
+pub async fn serve(ready_file: &Path) -> anyhow::Result<()> {
     let (frames, _) = broadcast::channel::<Utf8Bytes>(4096);
     let app = Router::new()
         .route("/ws", get(upgrade))
         .route("/api/messages", post(publish))
         .with_state(frames);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    eprintln!("ceiling listening on {}", listener.local_addr()?);
+    let mut partial = ready_file.as_os_str().to_owned();
+    partial.push(".partial");
+    let ready = serde_json::json!({ "addr": listener.local_addr()? });
+    std::fs::write(&partial, ready.to_string())?;
+    std::fs::rename(&partial, ready_file)?;
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -137,7 +137,11 @@ enum Scenario {
     },
     /// The bare broadcast server that `fanout --ceiling` starts.
     #[command(hide = true)]
-    CeilingServer,
+    CeilingServer {
+        /// Where to write its address once listening, as chatd's `--ready-file` does.
+        #[arg(long)]
+        ready_file: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -147,7 +151,7 @@ fn main() -> anyhow::Result<()> {
         .build()?;
     runtime.block_on(async {
         let (summary, json) = match cli.scenario {
-            Scenario::CeilingServer => return ceiling::serve().await,
+            Scenario::CeilingServer { ready_file } => return ceiling::serve(&ready_file).await,
             Scenario::OneToOne {
                 common,
                 users,

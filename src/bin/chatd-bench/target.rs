@@ -5,8 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use chatd::auth::Authenticator;
@@ -93,6 +92,8 @@ pub struct Server {
     pub addr: String,
     /// The data directory, when the bench made it; removed with the server.
     _temp: Option<TempDir>,
+    /// Holds the server's `--ready-file`.
+    _ready_dir: TempDir,
 }
 
 impl Server {
@@ -112,28 +113,64 @@ impl Server {
             .env("PORT", "0")
             .env("DATA_DIR", &data_dir)
             .env("RATE_LIMIT_RPS", "0")
-            .env("RUST_LOG", "warn,chatd::app=info")
+            .env("RUST_LOG", "warn")
             .env("LOG_FORMAT", "pretty");
         for (name, value) in env {
             command.env(name, value);
         }
-        let (child, addr) = spawn_and_find_address(command, "listening addr=")?;
-        Ok(Self {
-            child,
-            addr,
-            _temp: temp,
-        })
+        Self::spawn(command, temp)
     }
 
     /// The bare broadcast server the fan-out figure is compared with.
     pub fn ceiling() -> anyhow::Result<Self> {
         let mut command = Command::new(std::env::current_exe()?);
         command.arg("ceiling-server");
-        let (child, addr) = spawn_and_find_address(command, "ceiling listening on ")?;
+        Self::spawn(command, None)
+    }
+
+    /// Starts `command` with a `--ready-file` and waits for the address the server writes
+    /// there once listening (chatd documents the file as its interface for this). Its log goes
+    /// to this process's stderr.
+    fn spawn(mut command: Command, temp: Option<TempDir>) -> anyhow::Result<Self> {
+        let ready_dir = tempfile::tempdir()?;
+        let ready_file = ready_dir.path().join("ready.json");
+        let mut child = command
+            .arg("--ready-file")
+            .arg(&ready_file)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))?;
+        let stderr = child.stderr.take().expect("piped");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[server] {line}");
+            }
+        });
+        let started = Instant::now();
+        let ready = loop {
+            match std::fs::read(&ready_file) {
+                Ok(bytes) => break serde_json::from_slice::<serde_json::Value>(&bytes)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e).context("reading the server's ready file"),
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("the server exited ({status}) before it was listening");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("the server did not say where it listens within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let addr = ready["addr"]
+            .as_str()
+            .with_context(|| format!("no address in the ready file: {ready}"))?
+            .to_string();
         Ok(Self {
             child,
             addr,
-            _temp: None,
+            _temp: temp,
+            _ready_dir: ready_dir,
         })
     }
 
@@ -158,41 +195,9 @@ fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let path = std::env::current_exe()?.with_file_name(name);
     if !path.exists() {
         bail!(
-            "{} not found: build it too (cargo build --release --bins)",
+            "{} not found: build it too (cargo build --release --features bench)",
             path.display()
         );
     }
     Ok(path)
-}
-
-/// Starts `command` and reads its stderr until a line names its address after `marker`.
-fn spawn_and_find_address(
-    mut command: Command,
-    marker: &'static str,
-) -> anyhow::Result<(Child, String)> {
-    let mut child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {command:?}"))?;
-    let stderr = child.stderr.take().expect("piped");
-    let (found, address) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split(marker).nth(1) {
-                let _ = found.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                );
-            } else if line.contains("WARN") || line.contains("ERROR") {
-                eprintln!("[server] {line}");
-            }
-        }
-    });
-    let addr = address
-        .recv_timeout(Duration::from_secs(30))
-        .context("the server did not say where it listens")?;
-    Ok((child, addr))
 }
