@@ -275,16 +275,10 @@ impl MessageStore for MongoStore {
         after: &str,
         limit: u32,
     ) -> Result<Vec<Message>, StoreError> {
-        // String ids only: the original's ObjectId documents predate any id a client can pass
-        // (a `$gt` on a string compares within strings anyway; `$type` says so outright). The
-        // {participants: 1, _id: 1} index (migrations/mongo/0002) serves the filter and the
-        // sort, so however old `after` is, only the documents returned are read.
-        let filter =
-            doc! { "participants": user.as_str(), "_id": { "$gt": after, "$type": "string" } };
         let found = self
             .call(
                 self.messages
-                    .find(filter)
+                    .find(missed_filter(user, after))
                     .sort(doc! { "_id": 1 })
                     .limit(i64::from(limit)),
             )
@@ -299,15 +293,12 @@ impl MessageStore for MongoStore {
         after: &str,
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
-        // The same filter and index as `missed_by`. `participants` is an array, so the index
-        // is multikey and cannot cover the query: each id costs a document read, `limit` at
-        // most, with only `_id` sent back.
-        let filter =
-            doc! { "participants": user.as_str(), "_id": { "$gt": after, "$type": "string" } };
+        // `participants` is an array, so the index is multikey and cannot cover the query:
+        // each id costs a document read, `limit` at most, with only `_id` sent back.
         let found = self
             .call(
                 self.messages
-                    .find(filter)
+                    .find(missed_filter(user, after))
                     .sort(doc! { "_id": 1 })
                     .projection(doc! { "_id": 1 })
                     .limit(i64::from(limit)),
@@ -611,6 +602,15 @@ fn regex_literal(text: &str) -> String {
         escaped.push(c);
     }
     escaped
+}
+
+/// The messages of `user`'s channels after the message `after`, for a reconnect. String ids
+/// only: the original's ObjectId documents predate any id a client can pass (a `$gt` on a
+/// string compares within strings anyway; `$type` says so outright). The
+/// {participants: 1, _id: 1} index (migrations/mongo/0002) serves the filter and an `_id`
+/// sort, so however old `after` is, only the documents returned are read.
+fn missed_filter(user: &UserId, after: &str) -> Document {
+    doc! { "participants": user.as_str(), "_id": { "$gt": after, "$type": "string" } }
 }
 
 #[cfg(test)]
