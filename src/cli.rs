@@ -143,7 +143,7 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
         running.shutdown().await;
         return Err(e);
     }
-    shutdown_signal().await?;
+    app::shutdown_signal().await?;
     if let Some(path) = &args.ready_file {
         // Gone once chatd stops serving, so that a file there always means a chatd listening.
         let _ = std::fs::remove_file(path);
@@ -308,13 +308,4 @@ fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
         logs.init();
     }
     Ok(())
-}
-
-/// SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() -> std::io::Result<()> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        result = tokio::signal::ctrl_c() => result,
-        _ = terminate.recv() => Ok(()),
-    }
 }

@@ -33,6 +33,8 @@ use crate::store::DeadLetters;
 use crate::store::{self, StoreHealth};
 use crate::telemetry::Metrics;
 
+pub use shutdown::shutdown_signal;
+
 /// The outbox, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";
 const LOCK_FILE: &str = "lock";

@@ -67,3 +67,12 @@ impl Stopping {
         tracing::info!("stopped");
     }
 }
+
+/// Resolves at SIGINT (Ctrl-C) or SIGTERM: what starts a graceful shutdown.
+pub async fn shutdown_signal() -> std::io::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result,
+        _ = terminate.recv() => Ok(()),
+    }
+}
