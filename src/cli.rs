@@ -1,21 +1,19 @@
 //! The `chatd` command line: `serve` (the default) and `token`.
 
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use chrono::SecondsFormat;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
-use serde::Serialize;
 use tracing_subscriber::EnvFilter;
 
-use crate::app::{self, RunningApp};
+use crate::app;
 use crate::auth::{Authenticator, SecretSource, resolve_secret};
 use crate::config::{Config, ConfigError, LogSettings, parse_duration};
 use crate::model::UserId;
+use crate::ready_file::Ready;
 use crate::store;
 use crate::store::{DeadLetterView, DeadLetters, ReplayResult, Selection};
 
@@ -137,7 +135,11 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config.log)?;
     let running = app::start(config).await?;
     if let Some(path) = &args.ready_file
-        && let Err(e) = write_ready_file(path, &running)
+        && let Err(e) = (Ready {
+            addr: running.addr(),
+            metrics_addr: running.metrics_addr(),
+        })
+        .write(path)
     {
         // Whoever asked for the file waits for it: better a failed start than a silent one.
         running.shutdown().await;
@@ -150,27 +152,6 @@ async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     }
     running.shutdown().await;
     Ok(())
-}
-
-/// What `--ready-file` holds, an interface documented in the README: the addresses actually
-/// bound, which a log line also says but which no program should have to parse logs for.
-#[derive(Serialize)]
-struct Ready {
-    addr: SocketAddr,
-    metrics_addr: Option<SocketAddr>,
-}
-
-/// Writes beside `path`, then renames over it, so that a reader never sees half a file.
-fn write_ready_file(path: &Path, running: &RunningApp) -> anyhow::Result<()> {
-    let ready = Ready {
-        addr: running.addr(),
-        metrics_addr: running.metrics_addr(),
-    };
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    std::fs::write(&partial, serde_json::to_vec(&ready)?)
-        .and_then(|()| std::fs::rename(&partial, path))
-        .with_context(|| format!("writing --ready-file {}", path.display()))
 }
 
 fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> {

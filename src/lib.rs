@@ -13,6 +13,7 @@ pub mod hub;
 pub mod integrity;
 pub mod model;
 pub mod pipeline;
+pub mod ready_file;
 pub mod sqlite;
 pub mod store;
 pub mod telemetry;

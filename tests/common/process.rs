@@ -6,8 +6,8 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
 
+use chatd::ready_file::Ready;
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -133,13 +133,11 @@ impl Chatd {
                 kept.lock().unwrap().push(line);
             }
         });
-        let ready = read_ready_file(&ready_file, &mut child);
+        let ready = Ready::wait_for(&ready_file, &mut child, DEADLINE)
+            .unwrap_or_else(|e| panic!("chatd did not start: {e:#}"));
         Self {
             child,
-            addr: ready["addr"]
-                .as_str()
-                .and_then(|addr| addr.parse().ok())
-                .unwrap_or_else(|| panic!("no socket address in {ready}")),
+            addr: ready.addr,
             secret: secret.to_string(),
             http: reqwest::Client::new(),
             logs,
@@ -236,27 +234,6 @@ impl Drop for Chatd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// What chatd wrote to `path` once listening, failing the test if it exits first or takes more
-/// than [`DEADLINE`]. chatd renames the file into place whole, so it is never read half written.
-fn read_ready_file(path: &Path, child: &mut Child) -> Value {
-    let started = Instant::now();
-    loop {
-        match std::fs::read(path) {
-            Ok(bytes) => return serde_json::from_slice(&bytes).expect("the ready file is JSON"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("reading {}: {e}", path.display()),
-        }
-        if let Some(status) = child.try_wait().expect("waiting for chatd") {
-            panic!("chatd exited ({status}) before writing its ready file");
-        }
-        assert!(
-            started.elapsed() < DEADLINE,
-            "chatd wrote no ready file within {DEADLINE:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

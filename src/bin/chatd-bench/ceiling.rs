@@ -16,8 +16,10 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
 
-/// Serves until killed, having written `{"addr":"IP:PORT"}` to `ready_file` (written whole, then
-/// renamed into place, as chatd writes its `--ready-file`) once listening.
+use chatd::ready_file::Ready;
+
+/// Serves until killed, having written its address to `ready_file` once listening, as chatd
+/// writes its `--ready-file`.
 pub async fn serve(ready_file: &Path) -> anyhow::Result<()> {
     let (frames, _) = broadcast::channel::<Utf8Bytes>(4096);
     let app = Router::new()
@@ -25,11 +27,11 @@ pub async fn serve(ready_file: &Path) -> anyhow::Result<()> {
         .route("/api/messages", post(publish))
         .with_state(frames);
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let mut partial = ready_file.as_os_str().to_owned();
-    partial.push(".partial");
-    let ready = serde_json::json!({ "addr": listener.local_addr()? });
-    std::fs::write(&partial, ready.to_string())?;
-    std::fs::rename(&partial, ready_file)?;
+    let ready = Ready {
+        addr: listener.local_addr()?,
+        metrics_addr: None,
+    };
+    ready.write(ready_file)?;
     axum::serve(listener, app).await?;
     Ok(())
 }

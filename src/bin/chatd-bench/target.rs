@@ -5,11 +5,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use chatd::auth::Authenticator;
 use chatd::model::UserId;
+use chatd::ready_file::Ready;
 use tempfile::TempDir;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -18,6 +19,9 @@ use tokio_tungstenite::tungstenite::http::header::AUTHORIZATION;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::process_usage::ProcessUsage;
+
+/// How long a server the bench starts may take to say where it listens.
+const READY_WITHIN: Duration = Duration::from_secs(30);
 
 pub struct Target {
     /// `http://host:port`
@@ -147,28 +151,10 @@ impl Server {
                 eprintln!("[server] {line}");
             }
         });
-        let started = Instant::now();
-        let ready = loop {
-            match std::fs::read(&ready_file) {
-                Ok(bytes) => break serde_json::from_slice::<serde_json::Value>(&bytes)?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e).context("reading the server's ready file"),
-            }
-            if let Some(status) = child.try_wait()? {
-                bail!("the server exited ({status}) before it was listening");
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                bail!("the server did not say where it listens within 30 s");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        let addr = ready["addr"]
-            .as_str()
-            .with_context(|| format!("no address in the ready file: {ready}"))?
-            .to_string();
+        let ready = Ready::wait_for(&ready_file, &mut child, READY_WITHIN)?;
         Ok(Self {
             child,
-            addr,
+            addr: ready.addr.to_string(),
             _temp: temp,
             _ready_dir: ready_dir,
         })
