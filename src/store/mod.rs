@@ -99,17 +99,13 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The ids of up to `limit` messages of any channel `user` is in after `after`, in order:
     /// what `missed_by` would return, so a reconnect can learn whether it missed more than it
-    /// may replay. Both stores answer from their index without sending the messages; this
-    /// default, for stores without one, reads them.
+    /// may replay. Answered from the store's index without sending the messages.
     async fn missed_ids(
         &self,
         user: &UserId,
         after: &str,
         limit: u32,
-    ) -> Result<Vec<String>, StoreError> {
-        let missed = self.missed_by(user, after, limit).await?;
-        Ok(missed.into_iter().map(|m| m.id).collect())
-    }
+    ) -> Result<Vec<String>, StoreError>;
 
     /// The history position of a stored message, for ids that do not carry their own time.
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError>;

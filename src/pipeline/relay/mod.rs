@@ -311,6 +311,10 @@ mod tests {
             unreachable!("the relay never reads history")
         }
 
+        async fn missed_ids(&self, _: &UserId, _: &str, _: u32) -> Result<Vec<String>, StoreError> {
+            unreachable!("the relay never reads history")
+        }
+
         async fn locate(&self, _: &str) -> Result<Option<Cursor>, StoreError> {
             unreachable!("the relay never reads history")
         }
