@@ -1,7 +1,7 @@
 //! Wires the pipeline together and runs it until shutdown. Tests start chatd through
 //! [`start`] exactly as the binary does.
 
-mod background;
+mod upkeep;
 mod shutdown;
 
 use std::fs::{File, TryLockError};
@@ -125,9 +125,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         store_health.clone(),
         config.relay,
     );
-    let migrated = background::apply_migrations(store.as_ref(), &store_health).await?;
+    let migrated = upkeep::apply_migrations(store.as_ref(), &store_health).await?;
     let retry = Backoff::new(config.relay.retry_base, config.relay.retry_max);
-    pipeline.spawn(background::migrate_then_relay(
+    pipeline.spawn(upkeep::migrate_then_relay(
         store.clone(),
         store_health.clone(),
         migrated,
@@ -135,25 +135,25 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         relay,
         pipeline_stop.clone(),
     ));
-    pipeline.spawn(background::every(LIMITER_SWEEP, pipeline_stop.clone(), {
+    pipeline.spawn(upkeep::every(LIMITER_SWEEP, pipeline_stop.clone(), {
         let limiter = limiter.clone();
         move || {
             limiter.evict_idle(std::time::Instant::now());
             std::future::ready(())
         }
     }));
-    pipeline.spawn(background::every(METRICS_UPKEEP, pipeline_stop.clone(), {
+    pipeline.spawn(upkeep::every(METRICS_UPKEEP, pipeline_stop.clone(), {
         let metrics = metrics.clone();
         move || {
             metrics.upkeep();
             std::future::ready(())
         }
     }));
-    pipeline.spawn(background::every(STORE_PROBE, pipeline_stop.clone(), {
+    pipeline.spawn(upkeep::every(STORE_PROBE, pipeline_stop.clone(), {
         let (store, health) = (store.clone(), store_health.clone());
         move || {
             let (store, health) = (store.clone(), health.clone());
-            async move { background::probe_store(store.as_ref(), &health).await }
+            async move { upkeep::probe_store(store.as_ref(), &health).await }
         }
     }));
 
