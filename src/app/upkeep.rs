@@ -1,69 +1,46 @@
-//! The app's own background work: store migrations, the store probe, and periodic upkeep.
+//! Periodic upkeep beside the pipeline: idle rate-limit buckets dropped, histogram samples
+//! folded, the store asked whether it is there.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
-use crate::pipeline::relay::{Backoff, Relay};
-use crate::store::{MessageStore, StoreError, StoreHealth};
+use super::pipeline::Pipeline;
 
-/// Applies the store's migrations before serving; `false` if the store is away, in which case
-/// they are retried in the background while messages wait in the outbox. Any other failure
-/// stops start-up.
-pub(super) async fn apply_migrations(
-    store: &dyn MessageStore,
-    health: &StoreHealth,
-) -> anyhow::Result<bool> {
-    match store.migrate().await {
-        Ok(applied) => {
-            migrated(store, health, applied);
-            Ok(true)
-        }
-        Err(StoreError::Unavailable(reason)) => {
-            health.unreachable();
-            tracing::warn!(%reason, "the store is unavailable: serving anyway, messages wait in the outbox");
-            Ok(false)
-        }
-        Err(e) => Err(e).context("applying the store's migrations"),
-    }
-}
+use crate::http::RateLimiter;
+use crate::store::{MessageStore, StoreHealth};
+use crate::telemetry::Metrics;
 
-/// Applies the migrations if start-up could not, retrying while the store is away, then
-/// relays the outbox into the store.
-pub(super) async fn migrate_then_relay(
-    store: Arc<dyn MessageStore>,
-    health: Arc<StoreHealth>,
-    already_migrated: bool,
-    retry: Backoff,
-    relay: Relay,
-    stop: CancellationToken,
-) {
-    if !already_migrated {
-        let failed = |e: &StoreError, failures| {
-            tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
-        };
-        let Some(applied) = retry.retry(&stop, || store.migrate(), failed).await else {
-            return;
-        };
-        migrated(store.as_ref(), &health, applied);
-    }
-    relay.run(stop).await;
-}
+/// How often idle rate-limit buckets are dropped.
+const LIMITER_SWEEP: Duration = Duration::from_secs(30);
+/// How often recorded histogram samples are folded into buckets.
+const METRICS_UPKEEP: Duration = Duration::from_secs(5);
+/// How often the store is asked whether it is there.
+const STORE_PROBE: Duration = Duration::from_secs(5);
 
-fn migrated(store: &dyn MessageStore, health: &StoreHealth, applied: Vec<String>) {
-    for name in applied {
-        tracing::info!(migration = %name, store = store.backend(), "migration applied");
-    }
-    health.reachable();
-    health.migrated();
+/// Starts the upkeep beside the pipeline's tasks, stopping with them.
+pub(super) fn spawn(pipeline: &Pipeline, limiter: Arc<RateLimiter>, metrics: Metrics) {
+    let (tasks, stop) = (&pipeline.tasks, &pipeline.stop);
+    let (store, health) = (pipeline.store.clone(), pipeline.store_health.clone());
+    tasks.spawn(every(LIMITER_SWEEP, stop.clone(), move || {
+        limiter.evict_idle(Instant::now());
+        std::future::ready(())
+    }));
+    tasks.spawn(every(METRICS_UPKEEP, stop.clone(), move || {
+        metrics.upkeep();
+        std::future::ready(())
+    }));
+    tasks.spawn(every(STORE_PROBE, stop.clone(), move || {
+        let (store, health) = (store.clone(), health.clone());
+        async move { probe_store(store.as_ref(), &health).await }
+    }));
 }
 
 /// Asks the store whether it is there, so `/ready` and `chat_store_up` are right even when no
 /// message is being written.
-pub(super) async fn probe_store(store: &dyn MessageStore, health: &StoreHealth) {
+async fn probe_store(store: &dyn MessageStore, health: &StoreHealth) {
     match store.ping().await {
         Ok(()) => health.reachable(),
         Err(e) => {
@@ -76,7 +53,7 @@ pub(super) async fn probe_store(store: &dyn MessageStore, health: &StoreHealth) 
 }
 
 /// Runs `tick` every `period` until `stop`.
-pub(super) async fn every<F, Fut>(period: Duration, stop: CancellationToken, mut tick: F)
+async fn every<F, Fut>(period: Duration, stop: CancellationToken, mut tick: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = ()>,

@@ -63,8 +63,8 @@ impl Relay {
         store: Arc<dyn MessageStore>,
         health: Arc<StoreHealth>,
         settings: RelaySettings,
+        backoff: Backoff,
     ) -> Self {
-        let backoff = Backoff::new(settings.retry_base, settings.retry_max);
         let dead_letters = Arc::new(Notify::new());
         let writer = BatchWriter {
             outbox: outbox.clone(),
@@ -393,7 +393,8 @@ mod tests {
         );
         let health = Arc::new(StoreHealth::default());
         let stop = CancellationToken::new();
-        let relay = Relay::new(outbox.clone(), store, health.clone(), settings);
+        let backoff = Backoff::new(settings.retry_base, settings.retry_max);
+        let relay = Relay::new(outbox.clone(), store, health.clone(), settings, backoff);
         let running = Running {
             outbox,
             health,

@@ -1,0 +1,142 @@
+//! Builds the pipeline in reading order (outbox, bus, fan-out, relay with its dead-letter
+//! mover, behind the store) and starts its tasks. What it returns is what HTTP needs.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::{Hub, QueueBounds};
+use crate::integrity::Integrity;
+use crate::pipeline::accept::Acceptor;
+use crate::pipeline::bus::{EventBus, LocalBus};
+use crate::pipeline::fanout;
+use crate::pipeline::outbox::Outbox;
+use crate::pipeline::relay::{Backoff, Relay};
+use crate::store::{self, DeadLetters, MessageStore, StoreError, StoreHealth};
+
+/// The outbox, inside `DATA_DIR`.
+pub const OUTBOX_FILE: &str = "outbox.db";
+
+/// The pipeline, running.
+pub(super) struct Pipeline {
+    pub acceptor: Arc<Acceptor>,
+    pub outbox: Arc<Outbox>,
+    pub store: Arc<dyn MessageStore>,
+    pub store_health: Arc<StoreHealth>,
+    pub dead_letters: Arc<DeadLetters>,
+    pub hub: Arc<Hub>,
+    /// Corruption the outbox or the embedded store meets while running: sticky until restart.
+    pub integrity: Arc<Integrity>,
+    /// The fan-out and the relay, and whatever else must run until the outbox has drained.
+    pub tasks: TaskTracker,
+    /// Stops [`Self::tasks`]; shutdown cancels it only after the outbox has drained.
+    pub stop: CancellationToken,
+}
+
+impl Pipeline {
+    /// Opens the outbox and the store, and starts the fan-out and the relay.
+    pub async fn start(config: &Config) -> anyhow::Result<Self> {
+        let integrity = Arc::new(Integrity::default());
+        let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.bus_capacity));
+        let outbox = Arc::new(
+            Outbox::open(
+                &config.data_dir.join(OUTBOX_FILE),
+                config.outbox_queue,
+                &config.instance_id,
+                config.idempotency_window,
+                Box::new({
+                    let bus = bus.clone();
+                    move |event| bus.publish(event)
+                }),
+                integrity.clone(),
+            )
+            .context("opening the outbox")?,
+        );
+        let store = store::open(&config.store, &config.data_dir, integrity.clone())
+            .await
+            .context("opening the store")?;
+        let store_health = Arc::new(StoreHealth::default());
+        let hub = Arc::new(Hub::new(
+            config.socket.limits,
+            QueueBounds {
+                max_bytes: config.socket.queue_bytes,
+                stall_timeout: config.socket.stall_timeout,
+            },
+        ));
+
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        tasks.spawn(fanout::run(bus.subscribe(), hub.clone(), stop.clone()));
+        start_relay(config, &outbox, &store, &store_health, &tasks, &stop).await?;
+
+        Ok(Self {
+            acceptor: Arc::new(Acceptor::new(outbox.clone())),
+            dead_letters: Arc::new(DeadLetters::new(store.clone())),
+            outbox,
+            store,
+            store_health,
+            hub,
+            integrity,
+            tasks,
+            stop,
+        })
+    }
+}
+
+/// Starts the relay once the store's migrations are applied: before serving when the store is
+/// there, else in the background, retrying while messages wait in the outbox. Any other
+/// migration failure stops start-up. One [`Backoff`] paces the relay's retries, its dead-letter
+/// mover and the migrations' retries.
+async fn start_relay(
+    config: &Config,
+    outbox: &Arc<Outbox>,
+    store: &Arc<dyn MessageStore>,
+    health: &Arc<StoreHealth>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let backoff = Backoff::new(config.relay.retry_base, config.relay.retry_max);
+    let relay = Relay::new(
+        outbox.clone(),
+        store.clone(),
+        health.clone(),
+        config.relay,
+        backoff,
+    );
+    let already_migrated = match store.migrate().await {
+        Ok(applied) => {
+            migrated(store.as_ref(), health, applied);
+            true
+        }
+        Err(StoreError::Unavailable(reason)) => {
+            health.unreachable();
+            tracing::warn!(%reason, "the store is unavailable: serving anyway, messages wait in the outbox");
+            false
+        }
+        Err(e) => return Err(e).context("applying the store's migrations"),
+    };
+    let (store, health, stop) = (store.clone(), health.clone(), stop.clone());
+    tasks.spawn(async move {
+        if !already_migrated {
+            let failed = |e: &StoreError, failures| {
+                tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
+            };
+            let Some(applied) = backoff.retry(&stop, || store.migrate(), failed).await else {
+                return;
+            };
+            migrated(store.as_ref(), &health, applied);
+        }
+        relay.run(stop).await;
+    });
+    Ok(())
+}
+
+fn migrated(store: &dyn MessageStore, health: &StoreHealth, applied: Vec<String>) {
+    for name in applied {
+        tracing::info!(migration = %name, store = store.backend(), "migration applied");
+    }
+    health.reachable();
+    health.migrated();
+}
