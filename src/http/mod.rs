@@ -10,7 +10,7 @@ mod extract;
 mod guard;
 mod health;
 mod messages;
-mod observe;
+mod request_metrics;
 mod origins;
 mod rate_limit;
 mod serve;
@@ -89,11 +89,11 @@ pub fn router(state: AppState) -> Router {
         ));
     let mut router = Router::new()
         .route("/health", get(health::health))
-        .route("/ready", get(observe::ready))
+        .route("/ready", get(request_metrics::ready))
         .route("/ws", get(ws::upgrade))
         .nest("/api", api);
     if state.metrics_on_main {
-        router = router.route("/metrics", get(observe::scrape));
+        router = router.route("/metrics", get(request_metrics::scrape));
     }
     if state.admin_token.is_some() {
         let admin = Router::new()
@@ -107,7 +107,7 @@ pub fn router(state: AppState) -> Router {
         router = router.nest("/admin", admin);
     }
     router
-        .route_layer(axum::middleware::from_fn(observe::record_metrics))
+        .route_layer(axum::middleware::from_fn(request_metrics::record_metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -118,23 +118,23 @@ pub fn router(state: AppState) -> Router {
             state.origins.clone(),
             origins::check_origin,
         ))
-        .layer(axum::middleware::from_fn(observe::request_id))
+        .layer(axum::middleware::from_fn(request_metrics::request_id))
         .with_state(state)
 }
 
 /// `/metrics` alone, for its own listener.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(observe::scrape))
+        .route("/metrics", get(request_metrics::scrape))
         .fallback(not_found)
         .with_state(state)
 }
 
 /// Unmatched requests miss the route layer, so they are counted here.
 async fn not_found(method: Method) -> ApiError {
-    observe::record_request(
+    request_metrics::record_request(
         "unmatched".into(),
-        observe::method_label(&method),
+        request_metrics::method_label(&method),
         StatusCode::NOT_FOUND,
         Duration::ZERO,
     );
