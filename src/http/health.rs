@@ -1,11 +1,14 @@
-//! `GET /health`: the original's liveness answer, plus the store and the outbox.
+//! The probes: `GET /health`, the original's liveness answer plus the store and the outbox, and
+//! `GET /ready`, what a load balancer asks before sending traffic.
 
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use chrono::{SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use super::AppState;
+use super::{ApiError, AppState};
 
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let outbox = state.outbox.counts();
@@ -16,4 +19,37 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "outbox": { "pending": outbox.pending, "dead_lettered": outbox.dead_lettered },
         "sockets": state.hub.open(),
     }))
+}
+
+/// `GET /ready`: 200 once the store is reachable and its migrations are applied. A database
+/// file found corrupted while running makes it 503 for good, naming the file and what to do:
+/// a load balancer takes the instance out, and only an operator can bring it back.
+pub async fn ready(State(state): State<AppState>) -> Response {
+    let corrupted = state.integrity.found();
+    if !corrupted.is_empty() {
+        let advice: Vec<String> = corrupted.iter().map(|c| c.advice()).collect();
+        let files: Vec<Value> = corrupted
+            .iter()
+            .map(|c| {
+                json!({
+                    "file": c.database.label(),
+                    "path": c.path.display().to_string(),
+                    "error": c.error,
+                })
+            })
+            .collect();
+        let body = json!({
+            "error": format!("not ready: {}", advice.join(" ")),
+            "corrupted": files,
+        });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    if state.store_health.is_ready() {
+        Json(json!({ "status": "ready" })).into_response()
+    } else if state.store_health.is_up() {
+        ApiError::unavailable("not ready: the store's migrations are not applied yet")
+            .into_response()
+    } else {
+        ApiError::unavailable("not ready: the store is unreachable").into_response()
+    }
 }

@@ -10,9 +10,11 @@ mod extract;
 mod guard;
 mod health;
 mod messages;
-mod request_metrics;
 mod origins;
 mod rate_limit;
+mod request_id;
+mod request_metrics;
+mod scrape;
 mod serve;
 mod ws;
 
@@ -89,11 +91,11 @@ pub fn router(state: AppState) -> Router {
         ));
     let mut router = Router::new()
         .route("/health", get(health::health))
-        .route("/ready", get(request_metrics::ready))
+        .route("/ready", get(health::ready))
         .route("/ws", get(ws::upgrade))
         .nest("/api", api);
     if state.metrics_on_main {
-        router = router.route("/metrics", get(request_metrics::scrape));
+        router = router.route("/metrics", get(scrape::render));
     }
     if state.admin_token.is_some() {
         let admin = Router::new()
@@ -107,7 +109,7 @@ pub fn router(state: AppState) -> Router {
         router = router.nest("/admin", admin);
     }
     router
-        .route_layer(axum::middleware::from_fn(request_metrics::record_metrics))
+        .route_layer(axum::middleware::from_fn(request_metrics::record))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
@@ -118,14 +120,14 @@ pub fn router(state: AppState) -> Router {
             state.origins.clone(),
             origins::check_origin,
         ))
-        .layer(axum::middleware::from_fn(request_metrics::request_id))
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 
 /// `/metrics` alone, for its own listener.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
-        .route("/metrics", get(request_metrics::scrape))
+        .route("/metrics", get(scrape::render))
         .fallback(not_found)
         .with_state(state)
 }
