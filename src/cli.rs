@@ -108,8 +108,8 @@ pub async fn run() -> ExitCode {
         }
     };
     let outcome = match cli.command {
-        None => serve(config, cli.serve).await,
-        Some(Command::Serve(args)) => serve(config, args).await,
+        None => run_server(config, cli.serve).await,
+        Some(Command::Serve(args)) => run_server(config, args).await,
         Some(Command::Token { user_id, ttl }) => token(&config, user_id, ttl),
         Some(Command::Migrate) => migrate(&config).await,
         Some(Command::Dlq { command }) => dlq(&config, command).await,
@@ -131,7 +131,7 @@ pub async fn run() -> ExitCode {
     }
 }
 
-async fn serve(config: Config, args: ServeArgs) -> anyhow::Result<()> {
+async fn run_server(config: Config, args: ServeArgs) -> anyhow::Result<()> {
     init_logging(&config.log)?;
     let running = app::start(config).await?;
     if let Some(path) = &args.ready_file

@@ -92,7 +92,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
             }
         });
     }
-    let server = tokio::spawn(http::serve(
+    let server = tokio::spawn(http::serve_connections(
         listener,
         http::router(state),
         tls,

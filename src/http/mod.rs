@@ -44,7 +44,7 @@ pub use error::ApiError;
 pub use extract::Caller;
 pub use origins::AllowedOrigins;
 pub use rate_limit::RateLimiter;
-pub use serve::{serve, tls_acceptor};
+pub use serve::{serve_connections, tls_acceptor};
 
 /// What the handlers share.
 #[derive(Clone)]

@@ -34,7 +34,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Serves `router` on `listener` until `shutdown`, then waits for the requests in flight.
 /// With `tls`, every connection is a TLS one. Upgraded connections (WebSockets) leave this
 /// loop's care once upgraded, but keep their place in `admission` until they close.
-pub async fn serve(
+pub async fn serve_connections(
     listener: TcpListener,
     router: Router,
     tls: Option<TlsAcceptor>,

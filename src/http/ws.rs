@@ -106,7 +106,7 @@ pub async fn upgrade(
         .max_message_size(settings.max_inbound_bytes)
         .max_frame_size(settings.max_inbound_bytes)
         .on_upgrade(move |socket| {
-            sockets.track_future(hub::serve(
+            sockets.track_future(hub::run_socket(
                 socket,
                 registration,
                 frames,

@@ -20,7 +20,7 @@ use crate::model::UserId;
 
 pub use prelude::{Early, Interrupted, Prelude};
 pub use queue::{Offer, QueueBounds, Receiver};
-pub use socket::serve;
+pub use socket::run_socket;
 
 /// One serialized message, shared by every socket it goes to.
 #[derive(Debug, Clone)]

@@ -76,7 +76,7 @@ impl End {
     }
 }
 
-pub async fn serve(
+pub async fn run_socket(
     socket: WebSocket,
     registration: Registration,
     mut frames: Receiver,
