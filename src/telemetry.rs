@@ -35,31 +35,113 @@ pub const BUILD_INFO: &str = "chat_build_info";
 pub const STORAGE_CORRUPTED: &str = "chat_storage_corrupted";
 pub const OUTBOX_ROWS_SKIPPED: &str = "chat_outbox_rows_skipped_total";
 
-/// Why a socket closed (`chat_ws_connections_closed_total{reason}`).
-pub const CLOSE_REASONS: &[&str] = &[
-    "client",
-    "slow_consumer",
-    "shutdown",
-    "pong_timeout",
-    "error",
-];
-/// Why a send was refused (`chat_messages_rejected_total{reason}`).
-pub const REJECT_REASONS: &[&str] = &[
-    "invalid",
-    "unauthorized",
-    "forbidden",
-    "too_large",
-    "rate_limited",
-    "unavailable",
-];
-/// Why the accept loop turned a connection away (`chat_http_connections_refused_total{reason}`).
-pub const REFUSAL_REASONS: &[&str] = &["connections", "pending_per_client"];
-/// How a store write went (`chat_persist_batches_total{result}`).
-pub const BATCH_RESULTS: &[&str] = &["ok", "partial", "failed", "unavailable"];
+/// A labelled counter's label values as one enum: where the counter is incremented and where it
+/// is registered at zero read the same set, so no value can be emitted without its series
+/// existing from the start.
+macro_rules! counter_labels {
+    ($(#[$doc:meta])* $name:ident: $metric:ident { $key:literal } { $($variant:ident => $value:literal,)+ }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum $name {
+            $($variant,)+
+        }
+
+        impl $name {
+            const ALL: &[Self] = &[$(Self::$variant,)+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $value,)+
+                }
+            }
+
+            /// Adds one to the counter's series for this value.
+            pub fn count(self) {
+                counter!($metric, $key => self.as_str()).increment(1);
+            }
+
+            fn register() {
+                for value in Self::ALL {
+                    counter!($metric, $key => value.as_str()).absolute(0);
+                }
+            }
+        }
+    };
+}
+
+counter_labels! {
+    /// Why a socket closed (`chat_ws_connections_closed_total{reason}`).
+    CloseReason: WS_CLOSED { "reason" } {
+        Client => "client",
+        SlowConsumer => "slow_consumer",
+        MissedFrames => "missed_frames",
+        Shutdown => "shutdown",
+        PongTimeout => "pong_timeout",
+        Error => "error",
+    }
+}
+
+counter_labels! {
+    /// Why a send was refused (`chat_messages_rejected_total{reason}`).
+    RejectReason: MESSAGES_REJECTED { "reason" } {
+        Invalid => "invalid",
+        Unauthorized => "unauthorized",
+        Forbidden => "forbidden",
+        TooLarge => "too_large",
+        RateLimited => "rate_limited",
+        Unavailable => "unavailable",
+    }
+}
+
+counter_labels! {
+    /// Why the accept loop turned a connection away
+    /// (`chat_http_connections_refused_total{reason}`).
+    RefusalReason: HTTP_REFUSED { "reason" } {
+        Connections => "connections",
+        PendingPerClient => "pending_per_client",
+    }
+}
+
+counter_labels! {
+    /// How a store write went (`chat_persist_batches_total{result}`).
+    BatchResult: PERSIST_BATCHES { "result" } {
+        Ok => "ok",
+        Partial => "partial",
+        Failed => "failed",
+        Unavailable => "unavailable",
+    }
+}
+
+counter_labels! {
+    /// How a dead-letter replay went (`chat_dlq_replays_total{result}`).
+    DlqReplayResult: DLQ_REPLAYS { "result" } {
+        Replayed => "replayed",
+        Failed => "failed",
+        NotFound => "not_found",
+    }
+}
+
 /// chatd's database files (`chat_storage_corrupted{file}`).
-pub const CORRUPTION_FILES: &[&str] = &["outbox", "store"];
-/// How a dead-letter replay went (`chat_dlq_replays_total{result}`).
-pub const REPLAY_RESULTS: &[&str] = &["replayed", "failed", "not_found"];
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageFile {
+    Outbox,
+    Store,
+}
+
+impl StorageFile {
+    const ALL: [Self; 2] = [Self::Outbox, Self::Store];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Outbox => "outbox",
+            Self::Store => "store",
+        }
+    }
+
+    pub fn set_corrupted(self, corrupted: bool) {
+        gauge!(STORAGE_CORRUPTED, "file" => self.as_str()).set(f64::from(u8::from(corrupted)));
+    }
+}
 
 /// Delivery is sub-millisecond when healthy; the upper buckets catch stalls.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -190,16 +272,13 @@ fn register() {
     ] {
         counter!(name).absolute(0);
     }
-    for (name, label, values) in [
-        (WS_CLOSED, "reason", CLOSE_REASONS),
-        (MESSAGES_REJECTED, "reason", REJECT_REASONS),
-        (PERSIST_BATCHES, "result", BATCH_RESULTS),
-        (DLQ_REPLAYS, "result", REPLAY_RESULTS),
-        (HTTP_REFUSED, "reason", REFUSAL_REASONS),
-    ] {
-        for value in values {
-            counter!(name, label => *value).absolute(0);
-        }
+    CloseReason::register();
+    RejectReason::register();
+    RefusalReason::register();
+    BatchResult::register();
+    DlqReplayResult::register();
+    for file in StorageFile::ALL {
+        file.set_corrupted(false);
     }
     for name in [
         WS_CONNECTIONS,
@@ -209,9 +288,6 @@ fn register() {
         DEAD_LETTER_BACKLOG,
     ] {
         gauge!(name).set(0.0);
-    }
-    for file in CORRUPTION_FILES {
-        gauge!(STORAGE_CORRUPTED, "file" => *file).set(0.0);
     }
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
@@ -266,6 +342,11 @@ mod tests {
                 text.contains(&format!("{name}_bucket{{le=\"0.005\"}} ")),
                 "{name} has no buckets in\n{text}"
             );
+        }
+        // Every label value of every labelled counter, from the one enum that emits it.
+        for reason in CloseReason::ALL {
+            let series = format!("{WS_CLOSED}{{reason=\"{}\"}}", reason.as_str());
+            assert!(text.contains(&series), "{series} missing from\n{text}");
         }
         assert!(text.contains(&format!(
             "chat_build_info{{version=\"{}\"}} 1",

@@ -9,7 +9,7 @@ use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 
-use crate::telemetry;
+use crate::telemetry::{self, RejectReason};
 
 /// Runs after routing, so the route label is the route's template, never a user's path.
 pub async fn record(req: Request, next: Next) -> Response {
@@ -30,7 +30,7 @@ pub fn record_request(route: String, method: &'static str, status: StatusCode, e
         && method == "POST"
         && let Some(reason) = rejection_reason(status)
     {
-        counter!(telemetry::MESSAGES_REJECTED, "reason" => reason).increment(1);
+        reason.count();
     }
     histogram!(telemetry::HTTP_DURATION, "route" => route.clone()).record(elapsed);
     let status = status.as_u16().to_string();
@@ -52,14 +52,14 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn rejection_reason(status: StatusCode) -> Option<&'static str> {
+fn rejection_reason(status: StatusCode) -> Option<RejectReason> {
     Some(match status {
-        StatusCode::BAD_REQUEST => "invalid",
-        StatusCode::UNAUTHORIZED => "unauthorized",
-        StatusCode::FORBIDDEN => "forbidden",
-        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
-        StatusCode::TOO_MANY_REQUESTS => "rate_limited",
-        s if s.is_server_error() => "unavailable",
+        StatusCode::BAD_REQUEST => RejectReason::Invalid,
+        StatusCode::UNAUTHORIZED => RejectReason::Unauthorized,
+        StatusCode::FORBIDDEN => RejectReason::Forbidden,
+        StatusCode::PAYLOAD_TOO_LARGE => RejectReason::TooLarge,
+        StatusCode::TOO_MANY_REQUESTS => RejectReason::RateLimited,
+        s if s.is_server_error() => RejectReason::Unavailable,
         _ => return None,
     })
 }

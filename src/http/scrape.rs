@@ -30,12 +30,9 @@ pub async fn render(State(state): State<AppState>) -> Response {
     }
     gauge!(telemetry::STORE_UP).set(if state.store_health.is_up() { 1.0 } else { 0.0 });
     for database in Database::ALL {
-        let corrupted = state.integrity.is_corrupted(database);
-        gauge!(telemetry::STORAGE_CORRUPTED, "file" => database.label()).set(if corrupted {
-            1.0
-        } else {
-            0.0
-        });
+        database
+            .series()
+            .set_corrupted(state.integrity.is_corrupted(database));
     }
     // Dead letters still on their way from the outbox count too. An unanswered store keeps the
     // last figure rather than holding up the scrape.

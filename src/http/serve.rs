@@ -106,7 +106,7 @@ fn refuse(stream: TcpStream, tls: bool, refusal: Refusal) {
 }
 
 fn count_refusal(refusal: Refusal) {
-    ::metrics::counter!(crate::telemetry::HTTP_REFUSED, "reason" => refusal.label()).increment(1);
+    refusal.reason().count();
 }
 
 async fn serve_connection<IO>(

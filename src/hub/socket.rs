@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Early, Frame, Interrupted, Prelude, Receiver, Registration};
 use crate::config::SocketSettings;
-use crate::telemetry;
+use crate::telemetry::{self, CloseReason};
 
 /// How long a closing handshake may take before the connection is simply dropped. A slow
 /// consumer's close frame waits behind what it has not read yet, so this is generous.
@@ -63,19 +63,21 @@ impl End {
         Some(CloseFrame { code, reason })
     }
 
-    /// The `reason` label of `chat_ws_connections_closed_total`.
-    fn label(&self) -> &'static str {
+    /// Its series of `chat_ws_connections_closed_total`.
+    fn reason(&self) -> CloseReason {
         match self {
-            End::Shutdown => "shutdown",
-            End::SlowConsumer => "slow_consumer",
-            End::MissedFrames(_) => "missed_frames",
-            End::PongTimeout => "pong_timeout",
-            End::ClientClosed => "client",
-            End::Broken => "error",
+            End::Shutdown => CloseReason::Shutdown,
+            End::SlowConsumer => CloseReason::SlowConsumer,
+            End::MissedFrames(_) => CloseReason::MissedFrames,
+            End::PongTimeout => CloseReason::PongTimeout,
+            End::ClientClosed => CloseReason::Client,
+            End::Broken => CloseReason::Error,
         }
     }
 }
 
+/// Runs one socket until it ends: replays its prelude, writes its queued frames (as many as
+/// are waiting per flush), pings it, and closes it with the code its end calls for.
 pub async fn run_socket(
     socket: WebSocket,
     registration: Registration,
@@ -241,7 +243,7 @@ async fn finish(
     stream: &mut SplitStream<WebSocket>,
     end: End,
 ) {
-    counter!(telemetry::WS_CLOSED, "reason" => end.label()).increment(1);
+    end.reason().count();
     if matches!(end, End::SlowConsumer) {
         counter!(telemetry::SLOW_CONSUMERS).increment(1);
     }

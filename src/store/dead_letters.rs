@@ -4,12 +4,11 @@
 
 use std::sync::Arc;
 
-use ::metrics::counter;
 use serde::Serialize;
 
 use super::{DeadLetterQuery, MessageStore, StoreError};
 use crate::model::DeadLetter;
-use crate::telemetry;
+use crate::telemetry::DlqReplayResult;
 
 /// Dead letters read per page when an operator acts on all of them.
 const PAGE: u32 = 500;
@@ -130,11 +129,11 @@ impl DeadLetters {
         if !dry_run {
             for outcome in &outcomes {
                 let result = match outcome.result {
-                    ReplayResult::Replayed | ReplayResult::WouldReplay => "replayed",
-                    ReplayResult::Failed { .. } => "failed",
-                    ReplayResult::NotFound => "not_found",
+                    ReplayResult::Replayed | ReplayResult::WouldReplay => DlqReplayResult::Replayed,
+                    ReplayResult::Failed { .. } => DlqReplayResult::Failed,
+                    ReplayResult::NotFound => DlqReplayResult::NotFound,
                 };
-                counter!(telemetry::DLQ_REPLAYS, "result" => result).increment(1);
+                result.count();
             }
         }
         Ok(outcomes)

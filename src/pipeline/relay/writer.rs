@@ -11,7 +11,7 @@ use super::Backoff;
 use crate::model::Failure;
 use crate::pipeline::outbox::{Outbox, OutboxError, PendingEntry};
 use crate::store::{MessageStore, StoreError, StoreHealth, WriteOutcome};
-use crate::telemetry;
+use crate::telemetry::{self, BatchResult};
 
 pub(super) struct BatchWriter {
     pub outbox: Arc<Outbox>,
@@ -95,9 +95,9 @@ impl BatchWriter {
             Ok(outcomes) if outcomes.len() == part.len() => {
                 self.health.write_taken();
                 let result = if outcomes.iter().all(Result::is_ok) {
-                    "ok"
+                    BatchResult::Ok
                 } else {
-                    "partial"
+                    BatchResult::Partial
                 };
                 (result, Written::Outcomes(outcomes))
             }
@@ -107,12 +107,14 @@ impl BatchWriter {
                     outcomes.len(),
                     part.len()
                 );
-                ("failed", Written::Failed(e))
+                (BatchResult::Failed, Written::Failed(e))
             }
-            Err(StoreError::Unavailable(reason)) => ("unavailable", Written::Unavailable(reason)),
-            Err(StoreError::Failed(reason)) => ("failed", Written::Failed(reason)),
+            Err(StoreError::Unavailable(reason)) => {
+                (BatchResult::Unavailable, Written::Unavailable(reason))
+            }
+            Err(StoreError::Failed(reason)) => (BatchResult::Failed, Written::Failed(reason)),
         };
-        counter!(telemetry::PERSIST_BATCHES, "result" => result).increment(1);
+        result.count();
         written
     }
 
