@@ -38,7 +38,7 @@ pub async fn api_guard(
         None => RateKey::Address(peer.ip()),
     };
     if let Err(wait) = state.limiter.check(key, Instant::now()) {
-        ::metrics::counter!(crate::telemetry::RATE_LIMITED).increment(1);
+        metrics::counter!(crate::telemetry::RATE_LIMITED).increment(1);
         let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
         return Err(ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,

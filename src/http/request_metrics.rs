@@ -3,11 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use ::metrics::{counter, histogram};
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{counter, histogram};
 
 use crate::telemetry::{self, RejectReason};
 

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use ::metrics::gauge;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
+use metrics::gauge;
 
 use super::AppState;
 use crate::integrity::Database;

@@ -95,7 +95,7 @@ pub async fn upgrade(
             })?
         }
     };
-    ::metrics::counter!(crate::telemetry::WS_OPENED).increment(1);
+    metrics::counter!(crate::telemetry::WS_OPENED).increment(1);
     let settings = state.socket;
     let shutdown = state.shutdown.clone();
     let sockets = state.sockets.clone();

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::metrics::{counter, histogram};
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::stream::{BoxStream, SplitSink, SplitStream};
 use futures_util::{FutureExt, SinkExt, StreamExt};
+use metrics::{counter, histogram};
 use tokio::time::{Instant, interval_at, timeout};
 use tokio_util::sync::CancellationToken;
 

@@ -37,7 +37,7 @@ impl Acceptor {
             })
             .await?;
         if !appended.repeated {
-            ::metrics::counter!(crate::telemetry::MESSAGES_ACCEPTED).increment(1);
+            metrics::counter!(crate::telemetry::MESSAGES_ACCEPTED).increment(1);
         }
         Ok(appended)
     }

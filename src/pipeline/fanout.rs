@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use ::metrics::counter;
+use metrics::counter;
 use tokio_util::sync::CancellationToken;
 
 use super::bus::{Received, Subscription};

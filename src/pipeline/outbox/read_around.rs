@@ -10,7 +10,7 @@
 
 use std::sync::Mutex;
 
-use ::metrics::counter;
+use metrics::counter;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::PendingEntry;

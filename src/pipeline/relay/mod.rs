@@ -14,7 +14,7 @@ mod writer;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::metrics::counter;
+use metrics::counter;
 use tokio::sync::Notify;
 use tokio::task::{JoinError, JoinSet};
 use tokio::time::Instant;

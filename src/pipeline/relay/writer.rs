@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use ::metrics::{counter, histogram};
+use metrics::{counter, histogram};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
