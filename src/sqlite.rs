@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 
+use crate::error::Chain;
 use crate::integrity::Watch;
 use crate::model::{DeadLetter, Failure, Message};
 
@@ -161,7 +162,7 @@ impl Checkpointer {
                 {
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                        tracing::warn!(error = %Chain(&e), "WAL checkpoint failed");
                     }
                 }
             })

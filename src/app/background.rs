@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
+use crate::error::Chain;
 use crate::pipeline::relay::{Backoff, Relay};
 use crate::store::{MessageStore, StoreError, StoreHealth};
 
@@ -43,7 +44,7 @@ pub(super) async fn migrate_then_relay(
 ) {
     if !already_migrated {
         let failed = |e: &StoreError, failures| {
-            tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
+            tracing::warn!(error = %Chain(e), failures, "store migrations not applied yet, retrying");
         };
         let Some(applied) = retry.retry(&stop, || store.migrate(), failed).await else {
             return;
@@ -68,7 +69,7 @@ pub(super) async fn probe_store(store: &dyn MessageStore, health: &StoreHealth) 
         Ok(()) => health.reachable(),
         Err(e) => {
             if health.is_up() {
-                tracing::warn!(error = %e, "the store stopped answering");
+                tracing::warn!(error = %Chain(&e), "the store stopped answering");
             }
             health.unreachable();
         }

@@ -20,6 +20,7 @@ use crate::auth::{
     Authenticator, ClaimChecks, ExternalKeys, SecretSource, Verifier, resolve_secret,
 };
 use crate::config::Config;
+use crate::error::Chain;
 use crate::fds::{self, Limit};
 use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
 use crate::hub::{Hub, QueueBounds};
@@ -207,7 +208,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         pipeline.spawn(async move {
             if let Err(e) = scrapes.await {
-                tracing::error!(error = %e, "the metrics listener failed");
+                tracing::error!(error = %Chain(&e), "the metrics listener failed");
             }
         });
     }

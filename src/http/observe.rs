@@ -15,6 +15,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{ApiError, AppState};
+use crate::error::Chain;
 use crate::integrity::Database;
 use crate::telemetry;
 
@@ -109,7 +110,7 @@ pub async fn scrape(State(state): State<AppState>) -> Response {
             });
             gauge!(telemetry::OUTBOX_OLDEST_AGE).set(age);
         }
-        Err(e) => tracing::warn!(error = %e, "reading the outbox's oldest entry failed"),
+        Err(e) => tracing::warn!(error = %Chain(&e), "reading the outbox's oldest entry failed"),
     }
     gauge!(telemetry::STORE_UP).set(if state.store_health.is_up() { 1.0 } else { 0.0 });
     for database in Database::ALL {

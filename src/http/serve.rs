@@ -26,6 +26,7 @@ use tower::ServiceExt;
 
 use super::admission::{Admission, Refusal, Ticket};
 use super::admitted::{Admitted, Refusable};
+use crate::error::Chain;
 
 /// How long to wait before accepting again after the listener failed (out of file
 /// descriptors, say), so a full table does not become a busy loop.
@@ -52,7 +53,7 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tracing::warn!(error = %Chain(&e), "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -83,7 +84,7 @@ pub async fn serve(
             let stream = tokio::select! {
                 handshake = handshake => match handshake {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %Chain(&e), "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 },
                 refusal = ticket.refused_when_slow() => return count_refusal(refusal),

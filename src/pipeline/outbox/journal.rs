@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::fresh::Fresh;
 use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError, PendingEntry};
+use crate::error::Chain;
 use crate::integrity::Watch;
 use crate::model::{Event, Failure, Message};
 use crate::sqlite::participants_json;
@@ -131,7 +132,7 @@ impl Journal {
                 Ok((applied, delta)) => self.committed(group.drain(..), applied, &delta),
                 Err(e) => {
                     self.watch.check(&e);
-                    tracing::error!(error = %e, commands = group.len(), "outbox commit failed");
+                    tracing::error!(error = %Chain(&e), commands = group.len(), "outbox commit failed");
                     for command in group.drain(..) {
                         command.fail(OutboxError::Storage(e.to_string()));
                     }
@@ -215,7 +216,7 @@ impl Journal {
             "DELETE FROM idempotency_keys WHERE created_at < ?1",
             [cutoff],
         ) {
-            tracing::warn!(error = %e, "pruning expired idempotency keys failed");
+            tracing::warn!(error = %Chain(&e), "pruning expired idempotency keys failed");
         }
     }
 }

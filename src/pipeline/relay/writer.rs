@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
+use crate::error::Chain;
 use crate::model::Failure;
 use crate::pipeline::outbox::{Outbox, OutboxError, PendingEntry};
 use crate::store::{MessageStore, StoreError, StoreHealth, WriteOutcome};
@@ -184,7 +185,7 @@ impl BatchWriter {
             async move {
                 match updated.await {
                     Err(e) if self.outbox.is_corrupted() => {
-                        tracing::warn!(error = %e, "the outbox is corrupted: its bookkeeping is given up");
+                        tracing::warn!(error = %Chain(&e), "the outbox is corrupted: its bookkeeping is given up");
                         Ok(())
                     }
                     updated => updated,
@@ -192,7 +193,7 @@ impl BatchWriter {
             }
         };
         let failed = |e: &OutboxError, failures| {
-            tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
+            tracing::error!(error = %Chain(e), failures, "updating the outbox failed, retrying");
         };
         self.backoff.retry(stop, attempt, failed).await.is_some()
     }
