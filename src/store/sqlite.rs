@@ -49,7 +49,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens the store at `path`, checked first; corruption met while running is reported to
     /// `integrity`.
-    pub fn open(path: &Path, integrity: Arc<Integrity>) -> rusqlite::Result<Self> {
+    pub fn open(path: &Path, integrity: Arc<Integrity>) -> Result<Self, sqlite::OpenError> {
         sqlite::check_integrity(path, HOLDS)?;
         let watch = Watch::new(integrity, Database::Store, path, HOLDS);
         let (writer, checkpointer) = sqlite::open_writer(path)?;

@@ -133,8 +133,9 @@ impl Journal {
                 Err(e) => {
                     self.watch.check(&e);
                     tracing::error!(error = %Chain(&e), commands = group.len(), "outbox commit failed");
+                    let e = Arc::new(e);
                     for command in group.drain(..) {
-                        command.fail(OutboxError::Storage(e.to_string()));
+                        command.fail(OutboxError::Storage(e.clone()));
                     }
                 }
             }
