@@ -23,9 +23,9 @@ pub(super) async fn apply_migrations(
             migrated(store, health, applied);
             Ok(true)
         }
-        Err(StoreError::Unavailable(reason)) => {
+        Err(e @ StoreError::Unavailable(_)) => {
             health.unreachable();
-            tracing::warn!(%reason, "the store is unavailable: serving anyway, messages wait in the outbox");
+            tracing::warn!(error = %Chain(&e), "the store is unavailable: serving anyway, messages wait in the outbox");
             Ok(false)
         }
         Err(e) => Err(e).context("applying the store's migrations"),

@@ -58,12 +58,12 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "store unavailable");
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %Chain(&e), "store unavailable");
                 Self::unavailable("the store is unavailable right now, try again")
             }
-            StoreError::Failed(reason) => {
-                tracing::error!(%reason, "store error");
+            StoreError::Failed(_) => {
+                tracing::error!(error = %Chain(&e), "store error");
                 Self::internal("the store could not answer")
             }
         }

@@ -24,16 +24,6 @@ pub(super) struct BatchWriter {
     pub dead_letters: Arc<Notify>,
 }
 
-/// What one write of a part of a batch came to.
-enum Written {
-    /// One outcome per message.
-    Outcomes(Vec<WriteOutcome>),
-    /// The store cannot take writes now.
-    Unavailable(String),
-    /// The write failed as a whole, for a reason that is not an outage.
-    Failed(String),
-}
-
 impl BatchWriter {
     /// Writes a batch once and returns the entries the store refused that have attempts left,
     /// their failure already recorded in the outbox. The caller retries them after their
@@ -56,19 +46,19 @@ impl BatchWriter {
                 break;
             }
             let outcomes = match self.insert(&part).await {
-                Written::Outcomes(outcomes) => outcomes,
-                Written::Unavailable(reason) => {
+                Ok(outcomes) => outcomes,
+                Err(e @ StoreError::Unavailable(_)) => {
                     let outages = self.health.write_unavailable();
-                    tracing::warn!(%reason, outages, "store unavailable, batch waits in the outbox");
+                    tracing::warn!(error = %Chain(&e), outages, "store unavailable, batch waits in the outbox");
                     if !self.backoff.wait(outages, stop).await {
                         break;
                     }
                     parts.push(part);
                     continue;
                 }
-                Written::Failed(reason) if part.len() > 1 => {
+                Err(e @ StoreError::Failed(_)) if part.len() > 1 => {
                     // The store's text can quote a message, so it is only logged at debug.
-                    tracing::debug!(error = %reason, "batch write failed");
+                    tracing::debug!(error = %Chain(&e), "batch write failed");
                     tracing::warn!(
                         messages = part.len(),
                         "batch write failed as a whole, splitting it to find the message at fault"
@@ -78,7 +68,9 @@ impl BatchWriter {
                     parts.push(part);
                     continue;
                 }
-                Written::Failed(reason) => vec![Err(Failure::new("store_error", reason))],
+                Err(StoreError::Failed(cause)) => {
+                    vec![Err(Failure::new("store_error", Chain(&*cause).to_string()))]
+                }
             };
             if !self.record(part, outcomes, &mut refused, stop).await {
                 break;
@@ -87,7 +79,9 @@ impl BatchWriter {
         refused
     }
 
-    async fn insert(&self, part: &[PendingEntry]) -> Written {
+    /// Writes a part of a batch once: one outcome per message, or why the part failed as a
+    /// whole.
+    async fn insert(&self, part: &[PendingEntry]) -> Result<Vec<WriteOutcome>, StoreError> {
         let messages: Vec<_> = part.iter().map(|e| e.message.clone()).collect();
         let writing = Instant::now();
         let written = self.store.insert_batch(&messages).await;
@@ -100,7 +94,7 @@ impl BatchWriter {
                 } else {
                     "partial"
                 };
-                (result, Written::Outcomes(outcomes))
+                (result, Ok(outcomes))
             }
             Ok(outcomes) => {
                 let e = format!(
@@ -108,10 +102,10 @@ impl BatchWriter {
                     outcomes.len(),
                     part.len()
                 );
-                ("failed", Written::Failed(e))
+                ("failed", Err(StoreError::Failed(e.into())))
             }
-            Err(StoreError::Unavailable(reason)) => ("unavailable", Written::Unavailable(reason)),
-            Err(StoreError::Failed(reason)) => ("failed", Written::Failed(reason)),
+            Err(e @ StoreError::Unavailable(_)) => ("unavailable", Err(e)),
+            Err(e @ StoreError::Failed(_)) => ("failed", Err(e)),
         };
         counter!(telemetry::PERSIST_BATCHES, "result" => result).increment(1);
         written
