@@ -213,7 +213,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         });
     }
     let tls = match &config.http.tls {
-        Some((cert, key)) => Some(http::tls_acceptor(cert, key).map_err(anyhow::Error::msg)?),
+        Some((cert, key)) => Some(http::tls_acceptor(cert, key)?),
         None => None,
     };
     let admission = Admission::new(caps.connections, config.http.max_pending_per_client);
@@ -270,8 +270,7 @@ fn verifier(config: &Config) -> anyhow::Result<Verifier> {
         audience: identity.audience.clone(),
     };
     if let Some(pem) = &identity.public_key {
-        let keys =
-            ExternalKeys::from_pem(pem).map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY: {e}"))?;
+        let keys = ExternalKeys::from_pem(pem).context("JWT_PUBLIC_KEY")?;
         return Ok(Verifier::External { keys, checks });
     }
     if let Some(url) = &identity.jwks_url {
