@@ -7,6 +7,7 @@
 use std::io;
 
 use crate::config::{Config, ConfigError, HTTP_MAX_CONNECTIONS, MAX_CONNECTIONS};
+use crate::error::Chain;
 
 /// Descriptors kept for everything but client connections: the two SQLite files (each a
 /// writer, a checkpointer and up to four readers, each with the database, its WAL and its
@@ -57,7 +58,7 @@ impl Limit {
         };
         // SAFETY: setrlimit reads the struct it is given and nothing else.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
-            tracing::debug!(error = %io::Error::last_os_error(), "raising ulimit -n to the hard limit failed");
+            tracing::debug!(error = %Chain(&io::Error::last_os_error()), "raising ulimit -n to the hard limit failed");
         }
         Self::current()
     }

@@ -7,6 +7,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod error;
 pub mod fds;
 pub mod http;
 pub mod hub;

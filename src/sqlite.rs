@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::types::Type;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, Row};
 
+use crate::error::Chain;
 use crate::integrity::Watch;
 use crate::model::{DeadLetter, Failure, Message};
 
@@ -128,10 +129,19 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 /// checkpoint runs inside the commit that crosses the threshold and syncs the whole database
 /// file, stalling every sender waiting on that commit for tens of milliseconds. A
 /// [`Checkpointer`] does that work beside the writer instead.
-pub fn open_writer(path: &Path) -> rusqlite::Result<(Connection, Checkpointer)> {
+pub fn open_writer(path: &Path) -> Result<(Connection, Checkpointer), OpenError> {
     let conn = open(path)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
     Ok((conn, Checkpointer::start(path)?))
+}
+
+/// Why a database's writer could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("starting the checkpoint thread")]
+    Thread(#[source] std::io::Error),
 }
 
 /// How often the WAL is copied back into the database file.
@@ -145,7 +155,7 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    fn start(path: &Path) -> rusqlite::Result<Self> {
+    fn start(path: &Path) -> Result<Self, OpenError> {
         let conn = open(path)?;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
         let name = format!(
@@ -161,11 +171,11 @@ impl Checkpointer {
                 {
                     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                     {
-                        tracing::warn!(error = %e, "WAL checkpoint failed");
+                        tracing::warn!(error = %Chain(&e), "WAL checkpoint failed");
                     }
                 }
             })
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+            .map_err(OpenError::Thread)?;
         Ok(Self { _stop: stop })
     }
 }

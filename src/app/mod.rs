@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::error::Chain;
 use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
 use crate::telemetry::Metrics;
 use pipeline::Pipeline;
@@ -88,7 +89,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         pipeline.tasks.spawn(async move {
             if let Err(e) = scrapes.await {
-                tracing::error!(error = %e, "the metrics listener failed");
+                tracing::error!(error = %Chain(&e), "the metrics listener failed");
             }
         });
     }

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::error::Chain;
 use crate::hub::{Hub, QueueBounds};
 use crate::integrity::Integrity;
 use crate::pipeline::accept::Acceptor;
@@ -110,9 +111,9 @@ async fn start_relay(
             migrated(store.as_ref(), health, applied);
             true
         }
-        Err(StoreError::Unavailable(reason)) => {
+        Err(e @ StoreError::Unavailable(_)) => {
             health.unreachable();
-            tracing::warn!(%reason, "the store is unavailable: serving anyway, messages wait in the outbox");
+            tracing::warn!(error = %Chain(&e), "the store is unavailable: serving anyway, messages wait in the outbox");
             false
         }
         Err(e) => return Err(e).context("applying the store's migrations"),
@@ -121,7 +122,7 @@ async fn start_relay(
     tasks.spawn(async move {
         if !already_migrated {
             let failed = |e: &StoreError, failures| {
-                tracing::warn!(error = %e, failures, "store migrations not applied yet, retrying");
+                tracing::warn!(error = %Chain(e), failures, "store migrations not applied yet, retrying");
             };
             let Some(applied) = backoff.retry(&stop, || store.migrate(), failed).await else {
                 return;

@@ -41,8 +41,7 @@ pub(super) fn verifier(config: &Config) -> anyhow::Result<Verifier> {
         audience: identity.audience.clone(),
     };
     if let Some(pem) = &identity.public_key {
-        let keys =
-            ExternalKeys::from_pem(pem).map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY: {e}"))?;
+        let keys = ExternalKeys::from_pem(pem).context("JWT_PUBLIC_KEY")?;
         return Ok(Verifier::External { keys, checks });
     }
     if let Some(url) = &identity.jwks_url {
@@ -90,6 +89,6 @@ pub(super) fn tls(config: &Config) -> anyhow::Result<Option<TlsAcceptor>> {
     let Some((cert, key)) = &config.http.tls else {
         return Ok(None);
     };
-    let acceptor = tls_acceptor(cert, key).map_err(anyhow::Error::msg)?;
+    let acceptor = tls_acceptor(cert, key)?;
     Ok(Some(acceptor))
 }

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::error::Chain;
 use crate::pipeline::outbox::Outbox;
 
 /// Everything graceful shutdown has to stop, in the order it stops them.
@@ -37,7 +38,7 @@ impl Stopping {
         tokio::pin!(server);
         match tokio::time::timeout_at(deadline, &mut server).await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "the HTTP server task failed"),
+            Ok(Err(e)) => tracing::error!(error = %Chain(&e), "the HTTP server task failed"),
             Err(_) => {
                 tracing::warn!("requests still open at the shutdown timeout were cut off");
                 server.abort();

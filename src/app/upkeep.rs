@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::pipeline::Pipeline;
 
+use crate::error::Chain;
 use crate::http::RateLimiter;
 use crate::store::{MessageStore, StoreHealth};
 use crate::telemetry::Metrics;
@@ -45,7 +46,7 @@ async fn probe_store(store: &dyn MessageStore, health: &StoreHealth) {
         Ok(()) => health.reachable(),
         Err(e) => {
             if health.is_up() {
-                tracing::warn!(error = %e, "the store stopped answering");
+                tracing::warn!(error = %Chain(&e), "the store stopped answering");
             }
             health.unreachable();
         }

@@ -6,11 +6,13 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey};
 use tokio::sync::RwLock;
 
 use super::AuthError;
+use crate::error::Chain;
 
 /// Keys are fetched again after this long.
 const JWKS_MAX_AGE: Duration = Duration::from_secs(300);
@@ -30,12 +32,21 @@ pub enum ExternalKeys {
     Jwks(Jwks),
 }
 
+/// Why `JWT_PUBLIC_KEY` gives no key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("reading {0}")]
+    Read(String, #[source] std::io::Error),
+    #[error("not an RSA or P-256 public key in PEM")]
+    NotAKey(#[source] jsonwebtoken::errors::Error),
+}
+
 impl ExternalKeys {
     /// A PEM public key: the text itself, or `@/path/to/key.pem`. RSA keys verify RS256, P-256
     /// keys ES256.
-    pub fn from_pem(setting: &str) -> Result<Self, String> {
+    pub fn from_pem(setting: &str) -> Result<Self, KeyError> {
         let pem = match setting.strip_prefix('@') {
-            Some(path) => std::fs::read(path).map_err(|e| format!("reading {path}: {e}"))?,
+            Some(path) => std::fs::read(path).map_err(|e| KeyError::Read(path.into(), e))?,
             None => setting.as_bytes().to_vec(),
         };
         if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
@@ -49,7 +60,7 @@ impl ExternalKeys {
                 key,
                 algorithm: Algorithm::ES256,
             })
-            .map_err(|_| "not an RSA or P-256 public key in PEM".to_string())
+            .map_err(KeyError::NotAKey)
     }
 
     pub fn from_jwks_url(url: &str) -> Self {
@@ -119,7 +130,9 @@ impl Jwks {
                     cache.fetched = Some(Instant::now());
                 }
                 // Keys already known stay usable while the identity service is away.
-                Err(e) => tracing::warn!(url = %self.url, error = %e, "fetching the JWKS failed"),
+                Err(e) => {
+                    tracing::warn!(url = %self.url, error = %Chain(&*e), "fetching the JWKS failed");
+                }
             }
         }
         cache
@@ -129,17 +142,16 @@ impl Jwks {
             .ok_or_else(|| AuthError::Invalid(format!("no key has the kid {kid}")))
     }
 
-    async fn fetch(&self) -> Result<HashMap<String, (DecodingKey, Algorithm)>, String> {
+    async fn fetch(&self) -> anyhow::Result<HashMap<String, (DecodingKey, Algorithm)>> {
         let set: JwkSet = self
             .client
             .get(&self.url)
             .send()
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| e.to_string())?
+            .and_then(reqwest::Response::error_for_status)?
             .json()
             .await
-            .map_err(|e| format!("not a JWKS document: {e}"))?;
+            .context("not a JWKS document")?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
             let Some(kid) = &jwk.common.key_id else {

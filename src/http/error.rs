@@ -2,6 +2,8 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
+use crate::error::Chain;
+use crate::pipeline::outbox::OutboxError;
 use crate::store::StoreError;
 
 /// Every refusal: the contract's `{"error": "..."}` body with its status.
@@ -56,13 +58,29 @@ impl ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Unavailable(reason) => {
-                tracing::warn!(%reason, "store unavailable");
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %Chain(&e), "store unavailable");
                 Self::unavailable("the store is unavailable right now, try again")
             }
-            StoreError::Failed(reason) => {
-                tracing::error!(%reason, "store error");
+            StoreError::Failed(_) => {
+                tracing::error!(error = %Chain(&e), "store error");
                 Self::internal("the store could not answer")
+            }
+        }
+    }
+}
+
+/// A full or closing outbox is worth retrying soon (503), and so is one that could not write:
+/// the message was not accepted. A reused idempotency key is the client's (422).
+impl From<OutboxError> for ApiError {
+    fn from(e: OutboxError) -> Self {
+        match e {
+            OutboxError::Overloaded => Self::unavailable("overloaded, try again shortly"),
+            OutboxError::Closed => Self::unavailable("shutting down"),
+            OutboxError::KeyReused => Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            OutboxError::Storage(_) | OutboxError::Thread(..) | OutboxError::Read(_) => {
+                tracing::error!(error = %Chain(&e), "could not append to the outbox");
+                Self::unavailable("the message could not be stored, try again")
             }
         }
     }

@@ -60,23 +60,23 @@ pub async fn send(
     if let Some(axum::Extension(deadline)) = deadline {
         deadline.disarm();
     }
-    let appended = state
+    let appended = match state
         .acceptor
         .accept(&sender, &channel, content.clone(), idempotency_key)
         .await
-        .map_err(|e| match e {
-            OutboxError::Overloaded => ApiError::unavailable("overloaded, try again shortly"),
-            OutboxError::Closed => ApiError::unavailable("shutting down"),
-            OutboxError::KeyReused => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string())
+    {
+        Ok(appended) => appended,
+        Err(e) => {
+            let storage = matches!(e, OutboxError::Storage(_));
+            let refused = ApiError::from(e);
+            // The journal reports a corrupted file before its senders hear that the commit
+            // failed: such a refusal says so.
+            if storage {
+                refuse_if_corrupted(&state)?;
             }
-            OutboxError::Storage(e) => {
-                tracing::error!(error = %e, "could not append to the outbox");
-                refuse_if_corrupted(&state).err().unwrap_or_else(|| {
-                    ApiError::unavailable("the message could not be stored, try again")
-                })
-            }
-        })?;
+            return Err(refused);
+        }
+    };
     let mut reply_headers = HeaderMap::new();
     if appended.repeated {
         reply_headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use metrics::gauge;
 
 use super::AppState;
+use crate::error::Chain;
 use crate::integrity::Database;
 use crate::telemetry;
 
@@ -26,7 +27,7 @@ pub async fn render(State(state): State<AppState>) -> Response {
             });
             gauge!(telemetry::OUTBOX_OLDEST_AGE).set(age);
         }
-        Err(e) => tracing::warn!(error = %e, "reading the outbox's oldest entry failed"),
+        Err(e) => tracing::warn!(error = %Chain(&e), "reading the outbox's oldest entry failed"),
     }
     gauge!(telemetry::STORE_UP).set(if state.store_health.is_up() { 1.0 } else { 0.0 });
     for database in Database::ALL {

@@ -7,7 +7,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::pem::{self, PemObject};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -26,6 +26,7 @@ use tower::ServiceExt;
 
 use super::admission::{Admission, Refusal, Ticket};
 use super::admitted::{Admitted, Refusable};
+use crate::error::Chain;
 
 /// How long to wait before accepting again after the listener failed (out of file
 /// descriptors, say), so a full table does not become a busy loop.
@@ -52,7 +53,7 @@ pub async fn serve_connections(
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tracing::warn!(error = %Chain(&e), "accepting a connection failed");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }
@@ -83,7 +84,7 @@ pub async fn serve_connections(
             let stream = tokio::select! {
                 handshake = handshake => match handshake {
                     Ok(Ok(stream)) => stream,
-                    Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                    Ok(Err(e)) => return tracing::debug!(%peer, error = %Chain(&e), "TLS handshake failed"),
                     Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
                 },
                 refusal = ticket.refused_when_slow() => return count_refusal(refusal),
@@ -152,18 +153,28 @@ async fn serve_connection<IO>(
     let _ = connection.await;
 }
 
+/// Why `TLS_CERT` and `TLS_KEY` give no TLS acceptor.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("TLS_CERT {}", .0.display())]
+    Cert(PathBuf, #[source] pem::Error),
+    #[error("TLS_KEY {}", .0.display())]
+    Key(PathBuf, #[source] pem::Error),
+    #[error("TLS_CERT and TLS_KEY")]
+    Config(#[source] rustls::Error),
+}
+
 /// A TLS acceptor for a certificate chain and its private key, both PEM files.
-pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, String> {
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<TlsAcceptor, TlsError> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("TLS_CERT {}: {e}", cert.display()))?;
-    let key =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("TLS_KEY {}: {e}", key.display()))?;
+        .map_err(|e| TlsError::Cert(cert.to_owned(), e))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key(key.to_owned(), e))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|builder| builder.with_no_client_auth().with_single_cert(certs, key))
-        .map_err(|e| format!("TLS_CERT and TLS_KEY: {e}"))?;
+        .map_err(TlsError::Config)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use super::extract::QueryParams;
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
+use crate::error::Chain;
 use crate::hub::{self, Full, Prelude};
 use crate::pipeline::recovery;
 
@@ -90,7 +91,7 @@ pub async fn upgrade(
             )
             .await
             .map_err(|e| {
-                tracing::warn!(error = %e, "reconnect recovery failed");
+                tracing::warn!(error = %Chain(&e), "reconnect recovery failed");
                 ApiError::unavailable("missed messages cannot be read right now, try again")
             })?
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{DeadLetterQuery, MessageStore, StoreError};
+use crate::error::Chain;
 use crate::model::DeadLetter;
 use crate::telemetry::DlqReplayResult;
 
@@ -104,7 +105,7 @@ impl DeadLetters {
                         Ok(Some(letter)) => self.replay_one(&letter, dry_run).await,
                         Ok(None) => ReplayResult::NotFound,
                         Err(e) => ReplayResult::Failed {
-                            error: e.to_string(),
+                            error: Chain(&e).to_string(),
                         },
                     };
                     outcomes.push(ReplayOutcome { id, result });
@@ -185,13 +186,14 @@ impl DeadLetters {
                     }
                     // Stored, but still listed: a second replay finds it stored and removes it.
                     Err(e) => failed(format!(
-                        "stored, but the dead letter could not be removed: {e}"
+                        "stored, but the dead letter could not be removed: {}",
+                        Chain(&e)
                     )),
                 },
                 Some(Err(failure)) => failed(failure.message),
                 None => failed("the store answered no outcome".into()),
             },
-            Err(e) => failed(e.to_string()),
+            Err(e) => failed(Chain(&e).to_string()),
         }
     }
 }

@@ -10,6 +10,7 @@ mod sqlite;
 use std::path::Path;
 use std::sync::Arc;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -29,15 +30,18 @@ pub const SQLITE_FILE: &str = "messages.db";
 /// the store refused this message alone.
 pub type WriteOutcome = Result<(), Failure>;
 
-#[derive(Debug, Clone, thiserror::Error)]
+/// What a store error comes from: the backend's own error, with its causes.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The store cannot be reached or cannot write at all: waiting helps, and no single
     /// message is to blame.
-    #[error("store unavailable: {0}")]
-    Unavailable(String),
+    #[error("store unavailable")]
+    Unavailable(#[source] Cause),
     /// The request itself failed.
-    #[error("store error: {0}")]
-    Failed(String),
+    #[error("store error")]
+    Failed(#[source] Cause),
 }
 
 /// Which slice of a channel's history to read, newest first.
@@ -134,12 +138,13 @@ pub async fn open(
     Ok(match &settings.mongo {
         Some(mongo) => Arc::new(MongoStore::connect(mongo, settings.timeout).await?),
         None => {
-            std::fs::create_dir_all(data_dir).map_err(|e| {
-                StoreError::Failed(format!("creating DATA_DIR {}: {e}", data_dir.display()))
-            })?;
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating DATA_DIR {}", data_dir.display()))
+                .map_err(|e| StoreError::Failed(e.into()))?;
             Arc::new(
                 SqliteStore::open(&data_dir.join(SQLITE_FILE), integrity)
-                    .map_err(|e| StoreError::Failed(format!("opening the embedded store: {e}")))?,
+                    .context("opening the embedded store")
+                    .map_err(|e| StoreError::Failed(e.into()))?,
             )
         }
     })

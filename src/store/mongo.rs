@@ -2,8 +2,10 @@
 //! `{_id, sender, content, created_at (date), participants (sorted array)}`.
 
 use std::collections::HashSet;
+use std::fmt;
 use std::time::Duration;
 
+use anyhow::Context;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
@@ -89,7 +91,9 @@ impl MongoStore {
     pub async fn connect(settings: &MongoSettings, timeout: Duration) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(&settings.uri)
             .await
-            .map_err(|e| StoreError::Failed(format!("MONGO_URI: {e}")))?;
+            .map_err(DriverError)
+            .context("MONGO_URI")
+            .map_err(|e| StoreError::Failed(e.into()))?;
         options.app_name = Some("chatd".into());
         options.server_selection_timeout = Some(timeout);
         options.connect_timeout = Some(timeout);
@@ -101,7 +105,7 @@ impl MongoStore {
                 .build(),
         );
         let client =
-            Client::with_options(options).map_err(|e| StoreError::Failed(e.to_string()))?;
+            Client::with_options(options).map_err(|e| StoreError::Failed(DriverError(e).into()))?;
         let database = client.database(&settings.database);
         Ok(Self {
             messages: database.collection(&settings.messages),
@@ -117,7 +121,7 @@ impl MongoStore {
         &self,
         call: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
     ) -> Result<T, StoreError> {
-        self.timed(call).await?.map_err(|e| classify(&e))
+        self.timed(call).await?.map_err(classify)
     }
 
     /// Runs one call under `STORE_TIMEOUT` and gives back the driver's own answer, for callers
@@ -129,7 +133,8 @@ impl MongoStore {
         tokio::time::timeout(self.timeout, call.into_future())
             .await
             .map_err(|_| {
-                StoreError::Unavailable(format!("no answer from MongoDB within {:?}", self.timeout))
+                let e = format!("no answer from MongoDB within {:?}", self.timeout);
+                StoreError::Unavailable(e.into())
             })
     }
 
@@ -184,14 +189,15 @@ impl MessageStore for MongoStore {
                     &serde_json::to_string(&self.settings.dead_letters).expect("a string"),
                 );
             let command: Document = serde_json::from_str(&command)
-                .map_err(|e| StoreError::Failed(format!("migration {}: {e}", migration.name)))?;
+                .with_context(|| format!("migration {}", migration.name))
+                .map_err(|e| StoreError::Failed(e.into()))?;
             self.call(self.database.run_command(command)).await?;
             let record = doc! { "_id": migration.name, "applied_at": bson::DateTime::now() };
             match self.timed(applied.insert_one(record)).await? {
                 Ok(_) => applied_now.push(migration.name.to_string()),
                 // Another instance recorded it first; the command itself is idempotent.
                 Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(classify(&e)),
+                Err(e) => return Err(classify(e)),
             }
         }
         Ok(applied_now)
@@ -204,7 +210,7 @@ impl MessageStore for MongoStore {
             .await?
         {
             Ok(_) => return Ok(vec![Ok(()); messages.len()]),
-            Err(e) => refused_documents(&e)?,
+            Err(e) => refused_documents(e)?,
         };
 
         let mut outcomes = vec![Ok(()); messages.len()];
@@ -309,7 +315,8 @@ impl MessageStore for MongoStore {
             .map(|doc| {
                 doc.get_str("_id")
                     .map(str::to_owned)
-                    .map_err(|e| StoreError::Failed(format!("a message id: {e}")))
+                    .context("a message id")
+                    .map_err(|e| StoreError::Failed(e.into()))
             })
             .collect()
     }
@@ -489,9 +496,8 @@ fn date(doc: &Document, field: &str) -> Result<DateTime<Utc>, StoreError> {
 
 fn malformed(doc: &Document, field: &str) -> StoreError {
     let id = doc.get("_id").map(id_text).unwrap_or_default();
-    StoreError::Failed(format!(
-        "document {id}: {field} is missing or of the wrong type"
-    ))
+    let e = format!("document {id}: {field} is missing or of the wrong type");
+    StoreError::Failed(e.into())
 }
 
 fn failure_kind(code: i32, code_name: Option<&str>) -> String {
@@ -505,17 +511,35 @@ fn failure_kind(code: i32, code_name: Option<&str>) -> String {
 
 /// Driver errors that waiting cures make MongoDB unavailable; the rest fail the call (and the
 /// relay narrows a failed batch down to the message that causes it).
-fn classify(e: &mongodb::error::Error) -> StoreError {
-    if is_outage(e) {
-        StoreError::Unavailable(describe(e))
+fn classify(e: mongodb::error::Error) -> StoreError {
+    if is_outage(&e) {
+        StoreError::Unavailable(DriverError(e).into())
     } else {
-        StoreError::Failed(describe(e))
+        StoreError::Failed(DriverError(e).into())
     }
 }
 
-/// An error's text for logs. An `insert_many` failure is summed up by its codes alone: its
-/// write errors' own texts can quote documents of the batch (a duplicate key's value), and
-/// message content has no place in the log.
+/// A driver error as chatd shows it, in logs and in dead letters alike. An `insert_many`
+/// failure is summed up by its codes alone: its write errors' own texts can quote documents
+/// of the batch (a duplicate key's value), and message content has no place in the log. Any
+/// other driver error shows its own text, which includes its causes.
+struct DriverError(mongodb::error::Error);
+
+impl fmt::Display for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&describe(&self.0))
+    }
+}
+
+/// The driver's own `Debug` quotes the documents too.
+impl fmt::Debug for DriverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DriverError({self})")
+    }
+}
+
+impl std::error::Error for DriverError {}
+
 fn describe(e: &mongodb::error::Error) -> String {
     let ErrorKind::InsertMany(InsertManyError {
         write_errors,
@@ -574,12 +598,12 @@ fn is_outage(e: &mongodb::error::Error) -> bool {
 
 /// The documents an `insert_many` refused, when that is all that went wrong; otherwise the
 /// error for the batch as a whole.
-fn refused_documents(e: &mongodb::error::Error) -> Result<Vec<IndexedWriteError>, StoreError> {
+fn refused_documents(e: mongodb::error::Error) -> Result<Vec<IndexedWriteError>, StoreError> {
     match e.kind.as_ref() {
         ErrorKind::InsertMany(InsertManyError {
             write_errors: Some(errors),
             ..
-        }) if !is_outage(e) => Ok(errors.clone()),
+        }) if !is_outage(&e) => Ok(errors.clone()),
         _ => Err(classify(e)),
     }
 }
@@ -616,6 +640,7 @@ fn missed_filter(user: &UserId, after: &str) -> Document {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Chain;
 
     #[test]
     fn ids_keep_their_stored_type() {
@@ -674,11 +699,14 @@ mod tests {
                 write_error(0, DUPLICATE_KEY, "E11000 dup key: { content: \"secret\" }"),
                 write_error(1, code, "not primary"),
             ] });
-            match refused_documents(&e) {
-                Err(StoreError::Unavailable(reason)) => assert!(
-                    !reason.contains("secret"),
-                    "the reason quotes a document: {reason}"
-                ),
+            match refused_documents(e) {
+                Err(e @ StoreError::Unavailable(_)) => {
+                    let shown = format!("{} {e:?}", Chain(&e));
+                    assert!(
+                        !shown.contains("secret"),
+                        "the error quotes a document: {shown}"
+                    );
+                }
                 other => panic!("code {code}: {other:?}"),
             }
         }
@@ -690,7 +718,7 @@ mod tests {
             write_error(0, DUPLICATE_KEY, "E11000 duplicate key"),
             write_error(2, 121, "Document failed validation"),
         ] });
-        let refused = refused_documents(&e).unwrap();
+        let refused = refused_documents(e).unwrap();
         let codes: Vec<(usize, i32)> = refused.iter().map(|e| (e.index, e.code)).collect();
         assert_eq!(codes, [(0, DUPLICATE_KEY), (2, 121)]);
     }
@@ -702,7 +730,7 @@ mod tests {
             "writeConcernError": { "code": 64, "errmsg": "waiting for replication" },
         });
         assert!(matches!(
-            refused_documents(&e),
+            refused_documents(e),
             Err(StoreError::Unavailable(_))
         ));
     }
@@ -711,22 +739,22 @@ mod tests {
     fn commands_and_connections_are_classified_by_code_and_kind() {
         for code in [10107, 91, 189, 11602, 13] {
             assert!(
-                matches!(classify(&command_failure(code)), StoreError::Unavailable(_)),
+                matches!(classify(command_failure(code)), StoreError::Unavailable(_)),
                 "{code}"
             );
         }
         for code in [2, 121, 10334] {
             assert!(
-                matches!(classify(&command_failure(code)), StoreError::Failed(_)),
+                matches!(classify(command_failure(code)), StoreError::Failed(_)),
                 "{code}"
             );
         }
         let refused: mongodb::error::Error =
             ErrorKind::from(std::io::ErrorKind::ConnectionRefused).into();
-        assert!(matches!(classify(&refused), StoreError::Unavailable(_)));
+        assert!(matches!(classify(refused), StoreError::Unavailable(_)));
         // A batch that fails as a whole for no outage reason is the relay's to narrow down.
         assert!(matches!(
-            refused_documents(&command_failure(2)),
+            refused_documents(command_failure(2)),
             Err(StoreError::Failed(_))
         ));
     }

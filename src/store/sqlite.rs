@@ -1,6 +1,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
 use async_trait::async_trait;
 use chrono::DateTime;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, ffi, params};
@@ -49,7 +50,7 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens the store at `path`, checked first; corruption met while running is reported to
     /// `integrity`.
-    pub fn open(path: &Path, integrity: Arc<Integrity>) -> rusqlite::Result<Self> {
+    pub fn open(path: &Path, integrity: Arc<Integrity>) -> Result<Self, sqlite::OpenError> {
         sqlite::check_integrity(path, HOLDS)?;
         let watch = Watch::new(integrity, Database::Store, path, HOLDS);
         let (writer, checkpointer) = sqlite::open_writer(path)?;
@@ -90,7 +91,8 @@ impl SqliteStore {
             })
         })
         .await?
-        .map_err(|e| StoreError::Unavailable(format!("opening a connection: {e}")))?
+        .context("opening a connection")
+        .map_err(|e| StoreError::Unavailable(e.into()))?
     }
 }
 
@@ -268,7 +270,8 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StoreError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| StoreError::Failed(format!("store task failed: {e}")))
+        .context("store task failed")
+        .map_err(|e| StoreError::Failed(e.into()))
 }
 
 /// One transaction for the batch. A row that breaks a constraint fails alone; any other error
@@ -390,9 +393,9 @@ const TABLES: &[(&str, &str)] = &[
 /// of the request, which the relay narrows down to the message that causes them.
 fn classify(conn: &Connection, e: rusqlite::Error) -> StoreError {
     if is_outage(&e) || (may_be_schema(&e) && check_schema(conn).is_err()) {
-        StoreError::Unavailable(e.to_string())
+        StoreError::Unavailable(e.into())
     } else {
-        StoreError::Failed(e.to_string())
+        StoreError::Failed(e.into())
     }
 }
 

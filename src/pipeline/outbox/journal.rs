@@ -14,6 +14,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use super::fresh::Fresh;
 use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError, PendingEntry};
+use crate::error::Chain;
 use crate::integrity::Watch;
 use crate::model::{Event, Failure, Message};
 use crate::sqlite::participants_json;
@@ -131,9 +132,10 @@ impl Journal {
                 Ok((applied, delta)) => self.committed(group.drain(..), applied, &delta),
                 Err(e) => {
                     self.watch.check(&e);
-                    tracing::error!(error = %e, commands = group.len(), "outbox commit failed");
+                    tracing::error!(error = %Chain(&e), commands = group.len(), "outbox commit failed");
+                    let e = Arc::new(e);
                     for command in group.drain(..) {
-                        command.fail(OutboxError::Storage(e.to_string()));
+                        command.fail(OutboxError::Storage(e.clone()));
                     }
                 }
             }
@@ -215,7 +217,7 @@ impl Journal {
             "DELETE FROM idempotency_keys WHERE created_at < ?1",
             [cutoff],
         ) {
-            tracing::warn!(error = %e, "pruning expired idempotency keys failed");
+            tracing::warn!(error = %Chain(&e), "pruning expired idempotency keys failed");
         }
     }
 }

@@ -132,13 +132,29 @@ pub enum OutboxError {
     /// An idempotency key came back with a different message.
     #[error("this Idempotency-Key was used for a different message")]
     KeyReused,
-    #[error("outbox: {0}")]
-    Storage(String),
+    /// Its file could not be read or written. Shared, because one failed group commit fails
+    /// every command in it.
+    #[error("the outbox's file could not be read or written")]
+    Storage(#[source] Arc<rusqlite::Error>),
+    #[error("starting the outbox's {0} thread")]
+    Thread(&'static str, #[source] std::io::Error),
+    /// A read on the blocking pool did not finish: it panicked, or the runtime is shutting down.
+    #[error("an outbox read did not finish")]
+    Read(#[from] tokio::task::JoinError),
 }
 
 impl From<rusqlite::Error> for OutboxError {
     fn from(e: rusqlite::Error) -> Self {
-        Self::Storage(e.to_string())
+        Self::Storage(Arc::new(e))
+    }
+}
+
+impl From<sqlite::OpenError> for OutboxError {
+    fn from(e: sqlite::OpenError) -> Self {
+        match e {
+            sqlite::OpenError::Sqlite(e) => e.into(),
+            sqlite::OpenError::Thread(e) => Self::Thread("checkpoint", e),
+        }
     }
 }
 
@@ -200,7 +216,7 @@ impl Outbox {
             outlets,
         )
         .spawn(receiver)
-        .map_err(|e| OutboxError::Storage(format!("starting the journal thread: {e}")))?;
+        .map_err(|e| OutboxError::Thread("journal", e))?;
         Ok(Self {
             commands,
             horizon,
@@ -282,8 +298,7 @@ impl Outbox {
                 }
             })
         })
-        .await
-        .map_err(|e| OutboxError::Storage(e.to_string()))??;
+        .await??;
         Ok(rows)
     }
 
@@ -335,8 +350,7 @@ impl Outbox {
                 .collect::<rusqlite::Result<Vec<_>>>()
             })
         })
-        .await
-        .map_err(|e| OutboxError::Storage(e.to_string()))?
+        .await?
         .map_err(OutboxError::from)
     }
 
@@ -358,8 +372,7 @@ impl Outbox {
                 .optional()
             })
         })
-        .await
-        .map_err(|e| OutboxError::Storage(e.to_string()))??;
+        .await??;
         Ok(millis.and_then(DateTime::from_timestamp_millis))
     }
 

@@ -36,8 +36,7 @@ impl Outbox {
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
         })
-        .await
-        .map_err(|e| OutboxError::Storage(e.to_string()))?
+        .await?
         .map_err(OutboxError::from)
     }
 }

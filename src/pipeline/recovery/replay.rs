@@ -9,6 +9,7 @@ use std::sync::Arc;
 use futures_util::{Stream, stream};
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::error::Chain;
 use crate::hub::{Early, Interrupted};
 use crate::model::{Message, UserId};
 use crate::store::{MessageStore, StoreError};
@@ -63,7 +64,7 @@ impl Replay {
                 Ok(Some(message)) => Some((Ok(frame(message)), Some(replay))),
                 Ok(None) => None,
                 Err(e) => {
-                    tracing::warn!(error = %e, "reconnect replay stopped: the store failed");
+                    tracing::warn!(error = %Chain(&e), "reconnect replay stopped: the store failed");
                     Some((Err(Interrupted), None))
                 }
             }

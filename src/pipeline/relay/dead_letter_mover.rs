@@ -9,13 +9,24 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
-use crate::pipeline::outbox::Outbox;
-use crate::store::MessageStore;
+use crate::error::Chain;
+use crate::pipeline::outbox::{Outbox, OutboxError};
+use crate::store::{MessageStore, StoreError};
 
 /// How often the mover looks for dead entries it was not told about (after a restart, say).
 const SWEEP: Duration = Duration::from_secs(30);
 /// Dead entries moved per outbox read.
 const MOVE_BATCH: usize = 100;
+
+/// Why dead letters could not be moved this time: reading or updating the outbox, or writing
+/// to the store.
+#[derive(Debug, thiserror::Error)]
+enum MoveError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
 
 pub(super) struct DeadLetterMover {
     pub outbox: Arc<Outbox>,
@@ -28,8 +39,8 @@ impl DeadLetterMover {
     /// Moves what is dead now, then again when woken or every `SWEEP`, until `stop`. While
     /// the store does not take them, it retries with backoff.
     pub async fn run(self, stop: CancellationToken) {
-        let failed = |e: &String, failures| {
-            tracing::warn!(error = %e, failures, "dead letters wait in the outbox until the store takes them");
+        let failed = |e: &MoveError, failures| {
+            tracing::warn!(error = %Chain(e), failures, "dead letters wait in the outbox until the store takes them");
         };
         loop {
             if self
@@ -50,29 +61,19 @@ impl DeadLetterMover {
 
     /// Moves every dead entry into the store. Each is written to the store before it leaves
     /// the outbox; writing one twice (after a failure in between) replaces it with itself.
-    async fn move_all(&self) -> Result<(), String> {
+    async fn move_all(&self) -> Result<(), MoveError> {
         loop {
-            let entries = self
-                .outbox
-                .dead_entries(MOVE_BATCH)
-                .await
-                .map_err(|e| e.to_string())?;
+            let entries = self.outbox.dead_entries(MOVE_BATCH).await?;
             if entries.is_empty() {
                 return Ok(());
             }
             let mut moved = Vec::with_capacity(entries.len());
             for (seq, letter) in &entries {
-                self.store
-                    .put_dead_letter(letter)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                self.store.put_dead_letter(letter).await?;
                 tracing::info!(id = %letter.id(), kind = %letter.error.kind, "dead letter stored");
                 moved.push(*seq);
             }
-            self.outbox
-                .forget_dead(moved)
-                .await
-                .map_err(|e| e.to_string())?;
+            self.outbox.forget_dead(moved).await?;
         }
     }
 }

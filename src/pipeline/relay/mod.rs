@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::outbox::{Outbox, PendingEntry};
 use crate::config::RelaySettings;
+use crate::error::Chain;
 use crate::store::{MessageStore, StoreHealth};
 use crate::telemetry;
 pub use backoff::Backoff;
@@ -148,7 +149,7 @@ impl Relay {
         }
         while writers.join_next().await.is_some() {}
         if let Err(e) = mover.await {
-            tracing::error!(error = %e, "the dead-letter mover failed");
+            tracing::error!(error = %Chain(&e), "the dead-letter mover failed");
         }
     }
 }
@@ -195,7 +196,7 @@ impl Dispatcher {
                     batch.extend(new);
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "reading the outbox failed");
+                    tracing::error!(error = %Chain(&e), "reading the outbox failed");
                     self.reading = Reading::At(now + READ_RETRY);
                 }
             }
@@ -212,7 +213,7 @@ impl Dispatcher {
             Err(e) => {
                 // Its entries are still pending in the outbox, behind the cursor: the next
                 // start writes them.
-                tracing::error!(error = %e, "a relay writer failed");
+                tracing::error!(error = %Chain(&e), "a relay writer failed");
                 return;
             }
         };

@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
+use crate::error::Chain;
 use crate::model::Failure;
 use crate::pipeline::outbox::{Outbox, OutboxError, PendingEntry};
 use crate::store::{MessageStore, StoreError, StoreHealth, WriteOutcome};
@@ -21,16 +22,6 @@ pub(super) struct BatchWriter {
     pub max_attempts: u32,
     /// Woken when an entry is dead-lettered, so it moves to the store's dead letters at once.
     pub dead_letters: Arc<Notify>,
-}
-
-/// What one write of a part of a batch came to.
-enum Written {
-    /// One outcome per message.
-    Outcomes(Vec<WriteOutcome>),
-    /// The store cannot take writes now.
-    Unavailable(String),
-    /// The write failed as a whole, for a reason that is not an outage.
-    Failed(String),
 }
 
 impl BatchWriter {
@@ -55,19 +46,19 @@ impl BatchWriter {
                 break;
             }
             let outcomes = match self.insert(&part).await {
-                Written::Outcomes(outcomes) => outcomes,
-                Written::Unavailable(reason) => {
+                Ok(outcomes) => outcomes,
+                Err(e @ StoreError::Unavailable(_)) => {
                     let outages = self.health.write_unavailable();
-                    tracing::warn!(%reason, outages, "store unavailable, batch waits in the outbox");
+                    tracing::warn!(error = %Chain(&e), outages, "store unavailable, batch waits in the outbox");
                     if !self.backoff.wait(outages, stop).await {
                         break;
                     }
                     parts.push(part);
                     continue;
                 }
-                Written::Failed(reason) if part.len() > 1 => {
+                Err(e @ StoreError::Failed(_)) if part.len() > 1 => {
                     // The store's text can quote a message, so it is only logged at debug.
-                    tracing::debug!(error = %reason, "batch write failed");
+                    tracing::debug!(error = %Chain(&e), "batch write failed");
                     tracing::warn!(
                         messages = part.len(),
                         "batch write failed as a whole, splitting it to find the message at fault"
@@ -77,7 +68,9 @@ impl BatchWriter {
                     parts.push(part);
                     continue;
                 }
-                Written::Failed(reason) => vec![Err(Failure::new("store_error", reason))],
+                Err(StoreError::Failed(cause)) => {
+                    vec![Err(Failure::new("store_error", Chain(&*cause).to_string()))]
+                }
             };
             if !self.record(part, outcomes, &mut refused, stop).await {
                 break;
@@ -86,7 +79,9 @@ impl BatchWriter {
         refused
     }
 
-    async fn insert(&self, part: &[PendingEntry]) -> Written {
+    /// Writes a part of a batch once: one outcome per message, or why the part failed as a
+    /// whole.
+    async fn insert(&self, part: &[PendingEntry]) -> Result<Vec<WriteOutcome>, StoreError> {
         let messages: Vec<_> = part.iter().map(|e| e.message.clone()).collect();
         let writing = Instant::now();
         let written = self.store.insert_batch(&messages).await;
@@ -99,7 +94,7 @@ impl BatchWriter {
                 } else {
                     BatchResult::Partial
                 };
-                (result, Written::Outcomes(outcomes))
+                (result, Ok(outcomes))
             }
             Ok(outcomes) => {
                 let e = format!(
@@ -107,12 +102,10 @@ impl BatchWriter {
                     outcomes.len(),
                     part.len()
                 );
-                (BatchResult::Failed, Written::Failed(e))
+                (BatchResult::Failed, Err(StoreError::Failed(e.into())))
             }
-            Err(StoreError::Unavailable(reason)) => {
-                (BatchResult::Unavailable, Written::Unavailable(reason))
-            }
-            Err(StoreError::Failed(reason)) => (BatchResult::Failed, Written::Failed(reason)),
+            Err(e @ StoreError::Unavailable(_)) => (BatchResult::Unavailable, Err(e)),
+            Err(e @ StoreError::Failed(_)) => (BatchResult::Failed, Err(e)),
         };
         result.count();
         written
@@ -186,7 +179,7 @@ impl BatchWriter {
             async move {
                 match updated.await {
                     Err(e) if self.outbox.is_corrupted() => {
-                        tracing::warn!(error = %e, "the outbox is corrupted: its bookkeeping is given up");
+                        tracing::warn!(error = %Chain(&e), "the outbox is corrupted: its bookkeeping is given up");
                         Ok(())
                     }
                     updated => updated,
@@ -194,7 +187,7 @@ impl BatchWriter {
             }
         };
         let failed = |e: &OutboxError, failures| {
-            tracing::error!(error = %e, failures, "updating the outbox failed, retrying");
+            tracing::error!(error = %Chain(e), failures, "updating the outbox failed, retrying");
         };
         self.backoff.retry(stop, attempt, failed).await.is_some()
     }
