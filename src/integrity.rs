@@ -1,4 +1,4 @@
-//! Corruption found while chatd runs. The start-up check ([`crate::sqlite::check_integrity`])
+//! Corruption found while chatd runs. The start-up check ([`crate::sqlite_file::check_integrity`])
 //! keeps a corrupted file from being served at all; a file that goes bad later is found by the
 //! first query that reads a damaged page. That query's error is recorded here, once per file,
 //! and stays until the process ends: a corrupted file does not heal itself, and only an
@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::sqlite;
+use crate::sqlite_file;
 use crate::telemetry::StorageFile;
 
 /// chatd's two database files.
@@ -58,7 +58,7 @@ impl Corruption {
             self.path.display(),
             self.error,
             self.holds,
-            sqlite::REMEDY
+            sqlite_file::REMEDY
         )
     }
 }
@@ -125,9 +125,9 @@ impl Watch {
         }
     }
 
-    /// Records `e` if it means this file is corrupted ([`sqlite::is_corruption`]).
+    /// Records `e` if it means this file is corrupted ([`sqlite_file::is_corruption`]).
     pub fn check(&self, e: &rusqlite::Error) {
-        if sqlite::is_corruption(e) {
+        if sqlite_file::is_corruption(e) {
             self.integrity.report(Corruption {
                 database: self.database,
                 path: self.path.clone(),
@@ -191,7 +191,7 @@ mod tests {
             advice.contains("It holds acknowledged messages"),
             "{advice}"
         );
-        assert!(advice.contains(sqlite::REMEDY), "{advice}");
+        assert!(advice.contains(sqlite_file::REMEDY), "{advice}");
 
         store.check(&failure(ffi::SQLITE_CORRUPT_INDEX));
         assert!(store.is_corrupted());

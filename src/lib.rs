@@ -15,6 +15,6 @@ pub mod integrity;
 pub mod model;
 pub mod pipeline;
 pub mod ready_file;
-pub mod sqlite;
+pub mod sqlite_file;
 pub mod store;
 pub mod telemetry;

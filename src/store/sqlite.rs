@@ -9,7 +9,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, ffi, params};
 use super::{Cursor, DeadLetterQuery, HistoryPage, MessageStore, StoreError, WriteOutcome};
 use crate::integrity::{Database, Integrity, Watch};
 use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
-use crate::sqlite::{
+use crate::sqlite_file::{
     self, Checkpointer, Migration, ReadPool, dead_letter_from_row, message_from_row,
     participants_json,
 };
@@ -50,10 +50,10 @@ pub struct SqliteStore {
 impl SqliteStore {
     /// Opens the store at `path`, checked first; corruption met while running is reported to
     /// `integrity`.
-    pub fn open(path: &Path, integrity: Arc<Integrity>) -> Result<Self, sqlite::OpenError> {
-        sqlite::check_integrity(path, HOLDS)?;
+    pub fn open(path: &Path, integrity: Arc<Integrity>) -> Result<Self, sqlite_file::OpenError> {
+        sqlite_file::check_integrity(path, HOLDS)?;
         let watch = Watch::new(integrity, Database::Store, path, HOLDS);
-        let (writer, checkpointer) = sqlite::open_writer(path)?;
+        let (writer, checkpointer) = sqlite_file::open_writer(path)?;
         Ok(Self {
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(ReadPool::new(path, READERS, watch.clone())),
@@ -109,7 +109,8 @@ impl MessageStore for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<Vec<String>, StoreError> {
-        self.write(|conn| sqlite::migrate(conn, MIGRATIONS)).await
+        self.write(|conn| sqlite_file::migrate(conn, MIGRATIONS))
+            .await
     }
 
     async fn insert_batch(&self, messages: &[Message]) -> Result<Vec<WriteOutcome>, StoreError> {
@@ -483,8 +484,8 @@ mod tests {
         );
         let old = Message::accept(&alice, &channel(&["alice", "bob"]), "old".into());
         {
-            let mut conn = crate::sqlite::open(&path).unwrap();
-            crate::sqlite::migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
+            let mut conn = crate::sqlite_file::open(&path).unwrap();
+            crate::sqlite_file::migrate(&mut conn, &MIGRATIONS[..2]).unwrap();
             conn.execute(
                 "INSERT INTO messages (id, channel, sender, content, participants, created_at)
                  VALUES (?1, 'alice,bob', 'alice', 'old', '[\"alice\",\"bob\"]', ?2)",

@@ -17,7 +17,7 @@ use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError, PendingEntry};
 use crate::error::Chain;
 use crate::integrity::Watch;
 use crate::model::{Event, Failure, Message};
-use crate::sqlite::participants_json;
+use crate::sqlite_file::participants_json;
 
 /// Most commands applied in one transaction.
 const MAX_GROUP: usize = 1024;

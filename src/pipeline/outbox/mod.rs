@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::integrity::{Database, Integrity, Watch};
 use crate::model::{Channel, DeadLetter, Event, Failure, Message, UserId};
-use crate::sqlite::{self, Checkpointer, Migration, ReadPool};
+use crate::sqlite_file::{self, Checkpointer, Migration, ReadPool};
 
 use fresh::{Fresh, Next};
 use journal::{Command, Journal, Outlets};
@@ -149,11 +149,11 @@ impl From<rusqlite::Error> for OutboxError {
     }
 }
 
-impl From<sqlite::OpenError> for OutboxError {
-    fn from(e: sqlite::OpenError) -> Self {
+impl From<sqlite_file::OpenError> for OutboxError {
+    fn from(e: sqlite_file::OpenError) -> Self {
         match e {
-            sqlite::OpenError::Sqlite(e) => e.into(),
-            sqlite::OpenError::Thread(e) => Self::Thread("checkpoint", e),
+            sqlite_file::OpenError::Sqlite(e) => e.into(),
+            sqlite_file::OpenError::Thread(e) => Self::Thread("checkpoint", e),
         }
     }
 }
@@ -187,10 +187,10 @@ impl Outbox {
         on_commit: OnCommit,
         integrity: Arc<Integrity>,
     ) -> Result<Self, OutboxError> {
-        let watch = Watch::new(integrity, Database::Outbox, path, sqlite::OUTBOX_HOLDS);
-        sqlite::check_integrity(path, sqlite::OUTBOX_HOLDS)?;
-        let (mut conn, checkpointer) = sqlite::open_writer(path)?;
-        sqlite::migrate(&mut conn, MIGRATIONS)?;
+        let watch = Watch::new(integrity, Database::Outbox, path, sqlite_file::OUTBOX_HOLDS);
+        sqlite_file::check_integrity(path, sqlite_file::OUTBOX_HOLDS)?;
+        let (mut conn, checkpointer) = sqlite_file::open_writer(path)?;
+        sqlite_file::migrate(&mut conn, MIGRATIONS)?;
         let initial = count(&conn)?;
         let (counts_tx, counts) = watch::channel(initial);
         let new_work = Arc::new(Notify::new());
@@ -283,14 +283,14 @@ impl Outbox {
                             .query_map(params![seq, limit], |row| {
                                 Ok(PendingEntry {
                                     seq: row.get(0)?,
-                                    message: sqlite::message_from_row(row, 1)?,
+                                    message: sqlite_file::message_from_row(row, 1)?,
                                     attempts: row.get(6)?,
                                 })
                             })?
                             .collect::<rusqlite::Result<Vec<_>>>()
                     });
                 match read {
-                    Err(e) if sqlite::is_corruption(&e) => {
+                    Err(e) if sqlite_file::is_corruption(&e) => {
                         watch.check(&e);
                         read_around::pending_around(conn, seq, wanted, &unreadable)
                     }
@@ -345,7 +345,7 @@ impl Outbox {
                      FROM outbox WHERE dead = 1 ORDER BY seq LIMIT ?1",
                 )?
                 .query_map([limit], |row| {
-                    Ok((row.get(0)?, sqlite::dead_letter_from_row(row, 1)?))
+                    Ok((row.get(0)?, sqlite_file::dead_letter_from_row(row, 1)?))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()
             })

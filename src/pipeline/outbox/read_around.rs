@@ -14,7 +14,7 @@ use metrics::counter;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::PendingEntry;
-use crate::sqlite;
+use crate::sqlite_file;
 use crate::telemetry;
 
 /// The `seq`s found unreadable, as sorted, disjoint, inclusive ranges.
@@ -101,7 +101,7 @@ pub(super) fn pending_around(
         }
         match read_range(conn, lo, hi, limit - entries.len()) {
             Ok(read) => entries.extend(read),
-            Err(e) if !sqlite::is_corruption(&e) => return Err(e),
+            Err(e) if !sqlite_file::is_corruption(&e) => return Err(e),
             Err(_) if hi - lo == 1 => skipped.push(hi),
             Err(_) => {
                 let mid = lo + (hi - lo) / 2;
@@ -136,7 +136,7 @@ fn read_range(
     let entry = |row: &rusqlite::Row<'_>| {
         Ok(PendingEntry {
             seq: row.get(0)?,
-            message: sqlite::message_from_row(row, 1)?,
+            message: sqlite_file::message_from_row(row, 1)?,
             attempts: row.get(6)?,
         })
     };
@@ -164,11 +164,11 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::sqlite::migrate;
+    use crate::sqlite_file::migrate;
 
     /// An outbox of `rows` pending rows of about 300 bytes each, checkpointed into its file.
     fn outbox(path: &Path, rows: i64) -> Connection {
-        let mut conn = sqlite::open(path).unwrap();
+        let mut conn = sqlite_file::open(path).unwrap();
         migrate(&mut conn, super::super::MIGRATIONS).unwrap();
         conn.execute_batch(&format!(
             "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {rows})
@@ -218,14 +218,14 @@ mod tests {
         let lost = first_lost..first_lost + leaves[2].1;
         garble(&path, leaves[2].0);
 
-        let conn = sqlite::open(&path).unwrap();
+        let conn = sqlite_file::open(&path).unwrap();
         let whole = conn
             .prepare("SELECT seq FROM outbox WHERE seq > 0 ORDER BY seq")
             .unwrap()
             .query_map([], |row| row.get::<_, i64>(0))
             .unwrap()
             .collect::<rusqlite::Result<Vec<_>>>();
-        assert!(sqlite::is_corruption(&whole.unwrap_err()));
+        assert!(sqlite_file::is_corruption(&whole.unwrap_err()));
 
         let unreadable = Unreadable::default();
         let read = pending_around(&conn, 0, 1000, &unreadable).unwrap();

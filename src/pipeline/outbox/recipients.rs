@@ -6,7 +6,7 @@ use rusqlite::params;
 
 use super::{Outbox, OutboxError};
 use crate::model::{Message, UserId};
-use crate::sqlite;
+use crate::sqlite_file;
 
 /// The (user, id) index reads exactly the rows returned, however old `?1` is. It holds
 /// pending rows only; `dead = 0` is a safeguard.
@@ -31,7 +31,7 @@ impl Outbox {
             readers.read(|conn| {
                 conn.prepare_cached(PENDING_FOR)?
                     .query_map(params![after, user, limit], |row| {
-                        sqlite::message_from_row(row, 0)
+                        sqlite_file::message_from_row(row, 0)
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
             })
