@@ -1,11 +1,9 @@
 //! Floods of sockets and connections: per-user and total caps, header deadlines, and the
 //! accept loop's caps on connections open in all and per client address.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 
-use common::{TestServer, eventually, metric};
+use crate::common::{DEADLINE, TestServer, eventually, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -45,7 +43,7 @@ async fn the_server_opens_only_so_many_sockets() {
 /// Reads until the server closes the connection, and returns what it sent.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();
-    tokio::time::timeout(common::DEADLINE, stream.read_to_end(&mut answer))
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
         .await
         .expect("the server closes the connection")
         .expect("a clean read");
