@@ -1,5 +1,8 @@
 //! Each chatd-bench scenario, run briefly and small, only to prove that it still runs and that
 //! what it counts adds up. Benchmarks are not tests: nothing here looks at a timing.
+//!
+//! Its own test binary, apart from the in-process tests of `api/`: it runs the built
+//! `chatd-bench` against the built `chatd`, each a child process.
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Thousands of sockets opened and closed, politely or not: nothing is left behind.
-//! (Its own test binary: it reads the process-wide `chat_ws_connections` gauge.)
+//! (Its own test binary: it reads the process-wide `chat_ws_connections` gauge and counts every
+//! socket opened in the process, which any other test's sockets would move.)
 
 mod common;
 

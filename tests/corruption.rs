@@ -6,6 +6,11 @@
 //! the file's WAL away (every page is then in the file), overwrites pages with garbage, and
 //! then commits a change to the file's header (`PRAGMA user_version`), after which every one
 //! of chatd's connections drops its page cache at its next read. No timing is involved.
+//!
+//! Its own test binary, for the metrics recorder (one per process): the tests compare its
+//! counters before and after, and read the `chat_storage_corrupted` gauges, which a scrape of
+//! any chatd in the process sets from that chatd's files. So no other test's chatd runs beside
+//! them, and they take turns.
 
 mod common;
 

@@ -1,9 +1,10 @@
 //! What operators see: metrics, request ids, readiness, and the dashboard and alerts that
 //! depend on them.
 //!
-//! The metrics recorder is one per process, shared by the chatds these tests start side by
-//! side: counters are compared before and after, and gauges (which each scrape sets from its
-//! own chatd) are checked on the real binary in `process.rs`.
+//! Its own test binary, for the metrics recorder: there is one per process, shared by the
+//! chatds these tests start side by side, so counters are compared before and after while no
+//! other test sends, and gauges (which each scrape sets from its own chatd) are checked on the
+//! real binary in `process.rs`.
 
 mod common;
 

@@ -1,4 +1,8 @@
 //! The real `chatd` binary as a child process: what `kill -9` and SIGTERM leave behind.
+//!
+//! Its own test binary, apart from the in-process tests of `api/`: what these tests look at
+//! belongs to a chatd process (its exit after a signal, its `ulimit -n`, its resident memory,
+//! the gauges of a recorder no other chatd writes), so each runs the built binary as a child.
 
 mod common;
 
@@ -191,7 +195,7 @@ async fn a_reader_that_never_reads_costs_bounded_memory_and_nobody_else_anything
     let chatd = Chatd::start(data_dir.path(), secret, &env);
     let server = common::process_target(&chatd, secret);
     // Never read: the close frame waits behind megabytes it will not read, so the verdict is
-    // read from the server's own count (sockets.rs checks the close code on a lighter flood).
+    // read from the server's own count (api/sockets.rs checks the close code on a lighter flood).
     let _slow = server.ws_with_small_buffer("slow").await;
     let mut readers = Vec::new();
     for i in 0..HEALTHY {

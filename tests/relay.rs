@@ -1,8 +1,9 @@
 //! The relay on the embedded store: a message the store refuses never delays the others, and a
 //! store that cannot be used holds messages in the outbox instead of dead-lettering them.
 //!
-//! The metrics recorder is shared by the chatds of this file, so counters are compared before
-//! and after, and only this file's outage test makes batches "unavailable".
+//! Its own test binary, for the metrics recorder: there is one per process, so counters are
+//! compared before and after, and only this file's outage test makes batches "unavailable"
+//! (beside the tests of `api/`, the MongoDB outages would too).
 
 mod common;
 

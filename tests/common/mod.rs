@@ -1,6 +1,6 @@
 //! A real chatd per test: started through `chatd::app::start` on 127.0.0.1 with a random port
 //! and its own data directory, driven over real TCP with HTTP and WebSocket clients.
-#![allow(dead_code)] // each test file uses its own share of these helpers
+#![allow(dead_code)] // each test binary uses its own share of these helpers
 
 pub mod mongo;
 pub mod process;

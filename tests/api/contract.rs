@@ -1,8 +1,6 @@
 //! The contract's API beyond the original's scenarios: formats, refusals, cursors and sockets.
 
-mod common;
-
-use common::{TestServer, eventually, token_for};
+use crate::common::{TestServer, WsClient, eventually, token_for};
 use serde_json::{Value, json};
 
 const MARKER: &str = "end-of-test";
@@ -463,7 +461,7 @@ async fn a_socket_may_authenticate_with_the_authorization_header() {
         format!("Bearer {}", server.token("bob")).parse().unwrap(),
     );
     let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    let mut bob = common::WsClient { stream };
+    let mut bob = WsClient { stream };
     let sent = server
         .send_ok("alice", &["alice", "bob"], "via header")
         .await;

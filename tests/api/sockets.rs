@@ -1,11 +1,9 @@
 //! Socket behaviour: slow consumers, heartbeats, inbound frames and shutdown.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{Seen, TestServer, eventually};
+use crate::common::{Seen, TestServer, eventually};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 /// The healthy reader is assumed to read each round of `ROUND` messages (240 KB) before the

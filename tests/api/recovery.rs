@@ -1,13 +1,11 @@
 //! Reconnect recovery: `/ws?since=<id>` replays what was missed, then goes live, with no gap
 //! and no duplicate at the seam.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use common::{TestServer, eventually};
+use crate::common::{TestServer, eventually};
 use serde_json::Value;
 
 const MARKER: &str = "end-of-test";

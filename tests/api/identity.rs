@@ -1,15 +1,13 @@
 //! Tokens from an external identity service: a public key or a JWKS document, RS256 or ES256,
 //! with the issuer and audience checked when configured.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::common::{TestServer, eventually};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
-use common::{TestServer, eventually};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 

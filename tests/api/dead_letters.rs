@@ -1,9 +1,7 @@
 //! Dead letters with the embedded store, and the admin surface that guards them.
 
-mod common;
-
-use common::TestServer;
-use common::process::run_cli;
+use crate::common::process::run_cli;
+use crate::common::{TestServer, eventually};
 use serde_json::{Value, json};
 
 const ADMIN_TOKEN: &str = "embedded-admin-token";
@@ -54,7 +52,7 @@ async fn the_embedded_store_keeps_dead_letters_that_operators_replay_and_purge()
     server.stored("alice", "alice,bob", 1).await;
     let refused = server.send_ok("alice", &["alice", "bob"], "twice").await;
     let refused_id = refused["id"].as_str().unwrap();
-    let letters = common::eventually("the dead letter is stored", || async {
+    let letters = eventually("the dead letter is stored", || async {
         let (_, letters) = admin(
             &server,
             reqwest::Method::GET,
@@ -78,7 +76,7 @@ async fn the_embedded_store_keeps_dead_letters_that_operators_replay_and_purge()
             .contains("UNIQUE"),
         "{letter}"
     );
-    common::eventually("the dead letter leaves the outbox", || async {
+    eventually("the dead letter leaves the outbox", || async {
         (server.health().await["outbox"] == json!({"pending": 0, "dead_lettered": 0})).then_some(())
     })
     .await;
@@ -123,7 +121,7 @@ async fn the_embedded_store_keeps_dead_letters_that_operators_replay_and_purge()
     server.stored("bob", "alice,bob", 1).await;
     let doomed = server.send_ok("bob", &["alice", "bob"], "again").await;
     let path = format!("/admin/dead-letters/{}", doomed["id"].as_str().unwrap());
-    common::eventually("the second dead letter is stored", || async {
+    eventually("the second dead letter is stored", || async {
         (admin(
             &server,
             reqwest::Method::GET,

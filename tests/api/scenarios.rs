@@ -4,11 +4,9 @@
 //! are acknowledged, a marker message is sent to each listener. Each socket gets frames in the
 //! order they were accepted, so anything that would have reached it arrives before the marker.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{TestServer, WsClient};
+use crate::common::{TestServer, WsClient};
 use futures_util::future::join_all;
 use serde_json::Value;
 

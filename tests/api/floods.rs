@@ -1,11 +1,9 @@
 //! Floods of sockets and connections: per-user and total caps, header deadlines, and the
 //! accept loop's caps on connections open in all and per client address.
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr};
 
-use common::{TestServer, eventually, metric};
+use crate::common::{DEADLINE, TestServer, eventually, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -45,7 +43,7 @@ async fn the_server_opens_only_so_many_sockets() {
 /// Reads until the server closes the connection, and returns what it sent.
 async fn read_to_close(stream: &mut TcpStream) -> String {
     let mut answer = Vec::new();
-    tokio::time::timeout(common::DEADLINE, stream.read_to_end(&mut answer))
+    tokio::time::timeout(DEADLINE, stream.read_to_end(&mut answer))
         .await
         .expect("the server closes the connection")
         .expect("a clean read");
@@ -116,6 +114,10 @@ fn assert_503(answer: &str, error: &str) {
     assert!(body["error"].as_str().unwrap().contains(error), "{answer}");
 }
 
+/// Held by the tests that get connections refused as pending: the refusals are counted for the
+/// whole process, and the flood test counts exactly its own.
+static PENDING_REFUSALS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn refused(client: &reqwest::Client, server: &TestServer, reason: &str) -> f64 {
     let text = client
         .get(server.url("/metrics"))
@@ -137,6 +139,7 @@ async fn refused(client: &reqwest::Client, server: &TestServer, reason: &str) ->
 async fn a_half_sent_header_flood_from_one_address_is_capped_and_others_are_served() {
     const FLOOD: usize = 200;
     const SHARE: usize = 64;
+    let _pending = PENDING_REFUSALS.lock().await;
     // The header deadline is far away, so only the cap can end a flood connection here.
     let server = TestServer::start_with(&[("HTTP_HEADER_TIMEOUT", "300s")]).await;
     let before = refused(&server.http, &server, "pending_per_client").await;
@@ -202,6 +205,7 @@ async fn a_half_sent_header_flood_from_one_address_is_capped_and_others_are_serv
 /// many one address holds: its whole share stays for connections still sending their head.
 #[tokio::test]
 async fn connections_that_sent_their_request_do_not_count_as_pending() {
+    let _pending = PENDING_REFUSALS.lock().await;
     let server = TestServer::start_with(&[("HTTP_MAX_PENDING_PER_CLIENT", "2")]).await;
     let local: IpAddr = "127.0.0.1".parse().unwrap();
     let mut sockets = Vec::new();

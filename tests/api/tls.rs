@@ -1,10 +1,8 @@
 //! TLS_CERT and TLS_KEY: chatd serves HTTPS and WSS itself, with a certificate generated here.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::TestServer;
+use crate::common::TestServer;
 use futures_util::StreamExt;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

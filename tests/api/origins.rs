@@ -1,9 +1,7 @@
 //! Browsers on other sites: only the origins in CORS_ALLOWED_ORIGINS may call chatd, over REST
 //! or WebSocket; clients that send no Origin (servers, scripts, apps) are not affected.
 
-mod common;
-
-use common::TestServer;
+use crate::common::TestServer;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

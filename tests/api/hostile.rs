@@ -1,11 +1,9 @@
 //! Hostile input over HTTP, generated: whatever a client sends, the answer is 202 or one of the
 //! contract's JSON errors, nothing panics, and the server keeps serving.
 
-mod common;
-
 use std::sync::OnceLock;
 
-use common::TestServer;
+use crate::common::TestServer;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio::runtime::Runtime;

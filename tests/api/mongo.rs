@@ -1,15 +1,13 @@
 //! chatd with `MONGO_URI`, against a real MongoDB-wire server.
 
-mod common;
-
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::common::mongo::MongoServer;
+use crate::common::process::{Chatd, run_cli};
+use crate::common::{Seen, TestServer, WsClient, eventually, token_for};
 use chrono::{DateTime, Utc};
-use common::mongo::MongoServer;
-use common::process::{Chatd, run_cli};
-use common::{TestServer, eventually};
 use futures_util::TryStreamExt;
 use mongodb::bson::oid::ObjectId;
 use mongodb::bson::{self, Bson, Document, doc};
@@ -682,7 +680,7 @@ async fn logs_at_info_hold_no_message_content_and_no_token() {
     let content = "top-secret-content-4f2a";
     chatd.send("alice", &["alice", "bob"], content).await;
     chatd.send("alice", &["alice", "bob"], content).await;
-    let refused = common::token_for("some-other-secret", "mallory");
+    let refused = token_for("some-other-secret", "mallory");
     let response = reqwest::Client::new()
         .post(chatd.url("/api/messages"))
         .bearer_auth(&refused)
@@ -709,7 +707,7 @@ async fn logs_at_info_hold_no_message_content_and_no_token() {
         logs.iter().any(|l| l.contains("message dead-lettered")),
         "{logs:#?}"
     );
-    let token = common::token_for(secret, "alice");
+    let token = token_for(secret, "alice");
     for line in logs {
         assert!(
             !line.contains(content),
@@ -798,7 +796,7 @@ async fn a_replay_spans_mongodb_pages_and_what_an_outage_left_in_the_outbox() {
     })
     .await
     .0;
-    let mut bob = common::WsClient { stream };
+    let mut bob = WsClient { stream };
     for (i, want) in sent.iter().enumerate() {
         assert_eq!(&bob.next_message().await, want, "replayed frame {i}");
     }
@@ -850,9 +848,9 @@ async fn a_store_failing_mid_replay_closes_the_socket_naming_where_to_resume() {
     mongo.pause();
     let close = loop {
         match bob.next().await {
-            common::Seen::Message(message) => got.push(message),
-            common::Seen::Ping => {}
-            common::Seen::Closed(frame) => break frame.expect("a close frame"),
+            Seen::Message(message) => got.push(message),
+            Seen::Ping => {}
+            Seen::Closed(frame) => break frame.expect("a close frame"),
         }
     };
     mongo.resume();
@@ -879,7 +877,7 @@ async fn a_store_failing_mid_replay_closes_the_socket_naming_where_to_resume() {
     })
     .await
     .0;
-    let mut again = common::WsClient { stream };
+    let mut again = WsClient { stream };
     for (i, want) in sent[page..].iter().enumerate() {
         assert_eq!(&again.next_message().await, want, "the rest, frame {i}");
     }
