@@ -68,7 +68,8 @@ impl RateLimiter {
             .retain(|_, bucket| now.saturating_duration_since(bucket.refilled) < refill);
     }
 
-    pub fn tracked(&self) -> usize {
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
         self.buckets.len()
     }
 }

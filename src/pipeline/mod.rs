@@ -23,14 +23,14 @@
 
 // In reading order, which is why each stands alone (rustfmt would sort a run of them).
 
-pub mod accept;
+pub(crate) mod accept;
 
 pub mod outbox;
 
-pub mod bus;
+pub(crate) mod bus;
 
-pub mod fanout;
+pub(crate) mod fanout;
 
-pub mod relay;
+pub(crate) mod relay;
 
 pub mod recovery;
