@@ -218,7 +218,29 @@ pub const ADMIN_TOKEN: Setting = text(
 pub const INSTANCE_ID: Setting = text(
     "INSTANCE_ID",
     "",
-    "this instance's name in dead letters; unset: hostname:pid",
+    "this instance's name in logs, metrics and dead letters; unset: the hostname",
+);
+pub const NATS_URL: Setting = text(
+    "NATS_URL",
+    "",
+    "NATS server with JetStream, e.g. nats://127.0.0.1:4222: cluster mode (needs MONGO_URI); unset: one process",
+);
+pub const NATS_CONNECT_TIMEOUT: Span = span(
+    "NATS_CONNECT_TIMEOUT",
+    "5s",
+    SHORTEST_TIMEOUT..=LONGEST,
+    "how long start-up waits for NATS before giving up ({range})",
+);
+pub const NATS_STREAM: Setting = text(
+    "NATS_STREAM",
+    "CHATD_MESSAGES",
+    "the JetStream stream that carries accepted messages between instances",
+);
+pub const NATS_REPLICAS: Number<usize> = number(
+    "NATS_REPLICAS",
+    "1",
+    1..=5,
+    "copies JetStream keeps of the stream, on as many NATS servers ({range})",
 );
 pub const CONNECTIONS_REQUIRE_AUTH: Value<bool> = value(
     "CONNECTIONS_REQUIRE_AUTH",
@@ -429,6 +451,10 @@ pub const SETTINGS: &[&dyn Declared] = &[
     &STORE_TIMEOUT,
     &ADMIN_TOKEN,
     &INSTANCE_ID,
+    &NATS_URL,
+    &NATS_CONNECT_TIMEOUT,
+    &NATS_STREAM,
+    &NATS_REPLICAS,
     &CONNECTIONS_REQUIRE_AUTH,
     &RATE_LIMIT_RPS,
     &RATE_LIMIT_BURST,
@@ -476,6 +502,8 @@ pub struct Config {
     pub store: StoreSettings,
     pub admin_token: Option<String>,
     pub instance_id: String,
+    /// `None`: one process, on the in-process bus.
+    pub cluster: Option<ClusterSettings>,
     pub connections_require_auth: bool,
     pub recovery_limit: u32,
     /// Most reconnect recoveries read and replayed at once.
@@ -520,6 +548,15 @@ pub struct Identity {
     pub jwks_url: Option<String>,
     pub issuer: Option<String>,
     pub audience: Option<String>,
+}
+
+/// Cluster mode: the instances that share one NATS and one store.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    pub nats_url: String,
+    pub connect_timeout: Duration,
+    pub stream: String,
+    pub replicas: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -669,6 +706,7 @@ impl Config {
             instance_id: vars
                 .optional(&INSTANCE_ID)
                 .unwrap_or_else(default_instance_id),
+            cluster: cluster(&vars)?,
             connections_require_auth: vars.value(&CONNECTIONS_REQUIRE_AUTH)?,
             recovery_limit: vars.number(&RECOVERY_LIMIT)?,
             recovery_concurrency: vars.number(&RECOVERY_CONCURRENCY)?,
@@ -782,6 +820,13 @@ impl Config {
             && metrics == self.port
         {
             return refuse(&METRICS_PORT.setting, "must differ from PORT");
+        }
+        if self.cluster.is_some() && self.store.mongo.is_none() {
+            return refuse(
+                &NATS_URL,
+                "cluster mode needs MONGO_URI: every instance must share one store, and the \
+                 embedded store belongs to one instance's disk",
+            );
         }
         if let Some(url) = &self.identity.jwks_url {
             let scheme = reqwest::Url::parse(url).map(|url| url.scheme().to_string());
@@ -931,6 +976,25 @@ fn allowed_origins(vars: &Vars<'_>) -> Result<Vec<String>, ConfigError> {
 }
 
 /// `RUST_LOG`, checked here so that a filter the log cannot use is a configuration error.
+/// The NATS settings are checked whether or not `NATS_URL` turns cluster mode on, so that a
+/// mistake shows before the day it is used.
+fn cluster(vars: &Vars<'_>) -> Result<Option<ClusterSettings>, ConfigError> {
+    let settings = ClusterSettings {
+        nats_url: vars.text(&NATS_URL),
+        connect_timeout: vars.duration(&NATS_CONNECT_TIMEOUT)?,
+        stream: vars.text(&NATS_STREAM),
+        replicas: vars.number(&NATS_REPLICAS)?,
+    };
+    if !is_stream_name(&settings.stream) {
+        return Err(ConfigError::new(
+            NATS_STREAM.name,
+            settings.stream,
+            "expected letters, digits, '-' and '_' only (a JetStream stream name)",
+        ));
+    }
+    Ok(Some(settings).filter(|s| !s.nats_url.is_empty()))
+}
+
 fn log_filter(vars: &Vars<'_>) -> Result<String, ConfigError> {
     let filter = vars.text(&RUST_LOG);
     match tracing_subscriber::EnvFilter::try_new(&filter) {
@@ -939,14 +1003,23 @@ fn log_filter(vars: &Vars<'_>) -> Result<String, ConfigError> {
     }
 }
 
-/// `hostname:pid`, which tells apart instances on one host and restarts of one instance.
+/// The hostname, which stays the same across restarts (a container's or a pod's name), so that
+/// logs, metrics and dead letters follow one instance through them.
 fn default_instance_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "chatd".into());
-    format!("{host}:{}", std::process::id())
+        .unwrap_or_else(|| "chatd".into())
+}
+
+/// JetStream refuses other characters in a stream's name; the subjects chatd publishes on
+/// start with it, so '.', '*' and '>' would also change what they mean.
+fn is_stream_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A duration as `10s`, `1m30s`, `250ms`, or a bare number of seconds.
@@ -979,7 +1052,8 @@ mod tests {
         assert_eq!(c.jwt_secret, None);
         assert!(c.store.mongo.is_none());
         assert_eq!(c.admin_token, None);
-        assert!(c.instance_id.ends_with(&format!(":{}", std::process::id())));
+        assert!(!c.instance_id.is_empty());
+        assert!(c.cluster.is_none());
         assert_eq!(c.rate_limit.per_second, 5.0);
         assert_eq!(c.rate_limit.burst, 10);
         assert_eq!(c.limits.max_message_bytes, 4096);
@@ -1089,6 +1163,39 @@ mod tests {
             ("chatdb", "msgs")
         );
         assert_eq!(mongo.dead_letters, "dead_letters");
+    }
+
+    #[test]
+    fn nats_url_puts_an_instance_in_cluster_mode_on_a_shared_store_only() {
+        let err = config(&[("NATS_URL", "nats://127.0.0.1:4222")])
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("NATS_URL=") && err.contains("needs MONGO_URI"),
+            "{err}"
+        );
+        let mongo = ("MONGO_URI", "mongodb://db:27017");
+        let c = config(&[mongo, ("NATS_URL", "nats://n:4222"), ("INSTANCE_ID", "a")]).unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.nats_url, "nats://n:4222");
+        assert_eq!(cluster.stream, "CHATD_MESSAGES");
+        assert_eq!(cluster.replicas, 1);
+        assert_eq!(cluster.connect_timeout, Duration::from_secs(5));
+        assert_eq!(c.instance_id, "a");
+        for (name, value) in [
+            ("NATS_STREAM", "chat.messages"),
+            ("NATS_STREAM", "chat>"),
+            ("NATS_REPLICAS", "0"),
+            ("NATS_REPLICAS", "6"),
+            ("NATS_CONNECT_TIMEOUT", "0s"),
+        ] {
+            let err = config(&[mongo, ("NATS_URL", "nats://n:4222"), (name, value)])
+                .map(|_| ())
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(&format!("{name}=")), "{name}={value}: {err}");
+        }
     }
 
     #[test]
