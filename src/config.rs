@@ -1194,7 +1194,10 @@ mod tests {
                 .map(|_| ())
                 .unwrap_err()
                 .to_string();
-            assert!(err.starts_with(&format!("{name}=")), "{name}={value}: {err}");
+            assert!(
+                err.starts_with(&format!("{name}=")),
+                "{name}={value}: {err}"
+            );
         }
     }
 

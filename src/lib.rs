@@ -6,6 +6,7 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub(crate) mod cluster;
 pub mod config;
 pub(crate) mod error;
 pub(crate) mod fds;

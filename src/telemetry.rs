@@ -34,6 +34,11 @@ pub const HTTP_REFUSED: &str = "chat_http_connections_refused_total";
 pub const BUILD_INFO: &str = "chat_build_info";
 pub const STORAGE_CORRUPTED: &str = "chat_storage_corrupted";
 pub const OUTBOX_ROWS_SKIPPED: &str = "chat_outbox_rows_skipped_total";
+pub const INSTANCE_INFO: &str = "chat_instance_info";
+pub const BUS_PUBLISHED: &str = "chat_bus_published_total";
+pub const BUS_PUBLISH_RETRIES: &str = "chat_bus_publish_retries_total";
+pub const BUS_RECEIVED: &str = "chat_bus_received_total";
+pub const BUS_DROPPED: &str = "chat_bus_dropped_total";
 
 /// A labelled counter's label values as one enum: where the counter is incremented and where it
 /// is registered at zero read the same set, so no value can be emitted without its series
@@ -254,6 +259,26 @@ fn describe() {
         OUTBOX_ROWS_SKIPPED,
         "outbox seqs the relay could not read on corrupted pages and skipped"
     );
+    describe_gauge!(
+        INSTANCE_INFO,
+        "always 1; INSTANCE_ID and the mode (single or cluster) are labels"
+    );
+    describe_counter!(
+        BUS_PUBLISHED,
+        "cluster mode: messages this instance published to NATS and NATS acknowledged"
+    );
+    describe_counter!(
+        BUS_PUBLISH_RETRIES,
+        "cluster mode: publishes to NATS retried after a failure"
+    );
+    describe_counter!(
+        BUS_RECEIVED,
+        "cluster mode: messages read from the NATS stream, from every instance"
+    );
+    describe_counter!(
+        BUS_DROPPED,
+        "cluster mode: messages not carried to other instances live, the bus's queue being full"
+    );
 }
 
 /// Creates every series at zero (histograms without samples), labelled ones for every label
@@ -269,6 +294,10 @@ fn register() {
         DEAD_LETTERS,
         RATE_LIMITED,
         OUTBOX_ROWS_SKIPPED,
+        BUS_PUBLISHED,
+        BUS_PUBLISH_RETRIES,
+        BUS_RECEIVED,
+        BUS_DROPPED,
     ] {
         counter!(name).absolute(0);
     }
@@ -325,6 +354,10 @@ mod tests {
             BUILD_INFO,
             STORAGE_CORRUPTED,
             OUTBOX_ROWS_SKIPPED,
+            BUS_PUBLISHED,
+            BUS_PUBLISH_RETRIES,
+            BUS_RECEIVED,
+            BUS_DROPPED,
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

@@ -41,6 +41,11 @@ const REQUIRED: &[&str] = &[
     "chat_build_info",
     "chat_storage_corrupted",
     "chat_outbox_rows_skipped_total",
+    "chat_instance_info",
+    "chat_bus_published_total",
+    "chat_bus_publish_retries_total",
+    "chat_bus_received_total",
+    "chat_bus_dropped_total",
 ];
 
 async fn scrape(server: &TestServer, url: &str) -> String {

@@ -60,13 +60,19 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
     let verifier = preflight::verifier(&config)?;
     let tls = preflight::tls(&config)?;
     let metrics = Metrics::install();
+    metrics::gauge!(
+        crate::telemetry::INSTANCE_INFO,
+        "instance_id" => config.instance_id.clone(),
+        "mode" => if config.cluster.is_some() { "cluster" } else { "single" },
+    )
+    .set(1.0);
     let pipeline = Pipeline::start(&config).await?;
     let limiter = Arc::new(RateLimiter::new(config.rate_limit));
     upkeep::spawn(&pipeline, limiter.clone(), metrics.clone());
 
     let listener = bind(&config, config.port, "PORT").await?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, store = pipeline.store.backend(), pending = pipeline.outbox.counts().pending, "listening");
+    tracing::info!(%addr, instance = %config.instance_id, store = pipeline.store.backend(), pending = pipeline.outbox.counts().pending, "listening");
     let metrics_listener = match config.metrics_port {
         Some(port) => Some(bind(&config, port, "METRICS_PORT").await?),
         None => None,

@@ -1,5 +1,8 @@
 //! Builds the pipeline in reading order (outbox, bus, fan-out, relay with its dead-letter
 //! mover, behind the store) and starts its tasks. What it returns is what HTTP needs.
+//!
+//! One switch chooses the bus: with `NATS_URL` the instance joins a cluster and its bus is the
+//! NATS stream the instances share ([`NatsBus`]); without, the in-process [`LocalBus`].
 
 use std::sync::Arc;
 
@@ -7,12 +10,13 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cluster::Cluster;
 use crate::config::Config;
 use crate::error::Chain;
 use crate::hub::{Hub, QueueBounds};
 use crate::integrity::Integrity;
 use crate::pipeline::accept::Acceptor;
-use crate::pipeline::bus::{EventBus, LocalBus};
+use crate::pipeline::bus::{EventBus, LocalBus, NatsBus};
 use crate::pipeline::fanout;
 use crate::pipeline::outbox::Outbox;
 use crate::pipeline::relay::{Backoff, Relay};
@@ -41,7 +45,29 @@ impl Pipeline {
     /// Opens the outbox and the store, and starts the fan-out and the relay.
     pub async fn start(config: &Config) -> anyhow::Result<Self> {
         let integrity = Arc::new(Integrity::default());
-        let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(config.bus_capacity));
+        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
+        // What has started stops again if a later step fails.
+        let stop_if_failed = stop.clone().drop_guard();
+        let backoff = Backoff::new(config.relay.retry_base, config.relay.retry_max);
+        let bus: Arc<dyn EventBus> = match &config.cluster {
+            Some(settings) => {
+                let cluster = Cluster::connect(settings, &config.instance_id)
+                    .await
+                    .context("joining the cluster")?;
+                tracing::info!(nats = %settings.nats_url, stream = %settings.stream, "cluster mode: the bus is the NATS stream");
+                let bus = NatsBus::start(
+                    &cluster,
+                    &config.instance_id,
+                    config.bus_capacity,
+                    backoff,
+                    &tasks,
+                    &stop,
+                )
+                .await?;
+                Arc::new(bus)
+            }
+            None => Arc::new(LocalBus::new(config.bus_capacity)),
+        };
         let outbox = Arc::new(
             Outbox::open(
                 &config.data_dir.join(OUTBOX_FILE),
@@ -68,9 +94,18 @@ impl Pipeline {
             },
         ));
 
-        let (tasks, stop) = (TaskTracker::new(), CancellationToken::new());
         tasks.spawn(fanout::run(bus.subscribe(), hub.clone(), stop.clone()));
-        start_relay(config, &outbox, &store, &store_health, &tasks, &stop).await?;
+        start_relay(
+            config,
+            backoff,
+            &outbox,
+            &store,
+            &store_health,
+            &tasks,
+            &stop,
+        )
+        .await?;
+        stop_if_failed.disarm();
 
         Ok(Self {
             acceptor: Arc::new(Acceptor::new(outbox.clone())),
@@ -89,16 +124,16 @@ impl Pipeline {
 /// Starts the relay once the store's migrations are applied: before serving when the store is
 /// there, else in the background, retrying while messages wait in the outbox. Any other
 /// migration failure stops start-up. One [`Backoff`] paces the relay's retries, its dead-letter
-/// mover and the migrations' retries.
+/// mover, the migrations' retries and the NATS bus's.
 async fn start_relay(
     config: &Config,
+    backoff: Backoff,
     outbox: &Arc<Outbox>,
     store: &Arc<dyn MessageStore>,
     health: &Arc<StoreHealth>,
     tasks: &TaskTracker,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
-    let backoff = Backoff::new(config.relay.retry_base, config.relay.retry_max);
     let relay = Relay::new(
         outbox.clone(),
         store.clone(),

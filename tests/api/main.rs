@@ -15,6 +15,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod cluster;
 mod contract;
 mod dead_letters;
 mod floods;

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test binary uses its own share of these helpers
 
 pub mod mongo;
+pub mod nats;
 pub mod process;
 
 use std::collections::HashMap;
@@ -56,6 +57,8 @@ impl TestServer {
         for (k, v) in overrides {
             vars.insert(k.to_string(), v.to_string());
         }
+        // Instances of one cluster share theirs.
+        let secret = vars["JWT_SECRET"].clone();
         let app = launch(&vars).await;
         Self {
             addr: app.addr(),

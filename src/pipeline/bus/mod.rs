@@ -1,9 +1,13 @@
 //! The broadcast bus between accepting a message and delivering it to sockets.
 //!
-//! [`EventBus`] is the seam for running several instances: a Redis or NATS bus would publish to
-//! the other instances and feed what they publish into the same kind of local [`Subscription`].
-//! Only live delivery rides the bus; persistence reads the durable outbox, so a subscriber that
-//! falls behind costs live frames (clients catch up from history), never stored messages.
+//! [`EventBus`] is the seam between one process and a cluster: [`LocalBus`] is one process's
+//! broadcast channel (the default); [`NatsBus`] publishes to a NATS JetStream stream and feeds
+//! what every instance published into the same kind of local [`Subscription`]. Only live
+//! delivery rides the bus; persistence reads the durable outbox, so a subscriber that falls
+//! behind costs live frames (clients catch up from history), never stored messages.
+
+mod local;
+mod nats;
 
 use std::sync::Arc;
 
@@ -11,7 +15,12 @@ use tokio::sync::broadcast;
 
 use crate::model::Event;
 
+pub use local::LocalBus;
+pub use nats::NatsBus;
+
 pub trait EventBus: Send + Sync + 'static {
+    /// Hands an accepted event to the bus. Never waits: it is called from the outbox's journal
+    /// thread, in commit order.
     fn publish(&self, event: Arc<Event>);
     fn subscribe(&self) -> Subscription;
 }
@@ -20,78 +29,28 @@ pub trait EventBus: Send + Sync + 'static {
 #[derive(Debug)]
 pub enum Received {
     Event(Arc<Event>),
-    /// The subscriber fell this many events behind and they were skipped.
+    /// This many events were skipped: the subscriber fell behind, or the bus lost them.
     Missed(u64),
 }
 
-/// One process's bus: a bounded broadcast channel.
-pub struct LocalBus {
-    sender: broadcast::Sender<Arc<Event>>,
+/// What travels on a bus's local broadcast channel.
+#[derive(Debug, Clone)]
+enum Item {
+    Event(Arc<Event>),
+    /// Events the bus itself could not carry (see [`NatsBus`]), which every subscriber misses.
+    Lost(u64),
 }
 
-impl LocalBus {
-    /// `capacity` events are kept for a subscriber that is behind; older ones are skipped.
-    pub fn new(capacity: usize) -> Self {
-        Self {
-            sender: broadcast::Sender::new(capacity),
-        }
-    }
-}
-
-impl EventBus for LocalBus {
-    fn publish(&self, event: Arc<Event>) {
-        // With no subscriber (none yet, or shutting down) there is no one to deliver to.
-        let _ = self.sender.send(event);
-    }
-
-    fn subscribe(&self) -> Subscription {
-        Subscription(self.sender.subscribe())
-    }
-}
-
-pub struct Subscription(broadcast::Receiver<Arc<Event>>);
+pub struct Subscription(broadcast::Receiver<Item>);
 
 impl Subscription {
     /// The next event; `None` once the bus is gone.
     pub async fn recv(&mut self) -> Option<Received> {
         match self.0.recv().await {
-            Ok(event) => Some(Received::Event(event)),
+            Ok(Item::Event(event)) => Some(Received::Event(event)),
+            Ok(Item::Lost(lost)) => Some(Received::Missed(lost)),
             Err(broadcast::error::RecvError::Lagged(missed)) => Some(Received::Missed(missed)),
             Err(broadcast::error::RecvError::Closed) => None,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::Instant;
-
-    use super::*;
-    use crate::model::{Channel, Message, UserId};
-
-    fn event(content: &str) -> Arc<Event> {
-        let alice = UserId::parse("alice").unwrap();
-        let channel = Channel::new(vec![alice.clone()], 1).unwrap();
-        Arc::new(Event {
-            message: Message::accept(&alice, &channel, content.into()),
-            accepted_at: Instant::now(),
-        })
-    }
-
-    #[tokio::test]
-    async fn a_subscriber_that_falls_behind_is_told_how_much_it_missed() {
-        let bus = LocalBus::new(2);
-        let mut subscription = bus.subscribe();
-        for i in 0..5 {
-            bus.publish(event(&i.to_string()));
-        }
-        assert!(matches!(
-            subscription.recv().await,
-            Some(Received::Missed(3))
-        ));
-        let Some(Received::Event(e)) = subscription.recv().await else {
-            panic!("expected an event")
-        };
-        assert_eq!(e.message.content, "3");
     }
 }

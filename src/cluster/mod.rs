@@ -1,0 +1,100 @@
+//! Cluster mode (`NATS_URL`): the instances of one chat service meet on a NATS server with
+//! JetStream. This module connects an instance and makes sure the stream they share exists;
+//! the bus (`pipeline::bus::NatsBus`) carries messages on it.
+
+mod stream;
+
+use std::time::Duration;
+
+use async_nats::{Event, jetstream};
+use tokio::sync::watch;
+
+use crate::config::ClusterSettings;
+
+pub use stream::StreamError;
+
+/// One instance's connection to the cluster.
+#[derive(Clone)]
+pub struct Cluster {
+    pub jetstream: jetstream::Context,
+    /// The stream every instance publishes accepted messages to.
+    pub stream: jetstream::stream::Stream,
+    /// The subject this instance publishes accepted messages on, inside the stream.
+    pub subject: String,
+    /// How many times the client has connected: it changes at every reconnect, after which
+    /// what lived only in the server's memory (an ephemeral consumer) may be gone.
+    pub connections: watch::Receiver<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("NATS at {url} did not answer within {timeout:?}")]
+    Timeout { url: String, timeout: Duration },
+    #[error("connecting to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+}
+
+impl Cluster {
+    /// Connects and creates the stream if it is not there yet, all within
+    /// `NATS_CONNECT_TIMEOUT`. Once connected, the client reconnects by itself for as long as
+    /// the instance runs.
+    pub async fn connect(settings: &ClusterSettings, instance: &str) -> Result<Self, ClusterError> {
+        let timeout = settings.connect_timeout;
+        let url = settings.nats_url.clone();
+        let (connected, connections) = watch::channel(0);
+        let joined = async {
+            let client = async_nats::ConnectOptions::new()
+                .name(format!("chatd {instance}"))
+                .connection_timeout(timeout)
+                .event_callback(move |event| {
+                    let connected = connected.clone();
+                    async move { heard(event, &connected) }
+                })
+                .connect(url.as_str())
+                .await
+                .map_err(|source| match source.kind() {
+                    async_nats::ConnectErrorKind::TimedOut => ClusterError::Timeout {
+                        url: url.clone(),
+                        timeout,
+                    },
+                    _ => ClusterError::Connect {
+                        url: url.clone(),
+                        source,
+                    },
+                })?;
+            let jetstream = jetstream::new(client);
+            let stream = stream::ensure(&jetstream, settings).await?;
+            Ok(Self {
+                jetstream,
+                stream,
+                subject: stream::subject(&settings.stream),
+                connections,
+            })
+        };
+        tokio::time::timeout(timeout, joined)
+            .await
+            .unwrap_or(Err(ClusterError::Timeout { url, timeout }))
+    }
+}
+
+/// The client's connection events, logged for the operator and counted for the bus.
+fn heard(event: Event, connected: &watch::Sender<u64>) {
+    match event {
+        Event::Connected => {
+            connected.send_modify(|n| *n += 1);
+            tracing::info!(connections = *connected.borrow(), "connected to NATS");
+        }
+        Event::Disconnected => {
+            tracing::warn!("disconnected from NATS: reconnecting; messages wait to be published")
+        }
+        Event::LameDuckMode => tracing::warn!("the NATS server is shutting down (lame duck mode)"),
+        // Repeats every attempt while NATS is away; the disconnection said it once.
+        other => tracing::debug!(event = %other, "NATS client event"),
+    }
+}

@@ -1,0 +1,118 @@
+//! The JetStream stream the instances share: created by whichever instance starts first,
+//! checked by every other.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+
+use crate::config::ClusterSettings;
+
+/// How long JetStream remembers a message id to drop a repeated publish of it: a publish that
+/// is retried after a lost acknowledgement is stored once.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// What the stream keeps at most. Live delivery needs only the newest messages; the store
+/// keeps history.
+const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+const MAX_BYTES: i64 = 8 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("creating or reading JetStream stream {name}")]
+    Create {
+        name: String,
+        #[source]
+        source: jetstream::context::CreateStreamError,
+    },
+    #[error(
+        "JetStream stream {name} exists but does not take subject {subject} (it takes {subjects:?}): \
+         choose another NATS_STREAM or remove that stream"
+    )]
+    Foreign {
+        name: String,
+        subject: String,
+        subjects: Vec<String>,
+    },
+}
+
+/// The subject an instance publishes accepted messages on.
+pub fn subject(stream: &str) -> String {
+    format!("{stream}.messages")
+}
+
+pub async fn ensure(
+    jetstream: &jetstream::Context,
+    settings: &ClusterSettings,
+) -> Result<stream::Stream, StreamError> {
+    let name = settings.stream.clone();
+    let stream = jetstream
+        .get_or_create_stream(stream::Config {
+            name: name.clone(),
+            description: Some("chatd: accepted messages, for every instance".into()),
+            subjects: vec![format!("{name}.>")],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            // A full stream refuses new messages rather than dropping ones not delivered yet.
+            discard: stream::DiscardPolicy::New,
+            max_age: MAX_AGE,
+            max_bytes: MAX_BYTES,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: settings.replicas,
+            ..Default::default()
+        })
+        .await
+        .map_err(|source| StreamError::Create {
+            name: name.clone(),
+            source,
+        })?;
+    let config = &stream.cached_info().config;
+    let subject = subject(&name);
+    let takes_ours = config.subjects.iter().any(|s| covers(s, &subject));
+    if !takes_ours {
+        return Err(StreamError::Foreign {
+            name,
+            subject,
+            subjects: config.subjects.clone(),
+        });
+    }
+    if config.num_replicas != settings.replicas {
+        tracing::warn!(
+            stream = %name,
+            replicas = config.num_replicas,
+            configured = settings.replicas,
+            "the stream exists with another number of replicas than NATS_REPLICAS; it keeps its own"
+        );
+    }
+    Ok(stream)
+}
+
+/// Whether a subject filter matches a subject: tokens split on '.', `*` matches one token and
+/// a final `>` one or more.
+fn covers(filter: &str, subject: &str) -> bool {
+    let mut subject = subject.split('.');
+    for token in filter.split('.') {
+        match (token, subject.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (t, Some(s)) if t == s => {}
+            _ => return false,
+        }
+    }
+    subject.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::covers;
+
+    #[test]
+    fn subject_filters_match_as_nats_matches_them() {
+        assert!(covers("CHAT.>", "CHAT.messages"));
+        assert!(covers("CHAT.*", "CHAT.messages"));
+        assert!(covers("CHAT.messages", "CHAT.messages"));
+        assert!(covers(">", "CHAT.messages"));
+        assert!(!covers("CHAT.>", "CHAT"));
+        assert!(!covers("CHAT.*", "CHAT.messages.x"));
+        assert!(!covers("OTHER.>", "CHAT.messages"));
+        assert!(!covers("CHAT.messages.x", "CHAT.messages"));
+    }
+}
