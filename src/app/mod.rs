@@ -155,6 +155,7 @@ fn http_state(
         store_health: pipeline.store_health.clone(),
         integrity: pipeline.integrity.clone(),
         hub: pipeline.hub.clone(),
+        census: pipeline.census.clone(),
         limiter,
         admin_token: config.admin_token.as_deref().map(Arc::from),
         limits: config.limits,

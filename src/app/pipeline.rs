@@ -10,7 +10,8 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::cluster::Cluster;
+use crate::cluster::census::Census;
+use crate::cluster::{Cluster, census, presence};
 use crate::config::Config;
 use crate::error::Chain;
 use crate::hub::{Hub, QueueBounds};
@@ -33,6 +34,7 @@ pub(super) struct Pipeline {
     pub store_health: Arc<StoreHealth>,
     pub dead_letters: Arc<DeadLetters>,
     pub hub: Arc<Hub>,
+    pub census: Arc<Census>,
     /// Corruption the outbox or the embedded store meets while running: sticky until restart.
     pub integrity: Arc<Integrity>,
     /// The fan-out and the relay, and whatever else must run until the outbox has drained.
@@ -49,14 +51,20 @@ impl Pipeline {
         // What has started stops again if a later step fails.
         let stop_if_failed = stop.clone().drop_guard();
         let backoff = Backoff::new(config.relay.retry_base, config.relay.retry_max);
-        let bus: Arc<dyn EventBus> = match &config.cluster {
+        let cluster = match &config.cluster {
             Some(settings) => {
                 let cluster = Cluster::connect(settings, &config.instance_id)
                     .await
                     .context("joining the cluster")?;
                 tracing::info!(nats = %settings.nats_url, stream = %settings.stream, "cluster mode: the bus is the NATS stream");
+                Some(cluster)
+            }
+            None => None,
+        };
+        let bus: Arc<dyn EventBus> = match &cluster {
+            Some(cluster) => {
                 let bus = NatsBus::start(
-                    &cluster,
+                    cluster,
                     &config.instance_id,
                     config.bus_capacity,
                     backoff,
@@ -95,6 +103,9 @@ impl Pipeline {
         ));
 
         tasks.spawn(fanout::run(bus.subscribe(), hub.clone(), stop.clone()));
+        if let Some(cluster) = &cluster {
+            join_census(cluster, &hub, &tasks, &stop).await?;
+        }
         start_relay(
             config,
             backoff,
@@ -108,6 +119,7 @@ impl Pipeline {
         stop_if_failed.disarm();
 
         Ok(Self {
+            census: Arc::new(Census::new(hub.clone(), cluster)),
             acceptor: Arc::new(Acceptor::new(outbox.clone())),
             dead_letters: Arc::new(DeadLetters::new(store.clone())),
             outbox,
@@ -119,6 +131,32 @@ impl Pipeline {
             stop,
         })
     }
+}
+
+/// Answers the other instances' connection counts, then announces this instance, so that
+/// none waits for an answer this instance cannot give yet.
+async fn join_census(
+    cluster: &Cluster,
+    hub: &Arc<Hub>,
+    tasks: &TaskTracker,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let requests = census::listen(cluster)
+        .await
+        .map_err(anyhow::Error::from_boxed)
+        .context("listening for the other instances' connection counts")?;
+    tasks.spawn(census::answer(
+        cluster.clone(),
+        requests,
+        hub.clone(),
+        stop.clone(),
+    ));
+    presence::announce(cluster)
+        .await
+        .map_err(anyhow::Error::from_boxed)
+        .context("announcing this instance")?;
+    tasks.spawn(presence::run(cluster.clone(), stop.clone()));
+    Ok(())
 }
 
 /// Starts the relay once the store's migrations are applied: before serving when the store is

@@ -1,7 +1,10 @@
 //! Cluster mode (`NATS_URL`): the instances of one chat service meet on a NATS server with
-//! JetStream. This module connects an instance and makes sure the stream they share exists;
-//! the bus (`pipeline::bus::NatsBus`) carries messages on it.
+//! JetStream. This module connects an instance and makes sure the streams they share exist;
+//! the bus (`pipeline::bus::NatsBus`) carries messages on one, [`presence`] keeps the other
+//! (which instances are alive), and [`census`] counts sockets across the instances.
 
+pub mod census;
+pub mod presence;
 mod stream;
 
 use std::time::Duration;
@@ -16,11 +19,19 @@ pub use stream::StreamError;
 /// One instance's connection to the cluster.
 #[derive(Clone)]
 pub struct Cluster {
+    /// This instance's `INSTANCE_ID`.
+    pub instance: String,
+    pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
     /// The stream every instance publishes accepted messages to.
     pub stream: jetstream::stream::Stream,
     /// The subject this instance publishes accepted messages on, inside the stream.
     pub subject: String,
+    /// The live instances' heartbeats.
+    pub instances: jetstream::stream::Stream,
+    /// Where instances ask each other how many sockets users have (core NATS, outside any
+    /// stream).
+    pub census_subject: String,
     /// How many times the client has connected: it changes at every reconnect, after which
     /// what lived only in the server's memory (an ephemeral consumer) may be gone.
     pub connections: watch::Receiver<u64>,
@@ -68,12 +79,17 @@ impl Cluster {
                         source,
                     },
                 })?;
-            let jetstream = jetstream::new(client);
-            let stream = stream::ensure(&jetstream, settings).await?;
+            let jetstream = jetstream::new(client.clone());
+            let stream = stream::messages(&jetstream, settings).await?;
+            let instances = stream::instances(&jetstream, settings, presence::TTL).await?;
             Ok(Self {
+                instance: instance.to_string(),
+                client,
                 jetstream,
                 stream,
                 subject: stream::subject(&settings.stream),
+                instances,
+                census_subject: format!("_CHATD.{}.connections", settings.stream),
                 connections,
             })
         };

@@ -39,46 +39,81 @@ pub fn subject(stream: &str) -> String {
     format!("{stream}.messages")
 }
 
-pub async fn ensure(
+/// The stream of accepted messages.
+pub async fn messages(
     jetstream: &jetstream::Context,
     settings: &ClusterSettings,
 ) -> Result<stream::Stream, StreamError> {
-    let name = settings.stream.clone();
+    let name = &settings.stream;
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("chatd: accepted messages, for every instance".into()),
+        subjects: vec![format!("{name}.>")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        // A full stream refuses new messages rather than dropping ones not delivered yet.
+        discard: stream::DiscardPolicy::New,
+        max_age: MAX_AGE,
+        max_bytes: MAX_BYTES,
+        duplicate_window: DUPLICATE_WINDOW,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    };
+    ensure(jetstream, config, &subject(name)).await
+}
+
+/// The heartbeats of the live instances: one message per instance (the newest), each gone
+/// `ttl` after it was sent, so the stream's message count is the number of live instances.
+/// In memory: it is rebuilt within one heartbeat after a NATS restart.
+pub async fn instances(
+    jetstream: &jetstream::Context,
+    settings: &ClusterSettings,
+    ttl: Duration,
+) -> Result<stream::Stream, StreamError> {
+    let name = format!("{}_INSTANCES", settings.stream);
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("chatd: a heartbeat per live instance".into()),
+        subjects: vec![format!("{name}.*")],
+        storage: stream::StorageType::Memory,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_messages_per_subject: 1,
+        max_age: ttl,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    };
+    ensure(jetstream, config, &format!("{name}.x")).await
+}
+
+/// Creates the stream unless an instance already has, then checks that it takes `subject`
+/// (another application's stream of that name would not).
+async fn ensure(
+    jetstream: &jetstream::Context,
+    config: stream::Config,
+    subject: &str,
+) -> Result<stream::Stream, StreamError> {
+    let (name, replicas) = (config.name.clone(), config.num_replicas);
     let stream = jetstream
-        .get_or_create_stream(stream::Config {
-            name: name.clone(),
-            description: Some("chatd: accepted messages, for every instance".into()),
-            subjects: vec![format!("{name}.>")],
-            storage: stream::StorageType::File,
-            retention: stream::RetentionPolicy::Limits,
-            // A full stream refuses new messages rather than dropping ones not delivered yet.
-            discard: stream::DiscardPolicy::New,
-            max_age: MAX_AGE,
-            max_bytes: MAX_BYTES,
-            duplicate_window: DUPLICATE_WINDOW,
-            num_replicas: settings.replicas,
-            ..Default::default()
-        })
+        .get_or_create_stream(config)
         .await
         .map_err(|source| StreamError::Create {
             name: name.clone(),
             source,
         })?;
     let config = &stream.cached_info().config;
-    let subject = subject(&name);
-    let takes_ours = config.subjects.iter().any(|s| covers(s, &subject));
-    if !takes_ours {
+    if !config.subjects.iter().any(|s| covers(s, subject)) {
         return Err(StreamError::Foreign {
             name,
-            subject,
+            subject: subject.to_string(),
             subjects: config.subjects.clone(),
         });
     }
-    if config.num_replicas != settings.replicas {
+    if config.num_replicas != replicas {
         tracing::warn!(
             stream = %name,
             replicas = config.num_replicas,
-            configured = settings.replicas,
+            configured = replicas,
             "the stream exists with another number of replicas than NATS_REPLICAS; it keeps its own"
         );
     }

@@ -1,4 +1,5 @@
-//! `POST /api/connections`: how many sockets each of some users has open.
+//! `POST /api/connections`: how many sockets each of some users has open, on every instance
+//! of a cluster.
 
 use axum::Json;
 use axum::extract::State;
@@ -26,12 +27,11 @@ pub async fn connections(
             "at most {MAX_USERS} users per request"
         )));
     }
+    let counts = state.census.count(&users).await;
     let counts = users
         .into_iter()
-        .map(|user| {
-            let open = state.hub.connections(user.as_str());
-            (user.into_string(), Value::from(open))
-        })
+        .zip(counts)
+        .map(|(user, open)| (user.into_string(), Value::from(open)))
         .collect();
     Ok(Json(counts))
 }

@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
+use crate::cluster::census::Census;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::integrity::Integrity;
@@ -57,6 +58,8 @@ pub struct AppState {
     /// Files found corrupted while running: not ready, and sends refused.
     pub integrity: Arc<Integrity>,
     pub hub: Arc<Hub>,
+    /// Counts sockets for `POST /api/connections`: this instance's, or the cluster's.
+    pub census: Arc<Census>,
     pub limiter: Arc<RateLimiter>,
     pub dead_letters: Arc<DeadLetters>,
     pub metrics: Metrics,

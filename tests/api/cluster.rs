@@ -2,17 +2,22 @@
 //! real `nats-server -js` per test, on its own port and store) and one MongoDB-wire store.
 
 use std::collections::BTreeSet;
+use std::path::Path;
 
 use crate::common::mongo::MongoServer;
 use crate::common::nats::NatsServer;
-use crate::common::{DEADLINE, TestServer, WsClient};
+use crate::common::process::Chatd;
+use crate::common::{DEADLINE, TestServer, WsClient, eventually, process_target};
 use async_nats::jetstream::stream;
+use serde_json::{Value, json};
 
 /// Instances sharing one NATS server, one database and one token secret.
 struct Cluster {
     instances: Vec<TestServer>,
     nats: NatsServer,
-    _mongo: MongoServer,
+    mongo: MongoServer,
+    database: String,
+    secret: String,
 }
 
 impl Cluster {
@@ -43,9 +48,36 @@ impl Cluster {
         Self {
             instances,
             nats,
-            _mongo: mongo,
+            mongo,
+            database,
+            secret,
         }
     }
+
+    /// Another instance of this cluster, as a `chatd` child process (which a test can kill).
+    fn spawn(&self, name: &str, data_dir: &Path) -> Chatd {
+        let env = [
+            ("NATS_URL", self.nats.url.as_str()),
+            ("MONGO_URI", self.mongo.uri.as_str()),
+            ("MONGO_DB", self.database.as_str()),
+            ("INSTANCE_ID", name),
+        ];
+        Chatd::start(data_dir, &self.secret, &env)
+    }
+}
+
+/// Polls `POST /api/connections` on `instance` until it answers `expected`.
+async fn await_counts(instance: &TestServer, expected: Value) {
+    let users: Vec<&str> = expected
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    eventually(&format!("counts {expected}"), || async {
+        (instance.connections(&users).await == expected).then_some(())
+    })
+    .await
 }
 
 /// The contents of the next `count` messages, failing on a repeated id.
@@ -76,10 +108,7 @@ async fn a_message_accepted_by_any_instance_reaches_every_other_participant_on_e
     };
     let (mut bob_on_b, mut carol_on_a) = (b.ws("bob").await, a.ws("carol").await);
     let (mut alice_on_a, mut alice_on_b) = (a.ws("alice").await, b.ws("alice").await);
-    a.await_connections("carol", 1).await;
-    a.await_connections("alice", 1).await;
-    b.await_connections("bob", 1).await;
-    b.await_connections("alice", 1).await;
+    await_counts(a, json!({"alice": 2, "bob": 1, "carol": 1})).await;
 
     let everyone = ["alice", "bob", "carol"];
     for i in 0..20 {
@@ -123,6 +152,8 @@ async fn messages_accepted_while_nats_is_down_are_delivered_once_it_is_back() {
     assert_eq!(contents(&mut bob_on_b, 5).await, numbered(1..6));
     a.send_ok("alice", &["alice", "bob"], "after").await;
     assert_eq!(bob_on_b.next_message().await["content"], "after");
+    // The restarted server forgot the heartbeats (kept in memory); the next ones bring them back.
+    await_counts(a, json!({"bob": 1})).await;
 }
 
 #[tokio::test]
@@ -139,10 +170,48 @@ async fn a_message_the_bus_cannot_carry_is_stored_and_its_sockets_are_told_to_re
     // The publisher holds m1 until NATS acknowledges it, the queue of one holds m2: m3 finds
     // no room, and no instance can deliver it live.
     for i in 1..4 {
-        chat.send_ok("alice", &["alice", "bob"], &format!("m{i}")).await;
+        chat.send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+            .await;
     }
     assert_eq!(bob.close_code().await, Some(4009));
     assert_eq!(chat.stored("bob", "alice,bob", 4).await.len(), 4);
+}
+
+#[tokio::test]
+async fn connection_counts_add_up_every_live_instance() {
+    let cluster = Cluster::start(3).await;
+    let [a, b, c] = &cluster.instances[..] else {
+        unreachable!()
+    };
+    let _sockets = [
+        a.ws("bob").await,
+        b.ws("bob").await,
+        c.ws("bob").await,
+        c.ws("bob").await,
+        b.ws("carol").await,
+    ];
+    let expected = json!({"bob": 4, "carol": 1, "dave": 0});
+    await_counts(a, expected.clone()).await;
+    // Every instance answers the same.
+    assert_eq!(b.connections(&["bob", "carol", "dave"]).await, expected);
+    assert_eq!(c.connections(&["bob", "carol", "dave"]).await, expected);
+}
+
+#[tokio::test]
+async fn a_killed_instance_stops_being_counted() {
+    let cluster = Cluster::start(1).await;
+    let a = &cluster.instances[0];
+    let data_dir = tempfile::tempdir().unwrap();
+    let mut doomed = cluster.spawn("doomed", data_dir.path());
+    let _on_a = a.ws("bob").await;
+    let _on_doomed = process_target(&doomed, &cluster.secret).ws("bob").await;
+    await_counts(a, json!({"bob": 2})).await;
+
+    doomed.child.kill().expect("SIGKILL");
+    doomed.child.wait().unwrap();
+    // It cannot answer any more; its heartbeat lives on for a while, and a count waits for
+    // it at most the gather timeout meanwhile.
+    assert_eq!(a.connections(&["bob"]).await, json!({"bob": 1}));
 }
 
 #[tokio::test]
