@@ -39,6 +39,8 @@ pub const BUS_PUBLISHED: &str = "chat_bus_published_total";
 pub const BUS_PUBLISH_RETRIES: &str = "chat_bus_publish_retries_total";
 pub const BUS_RECEIVED: &str = "chat_bus_received_total";
 pub const BUS_DROPPED: &str = "chat_bus_dropped_total";
+pub const BUS_CONNECTED: &str = "chat_bus_connected";
+pub const BUS_OUTGOING: &str = "chat_bus_outgoing";
 
 /// A labelled counter's label values as one enum: where the counter is incremented and where it
 /// is registered at zero read the same set, so no value can be emitted without its series
@@ -275,6 +277,14 @@ fn describe() {
         BUS_RECEIVED,
         "cluster mode: messages read from the NATS stream, from every instance"
     );
+    describe_gauge!(
+        BUS_CONNECTED,
+        "1 while the bus reaches every instance (always, in-process); 0 while NATS is unreachable"
+    );
+    describe_gauge!(
+        BUS_OUTGOING,
+        "cluster mode: messages waiting to be published to NATS"
+    );
     describe_counter!(
         BUS_DROPPED,
         "cluster mode: messages not carried to other instances live, the bus's queue being full"
@@ -315,6 +325,8 @@ fn register() {
         OUTBOX_OLDEST_AGE,
         STORE_UP,
         DEAD_LETTER_BACKLOG,
+        BUS_CONNECTED,
+        BUS_OUTGOING,
     ] {
         gauge!(name).set(0.0);
     }
@@ -358,6 +370,8 @@ mod tests {
             BUS_PUBLISH_RETRIES,
             BUS_RECEIVED,
             BUS_DROPPED,
+            BUS_CONNECTED,
+            BUS_OUTGOING,
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

@@ -66,6 +66,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         "mode" => if config.cluster.is_some() { "cluster" } else { "single" },
     )
     .set(1.0);
+    if config.cluster.is_none() {
+        metrics::gauge!(crate::telemetry::BUS_CONNECTED).set(1.0);
+    }
     let pipeline = Pipeline::start(&config).await?;
     let limiter = Arc::new(RateLimiter::new(config.rate_limit));
     upkeep::spawn(&pipeline, limiter.clone(), metrics.clone());
@@ -156,6 +159,8 @@ fn http_state(
         integrity: pipeline.integrity.clone(),
         hub: pipeline.hub.clone(),
         census: pipeline.census.clone(),
+        instance: Arc::from(config.instance_id.as_str()),
+        cluster: pipeline.cluster.clone(),
         limiter,
         admin_token: config.admin_token.as_deref().map(Arc::from),
         limits: config.limits,

@@ -35,6 +35,8 @@ pub(super) struct Pipeline {
     pub dead_letters: Arc<DeadLetters>,
     pub hub: Arc<Hub>,
     pub census: Arc<Census>,
+    /// `None`: one process.
+    pub cluster: Option<Cluster>,
     /// Corruption the outbox or the embedded store meets while running: sticky until restart.
     pub integrity: Arc<Integrity>,
     /// The fan-out and the relay, and whatever else must run until the outbox has drained.
@@ -119,7 +121,8 @@ impl Pipeline {
         stop_if_failed.disarm();
 
         Ok(Self {
-            census: Arc::new(Census::new(hub.clone(), cluster)),
+            census: Arc::new(Census::new(hub.clone(), cluster.clone())),
+            cluster,
             acceptor: Arc::new(Acceptor::new(outbox.clone())),
             dead_letters: Arc::new(DeadLetters::new(store.clone())),
             outbox,

@@ -52,6 +52,11 @@ pub enum ClusterError {
 }
 
 impl Cluster {
+    /// Whether the client is connected to NATS now (it reconnects by itself).
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     /// Connects and creates the stream if it is not there yet, all within
     /// `NATS_CONNECT_TIMEOUT`. Once connected, the client reconnects by itself for as long as
     /// the instance runs.
@@ -103,11 +108,13 @@ impl Cluster {
 fn heard(event: Event, connected: &watch::Sender<u64>) {
     match event {
         Event::Connected => {
+            metrics::gauge!(crate::telemetry::BUS_CONNECTED).set(1.0);
             connected.send_modify(|n| *n += 1);
             tracing::info!(connections = *connected.borrow(), "connected to NATS");
         }
         Event::Disconnected => {
-            tracing::warn!("disconnected from NATS: reconnecting; messages wait to be published")
+            metrics::gauge!(crate::telemetry::BUS_CONNECTED).set(0.0);
+            tracing::warn!("disconnected from NATS: reconnecting; messages wait to be published");
         }
         Event::LameDuckMode => tracing::warn!("the NATS server is shutting down (lame duck mode)"),
         // Repeats every attempt while NATS is away; the disconnection said it once.

@@ -18,12 +18,19 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
         "store": { "backend": state.store.backend(), "up": state.store_health.is_up() },
         "outbox": { "pending": outbox.pending, "dead_lettered": outbox.dead_lettered },
         "sockets": state.hub.open(),
+        "instance": state.instance.as_ref(),
+        "bus": match &state.cluster {
+            Some(cluster) => json!({ "kind": "nats", "connected": cluster.is_connected() }),
+            None => json!({ "kind": "local" }),
+        },
     }))
 }
 
 /// `GET /ready`: 200 once the store is reachable and its migrations are applied. A database
 /// file found corrupted while running makes it 503 for good, naming the file and what to do:
-/// a load balancer takes the instance out, and only an operator can bring it back.
+/// a load balancer takes the instance out, and only an operator can bring it back. In cluster
+/// mode, losing NATS makes it 503 too: the instance's sockets would miss the other instances'
+/// messages, so a load balancer should send them elsewhere until it is back.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let corrupted = state.integrity.found();
     if !corrupted.is_empty() {
@@ -43,6 +50,14 @@ pub async fn ready(State(state): State<AppState>) -> Response {
             "corrupted": files,
         });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
+    if let Some(cluster) = &state.cluster
+        && !cluster.is_connected()
+    {
+        return ApiError::unavailable(
+            "not ready: NATS (the cluster's bus) is unreachable; chatd reconnects by itself",
+        )
+        .into_response();
     }
     if state.store_health.is_ready() {
         Json(json!({ "status": "ready" })).into_response()

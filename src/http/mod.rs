@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Verifier;
+use crate::cluster::Cluster;
 use crate::cluster::census::Census;
 use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
@@ -60,6 +61,10 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Counts sockets for `POST /api/connections`: this instance's, or the cluster's.
     pub census: Arc<Census>,
+    /// `INSTANCE_ID`.
+    pub instance: Arc<str>,
+    /// `None`: one process, on the in-process bus.
+    pub cluster: Option<Cluster>,
     pub limiter: Arc<RateLimiter>,
     pub dead_letters: Arc<DeadLetters>,
     pub metrics: Metrics,

@@ -66,6 +66,16 @@ impl Cluster {
     }
 }
 
+async fn ready(instance: &TestServer) -> (u16, Value) {
+    let response = instance
+        .http
+        .get(instance.url("/ready"))
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
 /// Polls `POST /api/connections` on `instance` until it answers `expected`.
 async fn await_counts(instance: &TestServer, expected: Value) {
     let users: Vec<&str> = expected
@@ -141,6 +151,17 @@ async fn messages_accepted_while_nats_is_down_are_delivered_once_it_is_back() {
 
     cluster.nats.kill();
     let a = &cluster.instances[0];
+    let bus_lost = |(status, body): (u16, Value)| {
+        (status == 503 && body["error"].as_str()?.contains("NATS")).then_some(())
+    };
+    eventually("/ready says NATS is lost", || async {
+        bus_lost(ready(a).await)
+    })
+    .await;
+    assert_eq!(
+        a.health().await["bus"],
+        json!({"kind": "nats", "connected": false})
+    );
     for i in 1..6 {
         // Accepted all the same: the local outbox has them, and the relay stores them.
         a.send_ok("alice", &["alice", "bob"], &format!("m{i}"))
@@ -149,6 +170,10 @@ async fn messages_accepted_while_nats_is_down_are_delivered_once_it_is_back() {
     cluster.nats.restart().await;
 
     let a = &cluster.instances[0];
+    eventually("/ready again", || async {
+        (ready(a).await.0 == 200).then_some(())
+    })
+    .await;
     assert_eq!(contents(&mut bob_on_b, 5).await, numbered(1..6));
     a.send_ok("alice", &["alice", "bob"], "after").await;
     assert_eq!(bob_on_b.next_message().await["content"], "after");
@@ -190,6 +215,7 @@ async fn connection_counts_add_up_every_live_instance() {
         c.ws("bob").await,
         b.ws("carol").await,
     ];
+    assert_eq!(c.health().await["instance"], "instance-2");
     let expected = json!({"bob": 4, "carol": 1, "dave": 0});
     await_counts(a, expected.clone()).await;
     // Every instance answers the same.

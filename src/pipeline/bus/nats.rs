@@ -26,7 +26,7 @@ use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use async_nats::jetstream::{self, context::PublishError};
 use chrono::Utc;
 use futures_util::StreamExt;
-use metrics::counter;
+use metrics::{counter, gauge};
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -238,9 +238,11 @@ impl Publisher {
             }
             let mut failures = 0;
             while !batch.is_empty() {
+                gauge!(telemetry::BUS_OUTGOING).set((batch.len() + queued.len()) as f64);
                 match self.publish(&batch).await {
                     Ok(()) => {
                         batch.clear();
+                        gauge!(telemetry::BUS_OUTGOING).set(queued.len() as f64);
                         self.dropping.store(false, Ordering::Relaxed);
                     }
                     Err((stored, e)) => {
