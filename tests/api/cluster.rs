@@ -8,6 +8,7 @@ use crate::common::mongo::MongoServer;
 use crate::common::nats::NatsServer;
 use crate::common::process::Chatd;
 use crate::common::{DEADLINE, TestServer, WsClient, eventually, process_target};
+use crate::scenarios;
 use async_nats::jetstream::stream;
 use serde_json::{Value, json};
 
@@ -138,6 +139,28 @@ async fn a_message_accepted_by_any_instance_reaches_every_other_participant_on_e
     assert_eq!(bob_on_b.next_message().await["content"], "for bob");
     assert_eq!(alice_on_a.next_message().await["content"], "after");
     assert_eq!(alice_on_b.next_message().await["content"], "after");
+}
+
+#[tokio::test]
+async fn the_original_scenarios_through_three_instances_one_to_one() {
+    let cluster = Cluster::start(3).await;
+    scenarios::ten_users_message_the_other_nine(&cluster.instances).await;
+}
+
+#[tokio::test]
+async fn the_original_scenarios_through_three_instances_a_group() {
+    let cluster = Cluster::start(3).await;
+    scenarios::group_of_five_each_sending_one(&cluster.instances).await;
+}
+
+#[tokio::test]
+async fn the_original_scenarios_through_three_instances_paging_and_refusals() {
+    let cluster = Cluster::start(3).await;
+    scenarios::twenty_five_messages_paged(&cluster.instances).await;
+    scenarios::non_participant_refused(&cluster.instances).await;
+    for instance in &cluster.instances {
+        scenarios::invalid_token_refused(instance).await;
+    }
 }
 
 #[tokio::test]

@@ -1,8 +1,12 @@
-//! The original Go service's integration scenarios, against a real chatd.
+//! The original Go service's integration scenarios, against a real chatd, and (from
+//! `cluster`) against the instances of one cluster: each scenario takes the instances, puts
+//! user `i`'s socket on instance `i % n` and sends user `i`'s messages through instance
+//! `i + 1`, so that with several instances every message crosses from one to another.
 //!
 //! "Receives nothing else" is checked with a barrier, not a sleep: after the scenario's sends
-//! are acknowledged, a marker message is sent to each listener. Each socket gets frames in the
-//! order they were accepted, so anything that would have reached it arrives before the marker.
+//! are acknowledged, a marker message is sent to each listener through every instance. Each
+//! socket gets one instance's frames in the order that instance accepted them, so anything
+//! that would have reached it arrives before the last of its markers.
 
 use std::collections::BTreeSet;
 
@@ -16,19 +20,34 @@ async fn send_marker(server: &TestServer, to: &str) {
     server.send_ok("marker", &["marker", to], MARKER).await;
 }
 
-/// What each user's socket received (marker aside) once everything sent so far has arrived.
+/// Where user `i` listens.
+fn home(instances: &[TestServer], i: usize) -> &TestServer {
+    &instances[i % instances.len()]
+}
+
+/// Where user `i` sends.
+fn via(instances: &[TestServer], i: usize) -> &TestServer {
+    &instances[(i + 1) % instances.len()]
+}
+
+/// What each user's socket received (markers aside) once everything sent so far has arrived.
 async fn received_by(
-    server: &TestServer,
+    instances: &[TestServer],
     users: &[&str],
     sockets: &mut [WsClient],
 ) -> Vec<Vec<Value>> {
     for user in users {
-        send_marker(server, user).await;
+        for instance in instances {
+            send_marker(instance, user).await;
+        }
     }
     let mut everyone = Vec::new();
     for socket in sockets {
-        let mut received = socket.messages_until(MARKER).await;
-        received.pop();
+        let mut received = Vec::new();
+        for _ in instances {
+            received.extend(socket.messages_until(MARKER).await);
+            received.pop();
+        }
         everyone.push(received);
     }
     everyone
@@ -36,15 +55,18 @@ async fn received_by(
 
 #[tokio::test]
 async fn ten_users_each_message_the_other_nine_at_once() {
-    let server = TestServer::start().await;
+    ten_users_message_the_other_nine(&[TestServer::start().await]).await;
+}
+
+pub async fn ten_users_message_the_other_nine(instances: &[TestServer]) {
     let users: Vec<String> = (0..10).map(|i| format!("user{i}")).collect();
     let mut sockets = Vec::new();
-    for user in &users {
-        sockets.push(server.ws(user).await);
+    for (i, user) in users.iter().enumerate() {
+        sockets.push(home(instances, i).ws(user).await);
     }
 
-    let sends = users.iter().flat_map(|from| {
-        let server = &server;
+    let sends = users.iter().enumerate().flat_map(|(i, from)| {
+        let server = via(instances, i);
         users
             .iter()
             .filter(move |to| *to != from)
@@ -58,7 +80,7 @@ async fn ten_users_each_message_the_other_nine_at_once() {
     assert_eq!(accepted.len(), 90);
 
     let user_names: Vec<&str> = users.iter().map(String::as_str).collect();
-    let everyone = received_by(&server, &user_names, &mut sockets).await;
+    let everyone = received_by(instances, &user_names, &mut sockets).await;
     for (user, received) in users.iter().zip(everyone) {
         let senders: BTreeSet<&str> = received
             .iter()
@@ -85,7 +107,7 @@ async fn ten_users_each_message_the_other_nine_at_once() {
     // Every 1:1 channel ends up with both directions stored.
     for (i, a) in users.iter().enumerate() {
         for b in &users[i + 1..] {
-            let stored = server.stored(a, &format!("{a},{b}"), 2).await;
+            let stored = home(instances, i).stored(a, &format!("{a},{b}"), 2).await;
             let contents: BTreeSet<&str> = stored
                 .iter()
                 .map(|m| m["content"].as_str().unwrap())
@@ -100,11 +122,14 @@ async fn ten_users_each_message_the_other_nine_at_once() {
 
 #[tokio::test]
 async fn a_group_of_five_each_sending_one() {
-    let server = TestServer::start().await;
+    group_of_five_each_sending_one(&[TestServer::start().await]).await;
+}
+
+pub async fn group_of_five_each_sending_one(instances: &[TestServer]) {
     let group = ["ana", "ben", "cy", "dee", "eve"];
     let mut sockets = Vec::new();
-    for user in group {
-        sockets.push(server.ws(user).await);
+    for (i, user) in group.iter().enumerate() {
+        sockets.push(home(instances, i).ws(user).await);
     }
     let contents: Vec<String> = group
         .iter()
@@ -114,11 +139,12 @@ async fn a_group_of_five_each_sending_one() {
         group
             .iter()
             .zip(&contents)
-            .map(|(from, content)| server.send_ok(from, &group, content)),
+            .enumerate()
+            .map(|(i, (from, content))| via(instances, i).send_ok(from, &group, content)),
     )
     .await;
 
-    let everyone = received_by(&server, &group, &mut sockets).await;
+    let everyone = received_by(instances, &group, &mut sockets).await;
     for (user, received) in group.iter().zip(everyone) {
         let senders: BTreeSet<&str> = received
             .iter()
@@ -133,22 +159,30 @@ async fn a_group_of_five_each_sending_one() {
             );
         }
     }
-    server.stored("cy", "eve,dee,cy,ben,ana", 5).await;
+    for (i, user) in group.iter().enumerate() {
+        home(instances, i)
+            .stored(user, "eve,dee,cy,ben,ana", 5)
+            .await;
+    }
 }
 
 #[tokio::test]
 async fn twenty_five_messages_paged_by_ten() {
-    let server = TestServer::start().await;
+    twenty_five_messages_paged(&[TestServer::start().await]).await;
+}
+
+/// Sent one at a time, each through the next instance, and read back through every instance.
+pub async fn twenty_five_messages_paged(instances: &[TestServer]) {
     for i in 0..25 {
-        server
+        via(instances, i)
             .send_ok("alice", &["alice", "bob"], &format!("message {i:02}"))
             .await;
     }
-    server.stored("alice", "alice,bob", 25).await;
+    home(instances, 0).stored("alice", "alice,bob", 25).await;
 
     let mut seen = Vec::new();
     for (page, expected) in [(0, 10), (1, 10), (2, 5), (3, 0)] {
-        let messages = server
+        let messages = home(instances, page)
             .history(
                 "bob",
                 &format!("participants=alice,bob&page={page}&size=10"),
@@ -170,8 +204,14 @@ async fn twenty_five_messages_paged_by_ten() {
 
 #[tokio::test]
 async fn a_non_participant_can_neither_send_nor_read() {
-    let server = TestServer::start().await;
-    server.send_ok("alice", &["alice", "bob"], "private").await;
+    non_participant_refused(&[TestServer::start().await]).await;
+}
+
+pub async fn non_participant_refused(instances: &[TestServer]) {
+    via(instances, 0)
+        .send_ok("alice", &["alice", "bob"], "private")
+        .await;
+    let server = via(instances, 1);
     let response = server.send("mallory", &["alice", "bob"], "let me in").await;
     assert_eq!(response.status(), 403);
     let (status, body) = server
@@ -183,7 +223,10 @@ async fn a_non_participant_can_neither_send_nor_read() {
 
 #[tokio::test]
 async fn an_invalid_token_is_401() {
-    let server = TestServer::start().await;
+    invalid_token_refused(&TestServer::start().await).await;
+}
+
+pub async fn invalid_token_refused(server: &TestServer) {
     let response = server
         .http
         .post(server.url("/api/messages"))
