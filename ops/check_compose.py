@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Checks docker-compose.yml where `docker compose config` cannot run (and what it does not
+check): the plain stack is the one documented, and the cluster profile is whole.
+
+Usage: python3 ops/check_compose.py [docker-compose.yml]   (needs PyYAML)
+
+- The services without a profile, which plain `docker compose up` starts, are exactly
+  PLAIN_SERVICES.
+- The cluster profile has a NATS service with JetStream (-js) and its store on a named volume;
+  at least two chatd instances (the image of the plain `chatd` service), each with its own
+  INSTANCE_ID and its own named volume on its DATA_DIR, NATS_URL naming that NATS service, and
+  MONGO_URI (cluster mode refuses to start without it); a load balancer that publishes a port,
+  whose mounted config file exists and names every instance; and a Prometheus whose mounted
+  config has the rule files of ops/prometheus.yml, mounted beside it, and every instance as a
+  target.
+- Every named volume is declared, and no two services publish the same host port (the plain
+  services start with the cluster profile too).
+Exits 1 with one line per problem found.
+"""
+
+import os
+import sys
+from urllib.parse import urlsplit
+
+import yaml
+
+PLAIN_SERVICES = {"chatd", "mongo", "prometheus", "grafana"}
+PROFILE = "cluster"
+NATS_PORT = 4222
+
+
+def environment(service):
+    """A service's environment as a dict, whichever of compose's two forms it is written in."""
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, None) for item in env)
+    return {k: None if v is None else str(v) for k, v in env.items()}
+
+
+def mounts(service):
+    """(source, target) of each of a service's volumes, short form or long form."""
+    result = []
+    for volume in service.get("volumes") or []:
+        if isinstance(volume, dict):
+            result.append((volume.get("source"), volume.get("target")))
+        else:
+            parts = str(volume).split(":")
+            result.append((parts[0], parts[1]) if len(parts) > 1 else (None, parts[0]))
+    return result
+
+
+def is_named(source):
+    return bool(source) and not source.startswith((".", "/", "~", "$"))
+
+
+def published_ports(service):
+    """The host side of each published port ("8000:8080" publishes 8000)."""
+    result = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            if port.get("published") is not None:
+                result.append(str(port["published"]))
+            continue
+        parts = str(port).split(":")
+        if len(parts) >= 2:
+            result.append(parts[-2])
+    return result
+
+
+def command_args(service):
+    command = service.get("command") or []
+    return command.split() if isinstance(command, str) else [str(a) for a in command]
+
+
+def check(path):
+    problems = []
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path) as f:
+        compose = yaml.safe_load(f)
+    services = compose.get("services") or {}
+    declared_volumes = set((compose.get("volumes") or {}).keys())
+
+    def profiles(service):
+        return service.get("profiles") or []
+
+    plain = {name for name, s in services.items() if not profiles(s)}
+    if plain != PLAIN_SERVICES:
+        problems.append(
+            f"services without a profile are {sorted(plain)}, expected {sorted(PLAIN_SERVICES)}"
+        )
+    cluster = {name: s for name, s in services.items() if PROFILE in profiles(s)}
+    if not cluster:
+        return problems + [f"no service has the profile {PROFILE!r}"]
+
+    # Named volumes must be declared; host ports must not collide.
+    owners = {}
+    for name, service in services.items():
+        for source, _ in mounts(service):
+            if is_named(source) and source not in declared_volumes:
+                problems.append(f"{name}: volume {source!r} is not declared under volumes:")
+        for port in published_ports(service):
+            if port in owners:
+                problems.append(f"{name} and {owners[port]} both publish host port {port}")
+            owners[port] = name
+
+    # NATS with JetStream, its store on a named volume.
+    nats = [n for n, s in cluster.items() if str(s.get("image", "")).startswith("nats:")]
+    if len(nats) != 1:
+        problems.append(f"the {PROFILE} profile needs one nats service, found {nats}")
+        nats_name = None
+    else:
+        nats_name = nats[0]
+        args = command_args(cluster[nats_name])
+        if not {"-js", "--jetstream"} & set(args):
+            problems.append(f"{nats_name}: JetStream is off (no -js in its command {args})")
+        store = None
+        for flag in ("-sd", "--store_dir"):
+            if flag in args and args.index(flag) + 1 < len(args):
+                store = args[args.index(flag) + 1]
+        named = [t for s, t in mounts(cluster[nats_name]) if is_named(s)]
+        if store is None:
+            problems.append(f"{nats_name}: no -sd store directory in its command")
+        elif store not in named:
+            problems.append(f"{nats_name}: its store {store} is not on a named volume")
+
+    # The chatd instances: the plain chatd's image, in the cluster profile.
+    image = (services.get("chatd") or {}).get("image")
+    instances = {n: s for n, s in cluster.items() if image and s.get("image") == image}
+    if len(instances) < 2:
+        problems.append(
+            f"the {PROFILE} profile has {len(instances)} chatd instances, needs 2 or more"
+        )
+    ids, data_volumes = {}, {}
+    for name, service in sorted(instances.items()):
+        env = environment(service)
+        instance_id = env.get("INSTANCE_ID")
+        if not instance_id:
+            problems.append(f"{name}: no INSTANCE_ID")
+        elif instance_id in ids:
+            problems.append(f"{name}: INSTANCE_ID {instance_id} is also {ids[instance_id]}'s")
+        else:
+            ids[instance_id] = name
+        data_dir = env.get("DATA_DIR") or "/data"
+        volume = next((s for s, t in mounts(service) if t == data_dir and is_named(s)), None)
+        if volume is None:
+            problems.append(f"{name}: DATA_DIR {data_dir} is not on a named volume")
+        elif volume in data_volumes:
+            problems.append(f"{name}: DATA_DIR volume {volume} is also {data_volumes[volume]}'s")
+        else:
+            data_volumes[volume] = name
+        nats_url = env.get("NATS_URL")
+        if not nats_url:
+            problems.append(f"{name}: no NATS_URL, so it would not run in cluster mode")
+        elif nats_name is not None:
+            url = urlsplit(nats_url)
+            port = url.port or NATS_PORT
+            if url.scheme != "nats" or url.hostname != nats_name or port != NATS_PORT:
+                problems.append(
+                    f"{name}: NATS_URL {nats_url} is not nats://{nats_name}:{NATS_PORT}"
+                )
+        if not env.get("MONGO_URI"):
+            problems.append(f"{name}: no MONGO_URI; chatd refuses cluster mode without it")
+
+    def http_address(name):
+        return f"{name}:{environment(instances[name]).get('PORT') or '8080'}"
+
+    def metrics_address(name):
+        env = environment(instances[name])
+        return f"{name}:{env.get('METRICS_PORT') or env.get('PORT') or '8080'}"
+
+    def mounted_files(service):
+        """(host path, container path) of each file bind-mounted from the repository."""
+        return [
+            (os.path.normpath(os.path.join(base, s)), t)
+            for s, t in mounts(service)
+            if s and s.startswith(".")
+        ]
+
+    # The load balancer: publishes a port, and its config names every instance.
+    balancers = {
+        n: s
+        for n, s in cluster.items()
+        if str(s.get("image", "")).split(":")[0] in ("nginx", "haproxy", "traefik", "caddy")
+    }
+    if len(balancers) != 1:
+        problems.append(f"the {PROFILE} profile needs one load balancer, found {sorted(balancers)}")
+    for name, service in balancers.items():
+        if not published_ports(service):
+            problems.append(f"{name}: publishes no port")
+        files = mounted_files(service)
+        if not files:
+            problems.append(f"{name}: mounts no config file from the repository")
+        for host, _ in files:
+            rel = os.path.relpath(host, base)
+            if not os.path.isfile(host):
+                problems.append(f"{name}: its config {rel} does not exist")
+                continue
+            with open(host) as f:
+                text = f.read()
+            for instance in sorted(instances):
+                if http_address(instance) not in text:
+                    problems.append(f"{name}: {rel} does not name {http_address(instance)}")
+            if "Upgrade" not in text:
+                problems.append(f"{name}: {rel} passes no Upgrade header")
+
+    # Prometheus: the plain config's rule files, and every instance a target.
+    proms = {
+        n: s
+        for n, s in cluster.items()
+        if str(s.get("image", "")).startswith("prom/prometheus")
+    }
+    if len(proms) != 1:
+        problems.append(f"the {PROFILE} profile needs one Prometheus, found {sorted(proms)}")
+    with open(os.path.join(base, "ops", "prometheus.yml")) as f:
+        plain_rules = yaml.safe_load(f).get("rule_files") or []
+    for name, service in proms.items():
+        config_target = "/etc/prometheus/prometheus.yml"
+        for arg in command_args(service):
+            if arg.startswith("--config.file="):
+                config_target = arg.split("=", 1)[1]
+        files = mounted_files(service)
+        config = next((h for h, t in files if t == config_target), None)
+        if config is None or not os.path.isfile(config):
+            problems.append(f"{name}: no config file of the repository at {config_target}")
+            continue
+        rel = os.path.relpath(config, base)
+        with open(config) as f:
+            prom = yaml.safe_load(f)
+        rules = prom.get("rule_files") or []
+        if rules != plain_rules:
+            problems.append(
+                f"{name}: {rel} has rule_files {rules}, ops/prometheus.yml has {plain_rules}"
+            )
+        targets_in = {t for _, t in files}
+        for rule in rules:
+            if os.path.join(os.path.dirname(config_target), rule) not in targets_in:
+                problems.append(f"{name}: rule file {rule} is not mounted beside {config_target}")
+        targets = {
+            target
+            for job in prom.get("scrape_configs") or []
+            for static in job.get("static_configs") or []
+            for target in static.get("targets") or []
+        }
+        for instance in sorted(instances):
+            if metrics_address(instance) not in targets:
+                problems.append(f"{name}: {rel} does not scrape {metrics_address(instance)}")
+
+    return problems
+
+
+def main():
+    path = sys.argv[1] if len(sys.argv) > 1 else "docker-compose.yml"
+    problems = check(path)
+    for problem in problems:
+        print(f"{path}: {problem}", file=sys.stderr)
+    if problems:
+        sys.exit(1)
+    with open(path) as f:
+        services = yaml.safe_load(f)["services"]
+    cluster = sorted(n for n, s in services.items() if PROFILE in (s.get("profiles") or []))
+    print(f"{path}: plain stack {sorted(PLAIN_SERVICES)}; {PROFILE} profile {cluster}: ok")
+
+
+if __name__ == "__main__":
+    main()
