@@ -8,11 +8,13 @@ use async_nats::jetstream::{self, stream};
 use crate::config::ClusterSettings;
 
 /// How long JetStream remembers a message id to drop a repeated publish of it: a publish that
-/// is retried after a lost acknowledgement is stored once.
+/// is retried after a lost acknowledgement is stored once. (A repeat from longer ago is caught
+/// by the readers; see `pipeline::bus::nats`.)
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// What the stream keeps at most. Live delivery needs only the newest messages; the store
-/// keeps history.
-const MAX_AGE: Duration = Duration::from_secs(7 * 24 * 60 * 60);
+/// What the stream keeps. It carries live delivery (history is in the store), so the oldest
+/// messages go first: an hour covers any reader's reconnect, and the size bound keeps a burst
+/// from filling the NATS server's disk.
+const MAX_AGE: Duration = Duration::from_secs(60 * 60);
 const MAX_BYTES: i64 = 8 << 30;
 
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +53,7 @@ pub async fn messages(
         subjects: vec![format!("{name}.>")],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
-        // A full stream refuses new messages rather than dropping ones not delivered yet.
-        discard: stream::DiscardPolicy::New,
+        discard: stream::DiscardPolicy::Old,
         max_age: MAX_AGE,
         max_bytes: MAX_BYTES,
         duplicate_window: DUPLICATE_WINDOW,

@@ -334,6 +334,39 @@ async fn contents_in_order(socket: &mut WsClient, count: usize) -> Vec<String> {
     contents
 }
 
+/// A publish repeated after JetStream's duplicate window (NATS away for longer than it) is
+/// stored in the stream a second time; no socket may get it twice.
+#[tokio::test]
+async fn a_repeat_past_the_duplicate_window_reaches_no_socket_twice() {
+    let cluster = Cluster::start(2).await;
+    let [a, b] = &cluster.instances[..] else {
+        unreachable!()
+    };
+    let mut bob = b.ws("bob").await;
+    b.await_connections("bob", 1).await;
+    a.send_ok("alice", &["alice", "bob"], "once").await;
+    assert_eq!(bob.next_message().await["content"], "once");
+
+    let jetstream = cluster.nats.jetstream().await;
+    let stream = jetstream.get_stream("CHATD_MESSAGES").await.unwrap();
+    let first = stream
+        .get_last_raw_message_by_subject("CHATD_MESSAGES.messages")
+        .await
+        .unwrap();
+    let mut headers = first.headers.clone();
+    // What the duplicate window no longer remembers: the same message under a new publish id.
+    headers.insert("Nats-Msg-Id", "a-later-retry");
+    jetstream
+        .publish_with_headers(first.subject.clone(), headers, first.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    a.send_ok("alice", &["alice", "bob"], "after").await;
+    assert_eq!(bob.next_message().await["content"], "after");
+}
+
 #[tokio::test]
 async fn a_message_the_bus_cannot_carry_is_stored_and_its_sockets_are_told_to_recover() {
     let mut cluster = Cluster::start_with(1, &[("BUS_CAPACITY", "1")]).await;

@@ -7,7 +7,11 @@
 //! Exactly once per instance: a publish is retried with the message id as `Nats-Msg-Id`, so
 //! JetStream stores a retried message once; the reader is an ordered consumer, which tracks
 //! stream sequences and recreates itself after the last one it saw, so it neither skips nor
-//! repeats one through a NATS restart.
+//! repeats one through a NATS restart. A retry later than JetStream's duplicate window (NATS
+//! away for longer) is caught by the reader: each instance publishes in its commit order, which
+//! is its id order, so a message whose id is not above the last one read from the same
+//! process is a repeat. (By process, not by `INSTANCE_ID`: two instances given one id by
+//! mistake, or a restart after the clock went back, must not look like repeats.)
 //!
 //! Two bounded queues, each with a policy when full (see CONCURRENCY.md):
 //! - outgoing, `BUS_CAPACITY` events between the journal and the publisher. While NATS is away
@@ -17,6 +21,7 @@
 //!   committed: the relay stores it, and history has it.
 //! - the local broadcast channel, `BUS_CAPACITY` events, exactly as [`super::LocalBus`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -40,8 +45,12 @@ use crate::telemetry;
 
 /// Most events sent to NATS before their acknowledgements are awaited.
 const PUBLISH_BATCH: usize = 256;
-/// The header that names the instance that accepted a message, for logs.
-const ORIGIN: &str = "Chatd-Instance";
+/// The header that names the process that published a message: `INSTANCE_ID/<random>`, the
+/// random part new at each start.
+const ORIGIN: &str = "Chatd-Origin";
+/// Publishing processes a reader remembers; past that (restarts over a long life) it forgets
+/// them all, which only gives up catching repeats older than JetStream's duplicate window.
+const MAX_ORIGINS: usize = 1024;
 
 pub struct NatsBus {
     outgoing: mpsc::Sender<Arc<Event>>,
@@ -88,13 +97,14 @@ impl NatsBus {
             local: local.clone(),
             backoff,
             last_seen,
+            newest: NewestByOrigin::default(),
         };
         tasks.spawn(reader.run(messages, stop.clone()));
         let dropping = Arc::new(AtomicBool::new(false));
         let publisher = Publisher {
             jetstream: cluster.jetstream.clone(),
             subject: cluster.subject.clone(),
-            origin: instance.to_string(),
+            origin: format!("{instance}/{:016x}", rand::random::<u64>()),
             backoff,
             dropping: dropping.clone(),
         };
@@ -148,6 +158,7 @@ struct Reader {
     local: broadcast::Sender<Item>,
     backoff: Backoff,
     last_seen: u64,
+    newest: NewestByOrigin,
 }
 
 impl Reader {
@@ -189,12 +200,44 @@ impl Reader {
             self.last_seen = info.stream_sequence;
         }
         counter!(telemetry::BUS_RECEIVED).increment(1);
+        let origin = message.headers.as_ref().and_then(|h| h.get(ORIGIN));
         match serde_json::from_slice::<Message>(&message.payload) {
             Ok(message) => {
+                if let Some(origin) = origin
+                    && !self.newest.admits(origin.as_str(), &message.id)
+                {
+                    tracing::debug!(id = %message.id, origin = %origin, "a repeated publish; skipped");
+                    return;
+                }
                 let _ = self.local.send(Item::Event(Arc::new(received(message))));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "a message on the stream is not a chatd message; skipped");
+            }
+        }
+    }
+}
+
+/// The last message id read from each publishing process (see [`ORIGIN`]), at most
+/// [`MAX_ORIGINS`] of them.
+#[derive(Default)]
+struct NewestByOrigin(HashMap<String, String>);
+
+impl NewestByOrigin {
+    /// Whether `id` is above every id read from `origin` so far; if so, it is now the newest.
+    fn admits(&mut self, origin: &str, id: &str) -> bool {
+        match self.0.get_mut(origin) {
+            Some(newest) if id <= newest.as_str() => false,
+            Some(newest) => {
+                id.clone_into(newest);
+                true
+            }
+            None => {
+                if self.0.len() >= MAX_ORIGINS {
+                    self.0.clear();
+                }
+                self.0.insert(origin.to_string(), id.to_string());
+                true
             }
         }
     }
@@ -301,4 +344,33 @@ async fn stored_before(acks: Vec<jetstream::context::PublishAckFuture>) -> usize
         stored += 1;
     }
     stored
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeat_is_an_id_not_above_the_newest_from_its_process() {
+        let mut newest = NewestByOrigin::default();
+        assert!(newest.admits("a/1", "0002"));
+        assert!(!newest.admits("a/1", "0002"), "the same id again");
+        assert!(!newest.admits("a/1", "0001"), "an older one");
+        assert!(newest.admits("a/1", "0003"));
+        assert!(
+            newest.admits("a/2", "0001"),
+            "another process (a restart) has its own order"
+        );
+    }
+
+    #[test]
+    fn it_forgets_every_process_rather_than_grow() {
+        let mut newest = NewestByOrigin::default();
+        for i in 0..MAX_ORIGINS {
+            assert!(newest.admits(&format!("p/{i}"), "0005"));
+        }
+        assert!(newest.admits("one/more", "0005"));
+        assert_eq!(newest.0.len(), 1);
+        assert!(newest.admits("p/0", "0001"), "forgotten");
+    }
 }
