@@ -93,17 +93,7 @@ async fn await_counts(instance: &TestServer, expected: Value) {
 
 /// The contents of the next `count` messages, failing on a repeated id.
 async fn contents(socket: &mut WsClient, count: usize) -> BTreeSet<String> {
-    let mut ids = BTreeSet::new();
-    let mut contents = BTreeSet::new();
-    for _ in 0..count {
-        let message = socket.next_message().await;
-        assert!(
-            ids.insert(message["id"].as_str().unwrap().to_string()),
-            "{message} arrived twice"
-        );
-        contents.insert(message["content"].as_str().unwrap().to_string());
-    }
-    contents
+    contents_in_order(socket, count).await.into_iter().collect()
 }
 
 fn numbered(range: std::ops::Range<usize>) -> BTreeSet<String> {
@@ -426,28 +416,38 @@ async fn a_killed_instance_stops_being_counted() {
     assert_eq!(a.connections(&["bob"]).await, json!({"bob": 1}));
 }
 
+/// Starts chatd in cluster mode with `vars` on a store of its own, expecting start-up to
+/// fail by itself; returns the error with its causes.
+async fn start_up_error(vars: &[(&str, &str)]) -> String {
+    let mongo = MongoServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().display().to_string();
+    let mut all = vec![
+        ("MONGO_URI", mongo.uri.as_str()),
+        ("DATA_DIR", data_dir.as_str()),
+        ("HOST", "127.0.0.1"),
+        ("PORT", "0"),
+        ("JWT_SECRET", "a-test-secret"),
+    ];
+    all.extend_from_slice(vars);
+    let lookup = |name: &str| {
+        all.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    };
+    let config = chatd::config::Config::from_lookup(lookup).unwrap();
+    let started = tokio::time::timeout(DEADLINE, chatd::app::start(config))
+        .await
+        .expect("start-up gave up by itself");
+    format!("{:#}", started.err().expect("start-up fails"))
+}
+
 #[tokio::test]
 async fn start_up_gives_up_on_a_nats_that_never_answers() {
     // Accepts connections and says nothing, as a stuck server or a black-holing proxy would.
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("nats://{}", silent.local_addr().unwrap());
-    let mongo = MongoServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = chatd::config::Config::from_lookup(|name| match name {
-        "NATS_URL" => Some(url.clone()),
-        "NATS_CONNECT_TIMEOUT" => Some("1s".into()),
-        "MONGO_URI" => Some(mongo.uri.clone()),
-        "DATA_DIR" => Some(dir.path().display().to_string()),
-        "HOST" => Some("127.0.0.1".into()),
-        "PORT" => Some("0".into()),
-        "JWT_SECRET" => Some("s".repeat(32)),
-        _ => None,
-    })
-    .unwrap();
-    let started = tokio::time::timeout(DEADLINE, chatd::app::start(config))
-        .await
-        .expect("start-up gave up by itself");
-    let error = format!("{:#}", started.err().expect("start-up fails"));
+    let error = start_up_error(&[("NATS_URL", &url), ("NATS_CONNECT_TIMEOUT", "1s")]).await;
     assert!(error.contains("did not answer within 1s"), "{error}");
 }
 
@@ -463,23 +463,7 @@ async fn a_stream_of_that_name_that_takes_other_subjects_is_refused_with_its_nam
         })
         .await
         .unwrap();
-    let mongo = MongoServer::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = chatd::config::Config::from_lookup(|name| match name {
-        "NATS_URL" => Some(nats.url.clone()),
-        "NATS_STREAM" => Some("TAKEN".into()),
-        "MONGO_URI" => Some(mongo.uri.clone()),
-        "DATA_DIR" => Some(dir.path().display().to_string()),
-        "HOST" => Some("127.0.0.1".into()),
-        "PORT" => Some("0".into()),
-        "JWT_SECRET" => Some("s".repeat(32)),
-        _ => None,
-    })
-    .unwrap();
-    let error = format!(
-        "{:#}",
-        chatd::app::start(config).await.err().expect("refused")
-    );
+    let error = start_up_error(&[("NATS_URL", &nats.url), ("NATS_STREAM", "TAKEN")]).await;
     assert!(
         error.contains("TAKEN") && error.contains("does not take subject TAKEN.messages"),
         "{error}"
