@@ -65,15 +65,8 @@ impl Pipeline {
         };
         let bus: Arc<dyn EventBus> = match &cluster {
             Some(cluster) => {
-                let bus = NatsBus::start(
-                    cluster,
-                    &config.instance_id,
-                    config.bus_capacity,
-                    backoff,
-                    &tasks,
-                    &stop,
-                )
-                .await?;
+                let bus =
+                    NatsBus::start(cluster, config.bus_capacity, backoff, &tasks, &stop).await?;
                 Arc::new(bus)
             }
             None => Arc::new(LocalBus::new(config.bus_capacity)),

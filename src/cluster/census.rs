@@ -12,15 +12,13 @@ use async_nats::{HeaderMap, Subscriber};
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{Cluster, presence};
+use super::{Cluster, ORIGIN_HEADER, presence};
 use crate::error::Chain;
 use crate::hub::Hub;
 use crate::model::UserId;
 
 /// How long a count waits for the other instances' answers.
 pub const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
-/// Names the instance that sent a request or an answer.
-const ORIGIN: &str = "Chatd-Instance";
 
 /// Counts sockets: this instance's hub, and the other instances' in cluster mode.
 pub struct Census {
@@ -83,7 +81,7 @@ async fn gather(
             );
             break;
         };
-        let from = answer.headers.as_ref().and_then(|h| h.get(ORIGIN));
+        let from = answer.headers.as_ref().and_then(|h| h.get(ORIGIN_HEADER));
         let Some(from) = from.map(|f| f.to_string()) else {
             continue;
         };
@@ -123,8 +121,8 @@ pub async fn answer(
             () = stop.cancelled() => return,
         };
         let Some(request) = request else { return };
-        let from = request.headers.as_ref().and_then(|h| h.get(ORIGIN));
-        let own = from.is_some_and(|f| f.as_str() == cluster.instance);
+        let from = request.headers.as_ref().and_then(|h| h.get(ORIGIN_HEADER));
+        let own = from.is_some_and(|f| f.as_str() == cluster.origin);
         let (Some(reply), false) = (request.reply, own) else {
             continue;
         };
@@ -145,6 +143,6 @@ pub async fn answer(
 
 fn origin(cluster: &Cluster) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    headers.insert(ORIGIN, cluster.instance.as_str());
+    headers.insert(ORIGIN_HEADER, cluster.origin.as_str());
     headers
 }

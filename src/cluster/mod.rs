@@ -16,11 +16,18 @@ use crate::config::ClusterSettings;
 
 pub use stream::StreamError;
 
+/// The header that names the process that sent a message: [`Cluster::origin`].
+pub const ORIGIN_HEADER: &str = "Chatd-Origin";
+
 /// One instance's connection to the cluster.
 #[derive(Clone)]
 pub struct Cluster {
     /// This instance's `INSTANCE_ID`.
     pub instance: String,
+    /// This process, among all that ever joined the cluster: `INSTANCE_ID/<random>`, the
+    /// random part new at each start. What instances tell each other apart by, so that a
+    /// restart, or two instances given one `INSTANCE_ID` by mistake, never look like one.
+    pub origin: String,
     pub client: async_nats::Client,
     pub jetstream: jetstream::Context,
     /// The stream every instance publishes accepted messages to.
@@ -89,6 +96,7 @@ impl Cluster {
             let instances = stream::instances(&jetstream, settings, presence::TTL).await?;
             Ok(Self {
                 instance: instance.to_string(),
+                origin: format!("{instance}/{:016x}", rand::random::<u64>()),
                 client,
                 jetstream,
                 stream,

@@ -53,14 +53,10 @@ pub async fn run(cluster: Cluster, stop: CancellationToken) {
     }
 }
 
-/// This instance's subject: its id in hex, since an id may hold characters that mean
-/// something in a subject ('.', '*', '>', spaces).
+/// This process's subject: its origin in hex, since an `INSTANCE_ID` may hold characters that
+/// mean something in a subject ('.', '*', '>', spaces).
 fn subject(cluster: &Cluster) -> String {
     let name = &cluster.instances.cached_info().config.name;
-    let hex: String = cluster
-        .instance
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex: String = cluster.origin.bytes().map(|b| format!("{b:02x}")).collect();
     format!("{name}.{hex}")
 }

@@ -399,6 +399,24 @@ async fn connection_counts_add_up_every_live_instance() {
     assert_eq!(c.connections(&["bob", "carol", "dave"]).await, expected);
 }
 
+/// Instances tell each other apart by process, not by `INSTANCE_ID`: two given one id by
+/// mistake still count each other's sockets and deliver each other's messages.
+#[tokio::test]
+async fn two_instances_given_one_instance_id_still_see_each_other() {
+    let cluster = Cluster::start_with(2, &[("INSTANCE_ID", "same")]).await;
+    let [a, b] = &cluster.instances[..] else {
+        unreachable!()
+    };
+    let (mut bob_on_a, mut bob_on_b) = (a.ws("bob").await, b.ws("bob").await);
+    await_counts(a, json!({"bob": 2})).await;
+    await_counts(b, json!({"bob": 2})).await;
+    for (i, via) in [a, b, a, b].into_iter().enumerate() {
+        via.send_ok("alice", &["alice", "bob"], &format!("m{i}")).await;
+    }
+    assert_eq!(contents(&mut bob_on_a, 4).await, numbered(0..4));
+    assert_eq!(contents(&mut bob_on_b, 4).await, numbered(0..4));
+}
+
 #[tokio::test]
 async fn a_killed_instance_stops_being_counted() {
     let cluster = Cluster::start(1).await;

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{EventBus, Item, Subscription};
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, ORIGIN_HEADER};
 use crate::error::Chain;
 use crate::model::{Event, Message};
 use crate::pipeline::relay::Backoff;
@@ -45,9 +45,6 @@ use crate::telemetry;
 
 /// Most events sent to NATS before their acknowledgements are awaited.
 const PUBLISH_BATCH: usize = 256;
-/// The header that names the process that published a message: `INSTANCE_ID/<random>`, the
-/// random part new at each start.
-const ORIGIN: &str = "Chatd-Origin";
 /// Publishing processes a reader remembers; past that (restarts over a long life) it forgets
 /// them all, which only gives up catching repeats older than JetStream's duplicate window.
 const MAX_ORIGINS: usize = 1024;
@@ -73,7 +70,6 @@ impl NatsBus {
     /// misses none of its own messages) and publishing, both on `tasks` until `stop`.
     pub async fn start(
         cluster: &Cluster,
-        instance: &str,
         capacity: usize,
         backoff: Backoff,
         tasks: &TaskTracker,
@@ -104,7 +100,7 @@ impl NatsBus {
         let publisher = Publisher {
             jetstream: cluster.jetstream.clone(),
             subject: cluster.subject.clone(),
-            origin: format!("{instance}/{:016x}", rand::random::<u64>()),
+            origin: cluster.origin.clone(),
             backoff,
             dropping: dropping.clone(),
         };
@@ -200,7 +196,7 @@ impl Reader {
             self.last_seen = info.stream_sequence;
         }
         counter!(telemetry::BUS_RECEIVED).increment(1);
-        let origin = message.headers.as_ref().and_then(|h| h.get(ORIGIN));
+        let origin = message.headers.as_ref().and_then(|h| h.get(ORIGIN_HEADER));
         match serde_json::from_slice::<Message>(&message.payload) {
             Ok(message) => {
                 if let Some(origin) = origin
@@ -218,7 +214,7 @@ impl Reader {
     }
 }
 
-/// The last message id read from each publishing process (see [`ORIGIN`]), at most
+/// The last message id read from each publishing process (see [`Cluster::origin`]), at most
 /// [`MAX_ORIGINS`] of them.
 #[derive(Default)]
 struct NewestByOrigin(HashMap<String, String>);
@@ -310,7 +306,7 @@ impl Publisher {
             let message = &event.message;
             let mut headers = HeaderMap::new();
             headers.insert(async_nats::header::NATS_MESSAGE_ID, message.id.as_str());
-            headers.insert(ORIGIN, self.origin.as_str());
+            headers.insert(ORIGIN_HEADER, self.origin.as_str());
             let payload = serde_json::to_vec(message).expect("a message always serializes");
             match self
                 .jetstream
