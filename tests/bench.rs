@@ -13,8 +13,10 @@ use std::sync::mpsc;
 
 use serde_json::Value;
 
-use common::DEADLINE;
+use common::mongo::MongoServer;
+use common::nats::NatsServer;
 use common::process::Chatd;
+use common::{DEADLINE, metric};
 
 fn bench(args: &[&str]) -> Value {
     let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
@@ -147,6 +149,98 @@ fn a_server_it_did_not_start_is_measured_through_its_pid() {
         "{load}"
     );
     assert!(load["server_rss_kib"].as_u64().unwrap() > 0, "{load}");
+    // One pid's part is the whole: the report has no per-pid lines, as before several.
+    assert!(load.get("servers").is_none(), "{load}");
+}
+
+/// Two `--url`s and two `--pid`s: the bench spreads its sockets and senders over two instances
+/// of one cluster (their own `nats-server -js` and MongoDB-wire store, as in
+/// tests/api/cluster.rs), so about half the messages cross from one instance to the other.
+/// Every message must still be delivered, each instance must have opened its half of the
+/// sockets and accepted its share of the sends (by its own metrics, not the bench's word), and
+/// the server figures must be the sum of both processes'.
+#[tokio::test]
+async fn the_load_is_spread_over_the_instances_of_a_cluster() {
+    let (nats, mongo) = (NatsServer::start().await, MongoServer::start().await);
+    let database = MongoServer::database();
+    let secret = "bench-cluster-secret";
+    let data_dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let instances: Vec<Chatd> = data_dirs
+        .iter()
+        .enumerate()
+        .map(|(i, data_dir)| {
+            let name = format!("bench-instance-{i}");
+            let env = [
+                ("NATS_URL", nats.url.as_str()),
+                ("MONGO_URI", mongo.uri.as_str()),
+                ("MONGO_DB", database.as_str()),
+                ("INSTANCE_ID", name.as_str()),
+            ];
+            Chatd::start(data_dir.path(), secret, &env)
+        })
+        .collect();
+    let (urls, pids): (Vec<String>, Vec<String>) = instances
+        .iter()
+        .map(|chatd| (chatd.url(""), chatd.child.id().to_string()))
+        .unzip();
+
+    // 10 users: sockets 0, 2, .. 8 and the sends of users 0, 2, .. 8 go to the first url.
+    let summary = bench(&[
+        "one-to-one",
+        "--users",
+        "10",
+        "--rate",
+        "100",
+        "--duration",
+        "1",
+        "--secret",
+        secret,
+        "--url",
+        &urls[0],
+        "--url",
+        &urls[1],
+        "--pid",
+        &pids[0],
+        "--pid",
+        &pids[1],
+    ]);
+    assert_delivered_everything(&summary);
+    assert_eq!(summary["target"], format!("{}, {}", urls[0], urls[1]));
+
+    let mut accepted = 0.0;
+    for chatd in &instances {
+        let scrape = chatd.metrics().await;
+        assert_eq!(
+            metric(&scrape, "chat_ws_connections_opened_total"),
+            5.0,
+            "{}",
+            chatd.url("")
+        );
+        let here = metric(&scrape, "chat_messages_accepted_total");
+        assert!(here > 0.0, "{} accepted no send", chatd.url(""));
+        accepted += here;
+    }
+    assert_eq!(accepted, summary["accepted"].as_f64().unwrap(), "{summary}");
+
+    let servers = summary["servers"].as_array().expect("each pid's part");
+    assert_eq!(servers.len(), 2, "{summary}");
+    let mut cpu = 0.0;
+    for (server, pid) in servers.iter().zip(&pids) {
+        assert_eq!(server["pid"].to_string(), *pid, "{summary}");
+        assert!(server["rss_kib"].as_u64().unwrap() > 0, "{summary}");
+        cpu += server["cpu_us_per_delivery"].as_f64().unwrap();
+    }
+    let total = summary["server_cpu_us_per_delivery"].as_f64().unwrap();
+    assert!(total > 0.0, "{summary}");
+    assert!((cpu - total).abs() < 1e-6 * total, "{summary}");
+    assert_eq!(
+        summary["server_rss_kib"].as_u64().unwrap(),
+        servers
+            .iter()
+            .map(|s| s["rss_kib"].as_u64().unwrap())
+            .sum::<u64>(),
+        "{summary}"
+    );
 }
 
 /// The original Go service reads the token only from the `Authorization` header, so the bench

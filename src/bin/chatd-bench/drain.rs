@@ -93,7 +93,7 @@ async fn fill(data_dir: &Path, messages: usize) -> anyhow::Result<f64> {
         .map(|i| target.token(&format!("sender{i}")))
         .collect();
     let client = reqwest::Client::new();
-    let url = format!("{}/api/messages", target.http);
+    let url = format!("{}/api/messages", target.http(0));
     let progress = ProgressBar::new(messages as u64).with_message("filling the outbox");
     let started = Instant::now();
     let failures = stream::iter(0..messages)

@@ -28,7 +28,7 @@ pub async fn run(target: &Target, sockets: usize, hold: Duration) -> anyhow::Res
     let progress = ProgressBar::new(sockets as u64).with_message("opening sockets");
     let started = Instant::now();
     let opened: Vec<_> = stream::iter(0..sockets)
-        .map(|i| async move { target.connect(&format!("idle{i}")).await })
+        .map(|i| async move { target.connect(&format!("idle{i}"), i).await })
         .buffer_unordered(200)
         .inspect(|_| progress.inc(1))
         .collect()
@@ -72,7 +72,7 @@ pub async fn run(target: &Target, sockets: usize, hold: Duration) -> anyhow::Res
     );
     Ok(Summary {
         scenario: "idle".into(),
-        target: target.http.clone(),
+        target: target.describe(),
         duration_secs: hold.as_secs_f64(),
         sockets: still_open,
         server_rss_kib: Some(after),

@@ -13,8 +13,8 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::report::{Summary, millis};
-use crate::target::Target;
+use crate::report::{ServerShare, Summary, millis};
+use crate::target::{Target, Usage, sum};
 
 /// Requests in flight at once.
 const IN_FLIGHT: usize = 512;
@@ -79,8 +79,9 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
     let measured_from_ns = Arc::new(AtomicU64::new(u64::MAX));
 
     let connecting = ProgressBar::new(plan.listeners as u64).with_message("connecting sockets");
-    let sockets: Vec<_> = stream::iter(plan.users.iter().take(plan.listeners))
-        .map(|user| target.connect(user))
+    // Socket i opens on server i (round robin), so with several servers each has its share.
+    let sockets: Vec<_> = stream::iter(plan.users.iter().take(plan.listeners).enumerate())
+        .map(|(i, user)| target.connect(user, i))
         .buffer_unordered(100)
         .inspect(|_| connecting.inc(1))
         .collect()
@@ -120,12 +121,18 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(IN_FLIGHT)
         .build()?;
-    let url = format!("{}/api/messages", target.http);
+    // User j sends through server j, so a message to a user whose socket is on another server
+    // crosses instances.
+    let urls: Vec<String> = (0..target.servers())
+        .map(|i| format!("{}/api/messages", target.http(i)))
+        .collect();
     let tokens: Arc<Vec<String>> = Arc::new(plan.users.iter().map(|u| target.token(u)).collect());
     let users = Arc::new(plan.users.clone());
     let rest = Arc::new(Mutex::new(latency_histogram()));
     let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    let cpu_before = target.cpu_seconds();
+    // Each process is read once before and once after, and the totals are summed from those
+    // readings, so that the parts reported add up to the whole.
+    let before = target.usage_each();
 
     let progress = ProgressBar::new(plan.duration.as_secs().max(1));
     progress.set_style(
@@ -147,7 +154,10 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
                 "participants": to.iter().map(|i| users[*i].as_str()).collect::<Vec<_>>(),
                 "content": format!("{CONTENT_PREFIX}{}", now_ns()),
             });
-            let request = client.post(&url).bearer_auth(&tokens[from]).json(&body);
+            let request = client
+                .post(&urls[from % urls.len()])
+                .bearer_auth(&tokens[from])
+                .json(&body);
             let (counters, rest) = (counters.clone(), rest.clone());
             tokio::spawn(async move {
                 let posted = Instant::now();
@@ -191,7 +201,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     progress.finish_and_clear();
-    let cpu_after = target.cpu_seconds();
+    let after = target.usage_each();
     stop.cancel();
     let mut latencies = latency_histogram();
     for reader in readers {
@@ -207,7 +217,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
     let rest = rest.lock().expect("histogram lock");
     Ok(Summary {
         scenario: plan.scenario.to_string(),
-        target: target.http.clone(),
+        target: target.describe(),
         duration_secs: send_secs,
         sockets: plan.listeners,
         sent,
@@ -229,15 +239,41 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
         rest_p50_ms: millis(&rest, 0.5),
         rest_p99_ms: millis(&rest, 0.99),
         rest_p999_ms: millis(&rest, 0.999),
-        server_cpu_us_per_delivery: match (cpu_before, cpu_after) {
-            (Some(before), Some(after)) if delivered > 0 => {
-                Some((after - before) * 1e6 / delivered as f64)
-            }
-            _ => None,
-        },
-        server_rss_kib: target.rss_kib(),
+        server_cpu_us_per_delivery: cpu_per_delivery(
+            sum(before.iter().map(|u| u.cpu_seconds)),
+            sum(after.iter().map(|u| u.cpu_seconds)),
+            delivered,
+        ),
+        server_rss_kib: sum(after.iter().map(|u| u.rss_kib)),
+        servers: shares(&before, &after, delivered),
         extra: serde_json::Map::new(),
     })
+}
+
+/// Each watched process's part of the server figures, when there are several (one process's
+/// part is the whole, already reported).
+fn shares(before: &[Usage], after: &[Usage], delivered: u64) -> Vec<ServerShare> {
+    if after.len() < 2 {
+        return Vec::new();
+    }
+    before
+        .iter()
+        .zip(after)
+        .map(|(before, after)| ServerShare {
+            pid: after.pid,
+            cpu_us_per_delivery: cpu_per_delivery(before.cpu_seconds, after.cpu_seconds, delivered),
+            rss_kib: after.rss_kib,
+        })
+        .collect()
+}
+
+fn cpu_per_delivery(before: Option<f64>, after: Option<f64>, delivered: u64) -> Option<f64> {
+    match (before, after) {
+        (Some(before), Some(after)) if delivered > 0 => {
+            Some((after - before) * 1e6 / delivered as f64)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]

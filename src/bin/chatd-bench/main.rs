@@ -1,7 +1,8 @@
 //! chatd-bench: load scenarios for chatd, with figures a person can read and `--json` for a
 //! machine. Without `--url` each scenario starts chatd itself on a temporary data directory;
 //! with `--url` it loads any server speaking the contract, and `--pid` names that server's
-//! process so its CPU time and memory are reported too.
+//! process so its CPU time and memory are reported too. Both repeat for the instances of a
+//! cluster: the clients are spread over the urls, and the figures summed over the pids.
 
 mod ceiling;
 mod drain;
@@ -31,10 +32,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct Common {
     /// A running server that speaks the contract (e.g. http://127.0.0.1:8080); without it,
-    /// chatd is started here.
+    /// chatd is started here. Repeat it for the instances of a cluster (--url A --url B): of N
+    /// urls, socket i opens on url i mod N and user j sends through url j mod N, so most
+    /// messages cross instances.
     #[arg(long)]
-    url: Option<String>,
-    /// The JWT secret of the server at --url.
+    url: Vec<String>,
+    /// The JWT secret of the server at --url (of every one, when repeated).
     #[arg(
         long,
         env = "JWT_SECRET",
@@ -43,9 +46,10 @@ struct Common {
     )]
     secret: String,
     /// The process id of the server at --url, whose CPU time and memory (from /proc/PID) to
-    /// report; without --url the bench watches the chatd it starts.
+    /// report; without --url the bench watches the chatd it starts. Repeat it, e.g. once per
+    /// --url: the report sums over every pid and shows each one's part.
     #[arg(long, requires = "url")]
-    pid: Option<u32>,
+    pid: Vec<u32>,
     /// How long the load runs.
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
@@ -232,7 +236,7 @@ fn main() -> anyhow::Result<()> {
                 mongo_uri,
             } => {
                 anyhow::ensure!(
-                    common.url.is_none(),
+                    common.url.is_empty(),
                     "drain starts chatd itself: --url does not apply"
                 );
                 (
@@ -247,13 +251,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn target(common: &Common, env: &[(&str, String)]) -> anyhow::Result<Target> {
-    match &common.url {
-        Some(url) => Target::remote(url, &common.secret, common.pid),
-        None => {
-            let mut env = env.to_vec();
-            env.push(("JWT_SECRET", common.secret.clone()));
-            Target::local(Server::chatd(None, &env)?, &common.secret)
-        }
+    if common.url.is_empty() {
+        let mut env = env.to_vec();
+        env.push(("JWT_SECRET", common.secret.clone()));
+        Target::local(Server::chatd(None, &env)?, &common.secret)
+    } else {
+        Target::remote(&common.url, &common.secret, &common.pid)
     }
 }
 

@@ -22,6 +22,10 @@ impl ProcessUsage {
         Ok(usage)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// CPU time so far, user and system, of all the process's threads.
     pub fn cpu_seconds(&self) -> Option<f64> {
         let ticks = cpu_ticks(&std::fs::read_to_string(self.path("stat")).ok()?)?;

@@ -174,7 +174,7 @@ pub async fn run(options: Options) -> anyhow::Result<Summary> {
     put("rss_after_each_burst_kib", rss_after.clone().into());
     Ok(Summary {
         scenario: "recovery".into(),
-        target: target.http.clone(),
+        target: target.describe(),
         duration_secs: began.elapsed().as_secs_f64(),
         sockets: done.len(),
         sent: samples.len() as u64,
@@ -195,7 +195,7 @@ async fn send(
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let url = format!("{}/api/messages", target.http);
+    let url = format!("{}/api/messages", target.http(0));
     let tokens: Vec<String> = (0..16).map(|i| target.token(&format!("s{i}"))).collect();
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -238,7 +238,7 @@ async fn reconnect(
 ) -> anyhow::Result<(Reconnect, crate::target::Socket)> {
     let url = format!(
         "{}/ws?token={}&since={since}",
-        target.ws,
+        target.ws(0),
         target.token(user)
     );
     let first_attempt = Instant::now();
@@ -284,7 +284,7 @@ async fn reconnect(
 /// Waits until the server counts no socket of `users`.
 async fn await_closed(target: &Target, users: &[String]) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
-    let url = format!("{}/api/connections", target.http);
+    let url = format!("{}/api/connections", target.http(0));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let counts: Value = client

@@ -27,11 +27,24 @@ pub struct Summary {
     pub rest_p999_ms: f64,
     /// Server CPU time per delivery, when the server's pid is known (started here, or `--pid`).
     pub server_cpu_us_per_delivery: Option<f64>,
-    /// The server's resident memory, when its pid is known.
+    /// The server's resident memory, when its pid is known. With several pids (one per
+    /// instance of a cluster), both figures are the sums over all of them.
     pub server_rss_kib: Option<u64>,
+    /// Each pid's part of the two figures above, when there are several.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerShare>,
     /// Anything else the scenario measures (idle, drain, ceiling).
     #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// One server process's part of a run's server figures.
+#[derive(Debug, Serialize)]
+pub struct ServerShare {
+    pub pid: u32,
+    /// Its CPU time over the run divided by all the deliveries, so the parts add up.
+    pub cpu_us_per_delivery: Option<f64>,
+    pub rss_kib: Option<u64>,
 }
 
 pub fn millis(histogram: &Histogram<u64>, quantile: f64) -> f64 {
@@ -86,6 +99,16 @@ impl Summary {
         }
         if let Some(rss) = self.server_rss_kib {
             println!("  server RSS         {rss} KiB");
+        }
+        for share in &self.servers {
+            let name = format!("pid {}", share.pid);
+            let cpu = share
+                .cpu_us_per_delivery
+                .map_or("-".into(), |cpu| format!("{cpu:.2} µs per delivery"));
+            let rss = share
+                .rss_kib
+                .map_or("-".into(), |rss| format!("{rss} KiB RSS"));
+            println!("    {name:<16} {cpu}, {rss}");
         }
         for (key, value) in &self.extra {
             println!("  {key:<18} {value}");

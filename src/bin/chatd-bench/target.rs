@@ -1,6 +1,7 @@
 //! What the load goes to: a chatd (or the ceiling server) this process starts on a temporary
-//! data directory, or one already running at `--url` (with `--pid`, whose CPU and memory to
-//! report).
+//! data directory, or servers already running at one or more `--url`s (with `--pid`s, whose CPU
+//! and memory to report). Several urls are instances of one cluster: clients are spread over
+//! them round robin, client i on the i-th modulo their number.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -24,41 +25,93 @@ use crate::process_usage::ProcessUsage;
 const READY_WITHIN: Duration = Duration::from_secs(30);
 
 pub struct Target {
-    /// `http://host:port`
-    pub http: String,
-    /// `ws://host:port`
-    pub ws: String,
+    /// Where each server listens, in the order of the `--url`s; one when the bench started it.
+    endpoints: Vec<Endpoint>,
     auth: Authenticator,
     pub process: Option<Server>,
-    /// The server's CPU and memory: the process this bench started, or `--pid`.
-    usage: Option<ProcessUsage>,
+    /// The servers' CPU and memory: the process this bench started, or each `--pid`.
+    usage: Vec<ProcessUsage>,
+}
+
+struct Endpoint {
+    /// `http://host:port`
+    http: String,
+    /// `ws://host:port`
+    ws: String,
+}
+
+/// One watched process's part of the figures, for a report on several.
+pub struct Usage {
+    pub pid: u32,
+    pub cpu_seconds: Option<f64>,
+    pub rss_kib: Option<u64>,
 }
 
 /// A client's WebSocket, as `connect_async` opens it.
 pub type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 impl Target {
-    /// A server already running at `url`; `pid`, when given, is whose CPU and memory to report.
-    pub fn remote(url: &str, secret: &str, pid: Option<u32>) -> anyhow::Result<Self> {
-        let http = url.trim_end_matches('/').to_string();
+    /// Servers already running at `urls` (at least one), sharing `secret`; `pids` are the
+    /// processes whose CPU and memory to report, summed (none: neither is reported).
+    pub fn remote(urls: &[String], secret: &str, pids: &[u32]) -> anyhow::Result<Self> {
+        anyhow::ensure!(!urls.is_empty(), "no server to load");
+        let endpoints = urls
+            .iter()
+            .map(|url| {
+                let http = url.trim_end_matches('/').to_string();
+                Endpoint {
+                    ws: http.replacen("http", "ws", 1),
+                    http,
+                }
+            })
+            .collect();
         Ok(Self {
-            ws: http.replacen("http", "ws", 1),
-            http,
+            endpoints,
             auth: Authenticator::new(secret.as_bytes()),
             process: None,
-            usage: pid.map(ProcessUsage::watch).transpose()?,
+            usage: pids
+                .iter()
+                .map(|pid| ProcessUsage::watch(*pid))
+                .collect::<anyhow::Result<_>>()?,
         })
     }
 
     pub fn local(server: Server, secret: &str) -> anyhow::Result<Self> {
-        let http = format!("http://{}", server.addr);
         Ok(Self {
-            ws: format!("ws://{}", server.addr),
-            http,
+            endpoints: vec![Endpoint {
+                http: format!("http://{}", server.addr),
+                ws: format!("ws://{}", server.addr),
+            }],
             auth: Authenticator::new(secret.as_bytes()),
-            usage: Some(ProcessUsage::watch(server.child.id())?),
+            usage: vec![ProcessUsage::watch(server.child.id())?],
             process: Some(server),
         })
+    }
+
+    /// `http://host:port` of the server that client `i` (a socket, or a sender) uses: the
+    /// servers in turn, so that with several the clients are spread evenly over them.
+    pub fn http(&self, i: usize) -> &str {
+        &self.endpoint(i).http
+    }
+
+    /// `ws://host:port` of the server that client `i` uses, as [`Self::http`].
+    pub fn ws(&self, i: usize) -> &str {
+        &self.endpoint(i).ws
+    }
+
+    fn endpoint(&self, i: usize) -> &Endpoint {
+        &self.endpoints[i % self.endpoints.len()]
+    }
+
+    /// How many servers the clients are spread over.
+    pub fn servers(&self) -> usize {
+        self.endpoints.len()
+    }
+
+    /// The servers as a report names them: the url, or the urls separated by commas.
+    pub fn describe(&self) -> String {
+        let urls: Vec<&str> = self.endpoints.iter().map(|e| e.http.as_str()).collect();
+        urls.join(", ")
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -66,27 +119,37 @@ impl Target {
         self.auth.issue(&user, Duration::from_secs(24 * 3600))
     }
 
-    /// Opens `/ws` as `user` with the token in an `Authorization: Bearer` header, as the
-    /// original Go service's clients do: that service never reads `?token=`, and the bench
-    /// must measure any server that speaks the contract.
-    pub async fn connect(&self, user: &str) -> anyhow::Result<Socket> {
-        let mut request = format!("{}/ws", self.ws).into_client_request()?;
+    /// Opens `/ws` as `user` on client `i`'s server (see [`Self::http`]) with the token in an
+    /// `Authorization: Bearer` header, as the original Go service's clients do: that service
+    /// never reads `?token=`, and the bench must measure any server that speaks the contract.
+    pub async fn connect(&self, user: &str, i: usize) -> anyhow::Result<Socket> {
+        let ws = self.ws(i);
+        let mut request = format!("{ws}/ws").into_client_request()?;
         let bearer = HeaderValue::from_str(&format!("Bearer {}", self.token(user)))?;
         request.headers_mut().insert(AUTHORIZATION, bearer);
         let (socket, _) = tokio_tungstenite::connect_async(request)
             .await
-            .with_context(|| format!("opening {}/ws as {user}", self.ws))?;
+            .with_context(|| format!("opening {ws}/ws as {user}"))?;
         Ok(socket)
     }
 
-    /// The server's CPU time so far (user + system), when its pid is known.
-    pub fn cpu_seconds(&self) -> Option<f64> {
-        self.usage.as_ref()?.cpu_seconds()
+    /// The servers' resident memory in KiB, summed over every pid, when their pids are known
+    /// and each still reads.
+    pub fn rss_kib(&self) -> Option<u64> {
+        sum(self.usage.iter().map(ProcessUsage::rss_kib))
     }
 
-    /// The server's resident memory in KiB, when its pid is known.
-    pub fn rss_kib(&self) -> Option<u64> {
-        self.usage.as_ref()?.rss_kib()
+    /// Each watched process's CPU time so far (user + system) and memory now, in the order of
+    /// the `--pid`s.
+    pub fn usage_each(&self) -> Vec<Usage> {
+        self.usage
+            .iter()
+            .map(|usage| Usage {
+                pid: usage.pid(),
+                cpu_seconds: usage.cpu_seconds(),
+                rss_kib: usage.rss_kib(),
+            })
+            .collect()
     }
 }
 
@@ -175,6 +238,15 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The sum of `values`, or `None` when there are none or any is missing: a total that left a
+/// process out would pass for the whole.
+pub fn sum<T: std::iter::Sum<T>>(values: impl Iterator<Item = Option<T>>) -> Option<T> {
+    let values: Option<Vec<T>> = values.collect();
+    values
+        .filter(|v| !v.is_empty())
+        .map(|v| v.into_iter().sum())
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
