@@ -161,6 +161,7 @@ fn http_state(
         census: pipeline.census.clone(),
         instance: Arc::from(config.instance_id.as_str()),
         cluster: pipeline.cluster.clone(),
+        bus: pipeline.bus.clone(),
         limiter,
         admin_token: config.admin_token.as_deref().map(Arc::from),
         limits: config.limits,

@@ -37,6 +37,7 @@ pub(super) struct Pipeline {
     pub census: Arc<Census>,
     /// `None`: one process.
     pub cluster: Option<Cluster>,
+    pub bus: Arc<dyn EventBus>,
     /// Corruption the outbox or the embedded store meets while running: sticky until restart.
     pub integrity: Arc<Integrity>,
     /// The fan-out and the relay, and whatever else must run until the outbox has drained.
@@ -116,6 +117,7 @@ impl Pipeline {
         Ok(Self {
             census: Arc::new(Census::new(hub.clone(), cluster.clone())),
             cluster,
+            bus,
             acceptor: Arc::new(Acceptor::new(outbox.clone())),
             dead_letters: Arc::new(DeadLetters::new(store.clone())),
             outbox,

@@ -35,6 +35,7 @@ use crate::config::{Limits, SocketSettings};
 use crate::hub::Hub;
 use crate::integrity::Integrity;
 use crate::pipeline::accept::Acceptor;
+use crate::pipeline::bus::EventBus;
 use crate::pipeline::outbox::Outbox;
 use crate::store::DeadLetters;
 use crate::store::MessageStore;
@@ -65,6 +66,8 @@ pub struct AppState {
     pub instance: Arc<str>,
     /// `None`: one process, on the in-process bus.
     pub cluster: Option<Cluster>,
+    /// What reconnect recovery asks for the events it remembers.
+    pub bus: Arc<dyn EventBus>,
     pub limiter: Arc<RateLimiter>,
     pub dead_letters: Arc<DeadLetters>,
     pub metrics: Metrics,

@@ -84,6 +84,7 @@ pub async fn upgrade(
             recovery::missed(
                 state.store.clone(),
                 &state.outbox,
+                state.bus.as_ref(),
                 registration.user(),
                 since,
                 state.recovery_limit,

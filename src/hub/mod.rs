@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::SocketLimits;
 use crate::model::UserId;
 
-pub use prelude::{Early, Interrupted, Prelude};
+pub use prelude::{Early, Interrupted, Prelude, Seam};
 pub use queue::{Offer, QueueBounds, Receiver};
 pub use socket::run_socket;
 
@@ -29,6 +29,8 @@ pub struct Frame {
     pub id: Arc<str>,
     pub text: Utf8Bytes,
     pub accepted_at: Instant,
+    /// Its place in the cluster's stream, to recognise it at a cluster recovery's seam.
+    pub sequence: Option<u64>,
 }
 
 struct SocketHandle {
@@ -226,6 +228,7 @@ mod tests {
             id: Arc::from("id"),
             text: Utf8Bytes::from_static("{}"),
             accepted_at: Instant::now(),
+            sequence: None,
         }
     }
 

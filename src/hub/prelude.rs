@@ -9,6 +9,8 @@ use std::sync::Arc;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::stream::{self, BoxStream};
 
+use super::Frame;
+
 /// One frame written before the live stream.
 #[derive(Debug, Clone)]
 pub struct Early {
@@ -27,8 +29,28 @@ pub struct Interrupted;
 pub struct Prelude {
     /// Written in order before any live frame.
     pub frames: BoxStream<'static, Result<Early, Interrupted>>,
-    /// Live frames with ids up to this one are skipped: the prelude covered them.
-    pub seam: Option<Arc<str>>,
+    /// Live frames up to here are skipped: the prelude covered them.
+    pub seam: Option<Seam>,
+}
+
+/// Where a socket's live stream starts after its prelude. Live frames come in the order the
+/// seam is given in, so once one is past it, every later one is.
+#[derive(Debug, Clone)]
+pub enum Seam {
+    /// Frames with ids up to this one: one process, whose ids are its commit order.
+    Id(Arc<str>),
+    /// Frames with stream sequences up to this one: cluster mode, whose order is the stream's.
+    Sequence(u64),
+}
+
+impl Seam {
+    /// Whether the prelude covered `frame`.
+    pub fn covers(&self, frame: &Frame) -> bool {
+        match self {
+            Self::Id(last) => *frame.id <= **last,
+            Self::Sequence(last) => frame.sequence.is_some_and(|sequence| sequence <= *last),
+        }
+    }
 }
 
 impl Default for Prelude {

@@ -191,6 +191,7 @@ mod tests {
             id: Arc::from("id"),
             text: Utf8Bytes::from("x".repeat(bytes)),
             accepted_at: Instant::now(),
+            sequence: None,
         }
     }
 

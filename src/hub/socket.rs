@@ -134,10 +134,9 @@ pub async fn run_socket(
                 }
                 // Everything taken leaves the queue's account, written or skipped.
                 let bytes: usize = batch.iter().map(|frame| frame.text.len()).sum();
-                // Up to the seam the recovery sent them; live frames come in id order, so
-                // once one is past it, all are.
-                if let Some(last_replayed) = &seam {
-                    batch.retain(|frame| *frame.id > **last_replayed);
+                // Up to the seam the recovery sent them; once one is past it, all are.
+                if let Some(covered) = &seam {
+                    batch.retain(|frame| !covered.covers(frame));
                     if !batch.is_empty() {
                         seam = None;
                     }

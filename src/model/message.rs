@@ -52,6 +52,9 @@ pub fn uuid_timestamp(id: &Uuid) -> Option<DateTime<Utc>> {
 pub struct Event {
     pub message: Message,
     pub accepted_at: Instant,
+    /// In cluster mode, the message's place in the stream the instances share: the one order
+    /// every instance delivers in. `None` in one process, where ids are that order.
+    pub sequence: Option<u64>,
 }
 
 /// Timestamps as the contract writes them: RFC 3339, UTC, milliseconds.

@@ -27,7 +27,12 @@
 //!    every page read. One that is in both is sent once.
 //!
 //! That holds for one instance, whose journal orders its ids; instances of a cluster order
-//! their own ids only, so a cluster needs a cluster-wide cursor (the broker's sequence).
+//! their own ids only. In cluster mode the live stream's order is the NATS stream's, and the
+//! bus remembers its newest events in that order ([`EventBus::recent`]): when `since` is one
+//! of them, the replay is what followed it there, and the seam is the stream sequence the bus
+//! had reached, exact whichever instance accepted each message. An older `since` falls back
+//! to the outbox and the store as above, cut at this instance's horizon, which can miss a
+//! message that another instance accepted around the reconnect and had not stored yet.
 
 mod replay;
 
@@ -37,9 +42,10 @@ use std::sync::Arc;
 use futures_util::stream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use super::bus::{EventBus, Recent};
 use super::outbox::{Outbox, OutboxError};
-use crate::hub::{Early, Prelude};
-use crate::model::UserId;
+use crate::hub::{Early, Prelude, Seam};
+use crate::model::{Event, UserId};
 use crate::store::{MessageStore, StoreError};
 
 pub use replay::PAGE;
@@ -73,11 +79,19 @@ pub fn over_limit_notice(limit: u32) -> Early {
 pub async fn missed(
     store: Arc<dyn MessageStore>,
     outbox: &Outbox,
+    bus: &dyn EventBus,
     user: &UserId,
     since: &str,
     limit: u32,
     turn: OwnedSemaphorePermit,
 ) -> Result<Prelude, RecoveryError> {
+    let theirs = |event: &Event| {
+        let message = &event.message;
+        message.sender != user.as_str() && message.participants.iter().any(|p| p == user.as_str())
+    };
+    if let Some(recent) = bus.recent(since, &theirs) {
+        return Ok(from_the_bus(recent, limit, turn));
+    }
     let horizon = outbox.horizon();
     let fetch = limit.saturating_add(1);
     let within = |id: &str| id <= &*horizon;
@@ -97,11 +111,31 @@ pub async fn missed(
     if over_limit {
         return Ok(Prelude {
             frames: Box::pin(stream::iter([Ok(over_limit_notice(limit))])),
-            seam: Some(horizon),
+            seam: Some(Seam::Id(horizon)),
         });
     }
     Ok(Prelude {
         frames: Box::pin(replay::Replay::new(store, user, since, &horizon, pending, turn).frames()),
-        seam: Some(horizon),
+        seam: Some(Seam::Id(horizon)),
     })
+}
+
+/// The replay from what the bus remembers after `since` (cluster mode).
+fn from_the_bus(recent: Recent, limit: u32, turn: OwnedSemaphorePermit) -> Prelude {
+    let seam = Some(Seam::Sequence(recent.through));
+    if recent.events.len() > limit as usize {
+        return Prelude {
+            frames: Box::pin(stream::iter([Ok(over_limit_notice(limit))])),
+            seam,
+        };
+    }
+    // The turn is held until the replay is written, as for a replay from the store.
+    let frames = recent.events.into_iter().map(move |event| {
+        let _turn = &turn;
+        Ok(replay::frame(&event.message))
+    });
+    Prelude {
+        frames: Box::pin(stream::iter(frames)),
+        seam,
+    }
 }

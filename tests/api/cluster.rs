@@ -91,6 +91,88 @@ async fn await_counts(instance: &TestServer, expected: Value) {
     .await
 }
 
+/// A socket that reconnects with `since` to another instance while messages keep coming
+/// through every instance gets each message after `since` once: the replay and the live
+/// stream meet at the stream's sequence, not at any one instance's ids.
+#[tokio::test]
+async fn a_reconnect_to_another_instance_under_traffic_misses_nothing_and_repeats_nothing() {
+    const SENT: usize = 60;
+    let cluster = Cluster::start(3).await;
+    let instances = &cluster.instances;
+    let mut first = instances[0].ws("bob").await;
+    instances[0].await_connections("bob", 1).await;
+    for i in 0..10 {
+        let via = &instances[i % 3];
+        via.send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+            .await;
+    }
+    // What a client does: `since` is the last message it got, in the order it got them.
+    let mut since = String::new();
+    for _ in 0..10 {
+        since = first.next_message().await["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    }
+    first.close().await;
+
+    let (progress, mut sent) = tokio::sync::watch::channel(10);
+    let sender = async {
+        for i in 10..SENT {
+            let via = &instances[i % 3];
+            via.send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+                .await;
+            progress.send_replace(i + 1);
+        }
+    };
+    let reconnect = async {
+        sent.wait_for(|sent| *sent >= 25).await.unwrap();
+        let mut again = instances[2]
+            .ws_with_query("bob", &format!("&since={since}"))
+            .await;
+        let got = contents(&mut again, SENT - 10).await;
+        (got, again)
+    };
+    let ((), (got, mut again)) = tokio::join!(sender, reconnect);
+    assert_eq!(got, numbered(10..SENT));
+    instances[1]
+        .send_ok("alice", &["alice", "bob"], "after")
+        .await;
+    assert_eq!(again.next_message().await["content"], "after");
+}
+
+/// More missed than `RECOVERY_LIMIT`: the notice, as in one process, then the live stream
+/// from where the replay would have ended.
+#[tokio::test]
+async fn a_reconnect_that_missed_too_much_is_told_to_page_history() {
+    let cluster = Cluster::start_with(2, &[("RECOVERY_LIMIT", "3")]).await;
+    let [a, b] = &cluster.instances[..] else {
+        unreachable!()
+    };
+    let group = ["alice", "bob", "carol"];
+    let (mut first, mut carol) = (a.ws("bob").await, b.ws("carol").await);
+    await_counts(a, json!({"bob": 1, "carol": 1})).await;
+    b.send_ok("alice", &group, "m0").await;
+    let since = first.next_message().await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    first.close().await;
+    for i in 1..5 {
+        a.send_ok("alice", &group, &format!("m{i}")).await;
+    }
+    // Carol's socket on b has them all: b's bus has read them.
+    assert_eq!(contents(&mut carol, 5).await, numbered(0..5));
+
+    let mut again = b.ws_with_query("bob", &format!("&since={since}")).await;
+    assert_eq!(
+        again.next_message().await["type"],
+        "recovery_limit_exceeded"
+    );
+    a.send_ok("alice", &group, "after").await;
+    assert_eq!(again.next_message().await["content"], "after");
+}
+
 /// The contents of the next `count` messages, failing on a repeated id.
 async fn contents(socket: &mut WsClient, count: usize) -> BTreeSet<String> {
     contents_in_order(socket, count).await.into_iter().collect()
@@ -196,9 +278,8 @@ async fn messages_accepted_while_nats_is_down_are_delivered_once_it_is_back() {
 
 /// NATS killed while one instance takes sends, and started again once both instances have
 /// noticed: every send is still answered 202, every message is stored once, the other
-/// instance's reader gets each once when NATS is back, and a reconnect with `since` replays
-/// the stretch of the outage. (On the instance that accepted them: recovery through another
-/// instance is the next step of cluster mode; see CONCURRENCY.md.)
+/// instance's reader gets each once when NATS is back, and a reconnect with `since` to that
+/// other instance replays the stretch of the outage.
 #[tokio::test]
 async fn nats_stopped_under_send_load_loses_nothing_and_doubles_nothing() {
     const SENDS: usize = 150;
@@ -262,7 +343,7 @@ async fn nats_stopped_under_send_load_loses_nothing_and_doubles_nothing() {
     assert_eq!(stored as usize, SENDS, "each once: ids are _id");
 
     let since = format!("&since={}", ids[49]);
-    let mut again = a.ws_with_query("bob", &since).await;
+    let mut again = b.ws_with_query("bob", &since).await;
     let replayed = contents_in_order(&mut again, SENDS - 50).await;
     assert_eq!(
         replayed,
@@ -411,7 +492,8 @@ async fn two_instances_given_one_instance_id_still_see_each_other() {
     await_counts(a, json!({"bob": 2})).await;
     await_counts(b, json!({"bob": 2})).await;
     for (i, via) in [a, b, a, b].into_iter().enumerate() {
-        via.send_ok("alice", &["alice", "bob"], &format!("m{i}")).await;
+        via.send_ok("alice", &["alice", "bob"], &format!("m{i}"))
+            .await;
     }
     assert_eq!(contents(&mut bob_on_a, 4).await, numbered(0..4));
     assert_eq!(contents(&mut bob_on_b, 4).await, numbered(0..4));

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use super::{EventBus, Item, Subscription};
+use super::{EventBus, Item, Recent, Subscription};
 use crate::model::Event;
 
 pub struct LocalBus {
@@ -29,6 +29,10 @@ impl EventBus for LocalBus {
     fn subscribe(&self) -> Subscription {
         Subscription(self.sender.subscribe())
     }
+
+    fn recent(&self, _since: &str, _keep: &dyn Fn(&Event) -> bool) -> Option<Recent> {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -45,6 +49,7 @@ mod tests {
         Arc::new(Event {
             message: Message::accept(&alice, &channel, content.into()),
             accepted_at: Instant::now(),
+            sequence: None,
         })
     }
 

@@ -23,6 +23,19 @@ pub trait EventBus: Send + Sync + 'static {
     /// thread, in commit order.
     fn publish(&self, event: Arc<Event>);
     fn subscribe(&self) -> Subscription;
+    /// The events after the one whose id is `since` that `keep` keeps, from what the bus
+    /// remembers of its live stream, and where that stream stands now: a reconnect's replay in
+    /// the bus's own order, exact at the seam. `None` when the bus remembers no such event
+    /// (the in-process bus remembers none; the outbox and the store have them).
+    fn recent(&self, since: &str, keep: &dyn Fn(&Event) -> bool) -> Option<Recent>;
+}
+
+/// What a bus remembers after a given event.
+pub struct Recent {
+    pub events: Vec<Arc<Event>>,
+    /// The stream sequence of the last event the bus has handed to its subscribers: every later
+    /// one reaches a socket registered now, live.
+    pub through: u64,
 }
 
 /// What a subscriber receives.

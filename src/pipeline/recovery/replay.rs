@@ -61,7 +61,7 @@ impl Replay {
         stream::unfold(Some(self), |replay| async move {
             let mut replay = replay?;
             match replay.next().await {
-                Ok(Some(message)) => Some((Ok(frame(message)), Some(replay))),
+                Ok(Some(message)) => Some((Ok(frame(&message)), Some(replay))),
                 Ok(None) => None,
                 Err(e) => {
                     tracing::warn!(error = %Chain(&e), "reconnect replay stopped: the store failed");
@@ -108,12 +108,12 @@ impl Replay {
     }
 }
 
-fn frame(message: Message) -> Early {
+pub(super) fn frame(message: &Message) -> Early {
     Early {
-        text: serde_json::to_string(&message)
+        text: serde_json::to_string(message)
             .expect("a message always serializes")
             .into(),
-        id: Some(Arc::from(message.id)),
+        id: Some(Arc::from(message.id.as_str())),
     }
 }
 
