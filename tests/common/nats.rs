@@ -2,7 +2,6 @@
 //! with a store directory of its own, so tests never share a stream.
 
 use std::net::TcpListener;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -57,10 +56,6 @@ impl NatsServer {
             });
         self.child = Some(child);
         self.await_jetstream().await;
-    }
-
-    pub fn store(&self) -> &Path {
-        self.store.path()
     }
 
     /// A client of this server's JetStream.
