@@ -975,7 +975,6 @@ fn allowed_origins(vars: &Vars<'_>) -> Result<Vec<String>, ConfigError> {
     Ok(origins)
 }
 
-/// `RUST_LOG`, checked here so that a filter the log cannot use is a configuration error.
 /// The NATS settings are checked whether or not `NATS_URL` turns cluster mode on, so that a
 /// mistake shows before the day it is used.
 fn cluster(vars: &Vars<'_>) -> Result<Option<ClusterSettings>, ConfigError> {
@@ -995,6 +994,7 @@ fn cluster(vars: &Vars<'_>) -> Result<Option<ClusterSettings>, ConfigError> {
     Ok(Some(settings).filter(|s| !s.nats_url.is_empty()))
 }
 
+/// `RUST_LOG`, checked here so that a filter the log cannot use is a configuration error.
 fn log_filter(vars: &Vars<'_>) -> Result<String, ConfigError> {
     let filter = vars.text(&RUST_LOG);
     match tracing_subscriber::EnvFilter::try_new(&filter) {
