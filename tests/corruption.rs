@@ -89,9 +89,7 @@ fn garble(conn: &Connection, path: &Path, pages: &[u64]) {
 /// Waits for `/ready` to answer 503 naming the corrupted file, and returns the body.
 async fn not_ready_because(server: &TestServer, file: &str, path: &Path) -> Value {
     let body = eventually(&format!("/ready names {file}"), || async {
-        let response = server.http.get(server.url("/ready")).send().await.unwrap();
-        let status = response.status();
-        let body: Value = response.json().await.unwrap();
+        let (status, body) = server.ready().await;
         (status == 503 && body["corrupted"].is_array()).then_some(body)
     })
     .await;

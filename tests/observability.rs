@@ -216,20 +216,13 @@ async fn every_request_carries_an_id() {
 async fn ready_waits_for_a_reachable_store_while_sends_are_still_accepted() {
     let _sends = SENDS.lock().await;
     let embedded = TestServer::start().await;
-    let ready = embedded
-        .http
-        .get(embedded.url("/ready"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200);
+    assert_eq!(embedded.ready().await.0, 200);
 
     // A MongoDB nobody listens for: chatd starts anyway and keeps messages in its outbox.
     let uri = common::unreachable_mongo_uri();
     let away = TestServer::start_with(&[("MONGO_URI", &uri), ("STORE_TIMEOUT", "300ms")]).await;
-    let not_ready = away.http.get(away.url("/ready")).send().await.unwrap();
-    assert_eq!(not_ready.status(), 503);
-    let body: Value = not_ready.json().await.unwrap();
+    let (status, body) = away.ready().await;
+    assert_eq!(status, 503);
     assert_eq!(body["error"], "not ready: the store is unreachable");
     away.send_ok("alice", &["alice"], "kept in the outbox")
         .await;

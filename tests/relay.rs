@@ -39,11 +39,6 @@ async fn unavailable_batches(server: &TestServer) -> f64 {
     metric(&server.scrape().await, UNAVAILABLE_BATCHES)
 }
 
-async fn ready(server: &TestServer) -> (u16, Value) {
-    let response = server.http.get(server.url("/ready")).send().await.unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 fn ids(messages: &[Value]) -> BTreeSet<String> {
     messages
         .iter()
@@ -122,7 +117,7 @@ async fn an_unusable_embedded_store_holds_messages_until_it_is_restored() {
     })
     .await;
     let body = eventually("/ready says the store is down", || async {
-        let (status, body) = ready(&server).await;
+        let (status, body) = server.ready().await;
         (status == 503).then_some(body)
     })
     .await;
@@ -145,7 +140,7 @@ async fn an_unusable_embedded_store_holds_messages_until_it_is_restored() {
     let stored = server.stored("bob", "alice,bob", sent.len()).await;
     assert_eq!(ids(&stored), ids(&sent), "every message is stored, once");
     eventually("the store is ready again", || async {
-        (ready(&server).await.0 == 200).then_some(())
+        (server.ready().await.0 == 200).then_some(())
     })
     .await;
     // History shows a message once the store has it; the outbox forgets it a moment later.

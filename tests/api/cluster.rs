@@ -67,16 +67,6 @@ impl Cluster {
     }
 }
 
-async fn ready(instance: &TestServer) -> (u16, Value) {
-    let response = instance
-        .http
-        .get(instance.url("/ready"))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 /// Polls `POST /api/connections` on `instance` until it answers `expected`.
 async fn await_counts(instance: &TestServer, expected: Value) {
     let users: Vec<&str> = expected
@@ -250,7 +240,7 @@ async fn messages_accepted_while_nats_is_down_are_delivered_once_it_is_back() {
         (status == 503 && body["error"].as_str()?.contains("NATS")).then_some(())
     };
     eventually("/ready says NATS is lost", || async {
-        bus_lost(ready(a).await)
+        bus_lost(a.ready().await)
     })
     .await;
     assert_eq!(
@@ -266,7 +256,7 @@ async fn messages_accepted_while_nats_is_down_are_delivered_once_it_is_back() {
 
     let a = &cluster.instances[0];
     eventually("/ready again", || async {
-        (ready(a).await.0 == 200).then_some(())
+        (a.ready().await.0 == 200).then_some(())
     })
     .await;
     assert_eq!(contents(&mut bob_on_b, 5).await, numbered(1..6));
@@ -312,7 +302,7 @@ async fn nats_stopped_under_send_load_loses_nothing_and_doubles_nothing() {
         nats.kill();
         for instance in [a, b] {
             eventually("the instance notices", || async {
-                (ready(instance).await.0 == 503).then_some(())
+                (instance.ready().await.0 == 503).then_some(())
             })
             .await;
         }

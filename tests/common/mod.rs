@@ -101,6 +101,18 @@ impl TestServer {
         Some(format!("http://{addr}/metrics"))
     }
 
+    /// `GET /ready`'s status and body, whichever it is.
+    pub async fn ready(&self) -> (u16, Value) {
+        let response = self
+            .http
+            .get(self.url("/ready"))
+            .send()
+            .await
+            .expect("GET /ready");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
     pub async fn health(&self) -> Value {
         let response = self
             .http
