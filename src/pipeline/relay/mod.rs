@@ -8,6 +8,7 @@
 
 mod backoff;
 mod dead_letter_mover;
+mod outbox_ledger;
 mod retries;
 mod writer;
 
@@ -27,6 +28,7 @@ use crate::store::{MessageStore, StoreHealth};
 use crate::telemetry;
 pub use backoff::Backoff;
 use dead_letter_mover::DeadLetterMover;
+use outbox_ledger::OutboxLedger;
 use retries::RetrySet;
 use writer::BatchWriter;
 
@@ -41,7 +43,7 @@ const MIN_RETRY_CAPACITY: usize = 1024;
 
 pub struct Relay {
     outbox: Arc<Outbox>,
-    writer: Arc<BatchWriter>,
+    writer: Arc<BatchWriter<OutboxLedger>>,
     mover: DeadLetterMover,
     backoff: Backoff,
     settings: RelaySettings,
@@ -68,12 +70,15 @@ impl Relay {
     ) -> Self {
         let dead_letters = Arc::new(Notify::new());
         let writer = BatchWriter {
-            outbox: outbox.clone(),
+            ledger: OutboxLedger {
+                outbox: outbox.clone(),
+                backoff,
+                dead_letters: dead_letters.clone(),
+            },
             store: store.clone(),
             health,
             backoff,
             max_attempts: settings.retry_attempts,
-            dead_letters: dead_letters.clone(),
         };
         let mover = DeadLetterMover {
             outbox: outbox.clone(),

@@ -1,33 +1,70 @@
-//! Writes one batch to the store and records the outcome of every entry in the outbox.
+//! Writes one batch to the store and records the outcome of every entry in its [`Ledger`].
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use async_trait::async_trait;
 use metrics::{counter, histogram};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::Backoff;
 use crate::error::Chain;
-use crate::model::Failure;
-use crate::pipeline::outbox::{Outbox, OutboxError, PendingEntry};
+use crate::model::{Failure, Message};
 use crate::store::{MessageStore, StoreError, StoreHealth, WriteOutcome};
 use crate::telemetry::{self, BatchResult};
 
-pub(super) struct BatchWriter {
-    pub outbox: Arc<Outbox>,
+/// Where the relay's entries wait until the store has them, and where the outcome of each
+/// write is recorded: the local outbox ([`super::OutboxLedger`]), or in cluster mode the
+/// stream's shared consumer ([`super::stream`]).
+#[async_trait]
+pub(super) trait Ledger: Send + Sync + 'static {
+    type Entry: Send + Sync + 'static;
+
+    fn message(entry: &Self::Entry) -> &Message;
+
+    /// How many times the store refused this entry before.
+    fn attempts(entry: &Self::Entry) -> u32;
+
+    /// The store has these entries. False if `stop` came first.
+    async fn stored(&self, entries: Vec<Self::Entry>, stop: &CancellationToken) -> bool;
+
+    /// The store refused `entry` for the `attempts`-th time, the last one if `dead`. Returns
+    /// whether the relay's dispatcher retries it after its backoff, or `Stopped`.
+    async fn refused(
+        &self,
+        entry: Self::Entry,
+        failure: Failure,
+        attempts: u32,
+        dead: bool,
+        stop: &CancellationToken,
+    ) -> Refused<Self::Entry>;
+
+    /// The store is away and these entries wait in a writer until it is back: they stay this
+    /// writer's meanwhile.
+    async fn waiting(&self, _entries: Vec<&Self::Entry>) {}
+}
+
+/// What became of a refused entry.
+pub(super) enum Refused<E> {
+    /// The dispatcher retries it after its backoff.
+    RetryLater(E),
+    /// Recorded: retried elsewhere, or dead.
+    Recorded,
+    Stopped,
+}
+
+pub(super) struct BatchWriter<L> {
+    pub ledger: L,
     pub store: Arc<dyn MessageStore>,
     pub health: Arc<StoreHealth>,
     pub backoff: Backoff,
     pub max_attempts: u32,
-    /// Woken when an entry is dead-lettered, so it moves to the store's dead letters at once.
-    pub dead_letters: Arc<Notify>,
 }
 
-impl BatchWriter {
-    /// Writes a batch once and returns the entries the store refused that have attempts left,
-    /// their failure already recorded in the outbox. The caller retries them after their
-    /// backoff; this writer is free for other work meanwhile. Returns early at `stop`.
+impl<L: Ledger> BatchWriter<L> {
+    /// Writes a batch once and returns the entries the store refused that the dispatcher
+    /// retries after their backoff, their failure already recorded; this writer is free for
+    /// other work meanwhile. Returns early at `stop`.
     ///
     /// Only a message the store refuses on its own spends an attempt. An unavailable store is
     /// nobody's fault: the batch waits (backing off as the outage goes on) and spends nothing.
@@ -35,9 +72,9 @@ impl BatchWriter {
     /// until the message that makes it fail is written alone.
     pub(super) async fn write(
         &self,
-        batch: Vec<PendingEntry>,
+        batch: Vec<L::Entry>,
         stop: &CancellationToken,
-    ) -> Vec<PendingEntry> {
+    ) -> Vec<L::Entry> {
         let mut refused = Vec::new();
         // Parts still to write, the next one last.
         let mut parts = vec![batch];
@@ -50,6 +87,9 @@ impl BatchWriter {
                 Err(e @ StoreError::Unavailable(_)) => {
                     let outages = self.health.write_unavailable();
                     tracing::warn!(error = %Chain(&e), outages, "store unavailable, batch waits in the outbox");
+                    self.ledger
+                        .waiting(parts.iter().flatten().chain(&part).collect())
+                        .await;
                     if !self.backoff.wait(outages, stop).await {
                         break;
                     }
@@ -81,8 +121,8 @@ impl BatchWriter {
 
     /// Writes a part of a batch once: one outcome per message, or why the part failed as a
     /// whole.
-    async fn insert(&self, part: &[PendingEntry]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let messages: Vec<_> = part.iter().map(|e| e.message.clone()).collect();
+    async fn insert(&self, part: &[L::Entry]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let messages: Vec<_> = part.iter().map(|e| L::message(e).clone()).collect();
         let writing = Instant::now();
         let written = self.store.insert_batch(&messages).await;
         histogram!(telemetry::PERSIST_DURATION).record(writing.elapsed());
@@ -111,29 +151,29 @@ impl BatchWriter {
         written
     }
 
-    /// Records each entry's outcome in the outbox and adds the refused entries that have
-    /// attempts left to `refused`; false if `stop` came first.
+    /// Records each entry's outcome and adds the refused entries the dispatcher retries to
+    /// `refused`; false if `stop` came first.
     async fn record(
         &self,
-        part: Vec<PendingEntry>,
+        part: Vec<L::Entry>,
         outcomes: Vec<WriteOutcome>,
-        refused: &mut Vec<PendingEntry>,
+        refused: &mut Vec<L::Entry>,
         stop: &CancellationToken,
     ) -> bool {
         let mut stored = Vec::new();
-        for (mut entry, outcome) in part.into_iter().zip(outcomes) {
+        for (entry, outcome) in part.into_iter().zip(outcomes) {
             let failure = match outcome {
                 Ok(()) => {
-                    stored.push(entry.seq);
+                    stored.push(entry);
                     continue;
                 }
                 Err(failure) => failure,
             };
-            entry.attempts += 1;
-            let dead = entry.attempts >= self.max_attempts;
+            let attempts = L::attempts(&entry) + 1;
+            let dead = attempts >= self.max_attempts;
             // The store's text can quote the message (a duplicate key's value), so only its
             // kind is logged above debug.
-            let (id, attempts, kind) = (&entry.message.id, entry.attempts, &failure.kind);
+            let (id, kind) = (&L::message(&entry).id, &failure.kind);
             tracing::debug!(%id, error = %failure.message, "store refused a message");
             if dead {
                 counter!(telemetry::DEAD_LETTERS).increment(1);
@@ -141,54 +181,16 @@ impl BatchWriter {
             } else {
                 tracing::warn!(%id, attempts, %kind, "message write failed, will retry");
             }
-            let seq = entry.seq;
-            let recorded = self
-                .until_recorded(stop, || {
-                    self.outbox
-                        .record_failure(seq, failure.clone(), attempts, dead)
-                })
-                .await;
-            if !recorded {
-                return false;
-            }
-            if dead {
-                self.dead_letters.notify_one();
-            } else {
-                refused.push(entry);
+            match self
+                .ledger
+                .refused(entry, failure, attempts, dead, stop)
+                .await
+            {
+                Refused::RetryLater(entry) => refused.push(entry),
+                Refused::Recorded => {}
+                Refused::Stopped => return false,
             }
         }
-        stored.is_empty()
-            || self
-                .until_recorded(stop, || self.outbox.mark_stored(stored.clone()))
-                .await
-    }
-
-    /// Retries an outbox update until it succeeds; false if `stop` came first. The dispatcher's
-    /// cursor has moved past these entries, so giving up would strand them until a restart.
-    /// In an outbox found corrupted, that restart is due anyway and the update may never
-    /// succeed (a damaged page beside the row): it is given up so that this writer goes on
-    /// draining what can still be read. The store has those entries, or they wait in the retry
-    /// set; the rows stay in the outbox and would only be written again, idempotently.
-    async fn until_recorded<F, Fut>(&self, stop: &CancellationToken, mut update: F) -> bool
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<(), OutboxError>>,
-    {
-        let attempt = || {
-            let updated = update();
-            async move {
-                match updated.await {
-                    Err(e) if self.outbox.is_corrupted() => {
-                        tracing::warn!(error = %Chain(&e), "the outbox is corrupted: its bookkeeping is given up");
-                        Ok(())
-                    }
-                    updated => updated,
-                }
-            }
-        };
-        let failed = |e: &OutboxError, failures| {
-            tracing::error!(error = %Chain(e), failures, "updating the outbox failed, retrying");
-        };
-        self.backoff.retry(stop, attempt, failed).await.is_some()
+        stored.is_empty() || self.ledger.stored(stored, stop).await
     }
 }
