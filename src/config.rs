@@ -234,7 +234,7 @@ pub const NATS_CONNECT_TIMEOUT: Span = span(
 pub const NATS_STREAM: Setting = text(
     "NATS_STREAM",
     "CHATD_MESSAGES",
-    "the JetStream stream that carries accepted messages between instances",
+    "the JetStream stream that is the cluster's outbox (with <name>_KEYS and <name>_INSTANCES beside it)",
 );
 pub const NATS_REPLICAS: Number<usize> = number(
     "NATS_REPLICAS",

@@ -273,6 +273,7 @@ pub fn message_from_row(row: &Row<'_>, first: usize) -> rusqlite::Result<Message
             rusqlite::Error::FromSqlConversionFailure(first + 3, Type::Text, e.into())
         })?,
         created_at: timestamp(row, first + 4)?,
+        sequence: None,
     })
 }
 

@@ -36,11 +36,10 @@ pub const STORAGE_CORRUPTED: &str = "chat_storage_corrupted";
 pub const OUTBOX_ROWS_SKIPPED: &str = "chat_outbox_rows_skipped_total";
 pub const INSTANCE_INFO: &str = "chat_instance_info";
 pub const BUS_PUBLISHED: &str = "chat_bus_published_total";
-pub const BUS_PUBLISH_RETRIES: &str = "chat_bus_publish_retries_total";
+pub const BUS_PUBLISH_FAILURES: &str = "chat_bus_publish_failures_total";
 pub const BUS_RECEIVED: &str = "chat_bus_received_total";
-pub const BUS_DROPPED: &str = "chat_bus_dropped_total";
 pub const BUS_CONNECTED: &str = "chat_bus_connected";
-pub const BUS_OUTGOING: &str = "chat_bus_outgoing";
+pub const STREAM_PENDING: &str = "chat_stream_pending";
 
 /// A labelled counter's label values as one enum: where the counter is incremented and where it
 /// is registered at zero read the same set, so no value can be emitted without its series
@@ -267,11 +266,11 @@ fn describe() {
     );
     describe_counter!(
         BUS_PUBLISHED,
-        "cluster mode: messages this instance published to NATS and NATS acknowledged"
+        "cluster mode: messages this instance published to the NATS stream and JetStream stored"
     );
     describe_counter!(
-        BUS_PUBLISH_RETRIES,
-        "cluster mode: publishes to NATS retried after a failure"
+        BUS_PUBLISH_FAILURES,
+        "cluster mode: sends refused with 503 because JetStream did not confirm storing them"
     );
     describe_counter!(
         BUS_RECEIVED,
@@ -282,12 +281,8 @@ fn describe() {
         "1 while the bus reaches every instance (always, in-process); 0 while NATS is unreachable"
     );
     describe_gauge!(
-        BUS_OUTGOING,
-        "cluster mode: messages waiting to be published to NATS"
-    );
-    describe_counter!(
-        BUS_DROPPED,
-        "cluster mode: messages not carried to other instances live, the bus's queue being full"
+        STREAM_PENDING,
+        "cluster mode: messages in the NATS stream the relays have not stored yet, cluster-wide"
     );
 }
 
@@ -305,9 +300,8 @@ fn register() {
         RATE_LIMITED,
         OUTBOX_ROWS_SKIPPED,
         BUS_PUBLISHED,
-        BUS_PUBLISH_RETRIES,
+        BUS_PUBLISH_FAILURES,
         BUS_RECEIVED,
-        BUS_DROPPED,
     ] {
         counter!(name).absolute(0);
     }
@@ -326,7 +320,7 @@ fn register() {
         STORE_UP,
         DEAD_LETTER_BACKLOG,
         BUS_CONNECTED,
-        BUS_OUTGOING,
+        STREAM_PENDING,
     ] {
         gauge!(name).set(0.0);
     }
@@ -367,11 +361,10 @@ mod tests {
             STORAGE_CORRUPTED,
             OUTBOX_ROWS_SKIPPED,
             BUS_PUBLISHED,
-            BUS_PUBLISH_RETRIES,
+            BUS_PUBLISH_FAILURES,
             BUS_RECEIVED,
-            BUS_DROPPED,
             BUS_CONNECTED,
-            BUS_OUTGOING,
+            STREAM_PENDING,
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

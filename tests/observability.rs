@@ -43,11 +43,10 @@ const REQUIRED: &[&str] = &[
     "chat_outbox_rows_skipped_total",
     "chat_instance_info",
     "chat_bus_published_total",
-    "chat_bus_publish_retries_total",
+    "chat_bus_publish_failures_total",
     "chat_bus_received_total",
-    "chat_bus_dropped_total",
     "chat_bus_connected",
-    "chat_bus_outgoing",
+    "chat_stream_pending",
 ];
 
 async fn scrape(server: &TestServer, url: &str) -> String {

@@ -162,6 +162,7 @@ fn http_state(
         instance: Arc::from(config.instance_id.as_str()),
         cluster: pipeline.cluster.clone(),
         bus: pipeline.bus.clone(),
+        stream: pipeline.stream.clone(),
         limiter,
         admin_token: config.admin_token.as_deref().map(Arc::from),
         limits: config.limits,

@@ -1,10 +1,15 @@
 //! Builds the pipeline in reading order (outbox, bus, fan-out, relay with its dead-letter
 //! mover, behind the store) and starts its tasks. What it returns is what HTTP needs.
 //!
-//! One switch chooses the bus: with `NATS_URL` the instance joins a cluster and its bus is the
-//! NATS stream the instances share ([`NatsBus`]); without, the in-process [`LocalBus`].
+//! One switch chooses the outbox and the bus: with `NATS_URL` the instance joins a cluster,
+//! whose outbox is the NATS stream the instances share ([`StreamOutbox`], drained by every
+//! instance's [`StreamRelay`]) and whose bus reads that stream ([`NatsBus`]); without, the
+//! local outbox and the in-process [`LocalBus`]. The local outbox is opened either way: in
+//! cluster mode it takes no new message, and its relay stores what an earlier run of this
+//! instance, on its own, left in it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -19,17 +24,24 @@ use crate::integrity::Integrity;
 use crate::pipeline::accept::Acceptor;
 use crate::pipeline::bus::{EventBus, LocalBus, NatsBus};
 use crate::pipeline::fanout;
-use crate::pipeline::outbox::Outbox;
+use crate::pipeline::outbox::{OnCommit, Outbox, StreamOutbox};
+use crate::pipeline::relay::stream::StreamRelay;
 use crate::pipeline::relay::{Backoff, Relay};
 use crate::store::{self, DeadLetters, MessageStore, StoreError, StoreHealth};
 
 /// The outbox, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";
+/// Cluster mode: how long the shared consumer waits on a relay that holds a message and says
+/// nothing, beyond the longest a relay can be silent (one store call, then one backoff), before
+/// it hands the message to another relay.
+const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
 /// The pipeline, running.
 pub(super) struct Pipeline {
     pub acceptor: Arc<Acceptor>,
     pub outbox: Arc<Outbox>,
+    /// Cluster mode: the outbox the instances share.
+    pub stream: Option<Arc<StreamOutbox>>,
     pub store: Arc<dyn MessageStore>,
     pub store_health: Arc<StoreHealth>,
     pub dead_letters: Arc<DeadLetters>,
@@ -56,21 +68,28 @@ impl Pipeline {
         let backoff = Backoff::new(config.relay.retry_base, config.relay.retry_max);
         let cluster = match &config.cluster {
             Some(settings) => {
-                let cluster = Cluster::connect(settings, &config.instance_id)
-                    .await
-                    .context("joining the cluster")?;
+                let cluster =
+                    Cluster::connect(settings, &config.instance_id, config.idempotency_window)
+                        .await
+                        .context("joining the cluster")?;
                 tracing::info!(nats = %settings.nats_url, stream = %settings.stream, "cluster mode: the bus is the NATS stream");
                 Some(cluster)
             }
             None => None,
         };
-        let bus: Arc<dyn EventBus> = match &cluster {
+        let (bus, on_commit, stream): (Arc<dyn EventBus>, OnCommit, _) = match &cluster {
             Some(cluster) => {
+                let ack_wait = config.relay.retry_max + config.store.timeout + ACK_WAIT_MARGIN;
+                let stream = StreamOutbox::open(cluster, ack_wait).await?;
                 let bus =
                     NatsBus::start(cluster, config.bus_capacity, backoff, &tasks, &stop).await?;
-                Arc::new(bus)
+                (Arc::new(bus), Box::new(|_| {}), Some(Arc::new(stream)))
             }
-            None => Arc::new(LocalBus::new(config.bus_capacity)),
+            None => {
+                let bus = Arc::new(LocalBus::new(config.bus_capacity));
+                let publish = bus.clone();
+                (bus, Box::new(move |event| publish.publish(event)), None)
+            }
         };
         let outbox = Arc::new(
             Outbox::open(
@@ -78,10 +97,7 @@ impl Pipeline {
                 config.outbox_queue,
                 &config.instance_id,
                 config.idempotency_window,
-                Box::new({
-                    let bus = bus.clone();
-                    move |event| bus.publish(event)
-                }),
+                on_commit,
                 integrity.clone(),
             )
             .context("opening the outbox")?,
@@ -105,7 +121,7 @@ impl Pipeline {
         start_relay(
             config,
             backoff,
-            &outbox,
+            (&outbox, stream.as_ref()),
             &store,
             &store_health,
             &tasks,
@@ -118,7 +134,11 @@ impl Pipeline {
             census: Arc::new(Census::new(hub.clone(), cluster.clone())),
             cluster,
             bus,
-            acceptor: Arc::new(Acceptor::new(outbox.clone())),
+            acceptor: Arc::new(match &stream {
+                Some(stream) => Acceptor::stream(stream.clone()),
+                None => Acceptor::local(outbox.clone()),
+            }),
+            stream,
             dead_letters: Arc::new(DeadLetters::new(store.clone())),
             outbox,
             store,
@@ -157,14 +177,15 @@ async fn join_census(
     Ok(())
 }
 
-/// Starts the relay once the store's migrations are applied: before serving when the store is
-/// there, else in the background, retrying while messages wait in the outbox. Any other
-/// migration failure stops start-up. One [`Backoff`] paces the relay's retries, its dead-letter
-/// mover, the migrations' retries and the NATS bus's.
+/// Starts the relay (and in cluster mode the stream's) once the store's migrations are
+/// applied: before serving when the store is there, else in the background, retrying while
+/// messages wait in the outbox. Any other migration failure stops start-up. One [`Backoff`]
+/// paces the relays' retries, the dead-letter mover, the migrations' retries and the NATS
+/// bus's.
 async fn start_relay(
     config: &Config,
     backoff: Backoff,
-    outbox: &Arc<Outbox>,
+    (outbox, stream): (&Arc<Outbox>, Option<&Arc<StreamOutbox>>),
     store: &Arc<dyn MessageStore>,
     health: &Arc<StoreHealth>,
     tasks: &TaskTracker,
@@ -177,6 +198,16 @@ async fn start_relay(
         config.relay,
         backoff,
     );
+    let stream_relay = stream.map(|stream| {
+        StreamRelay::new(
+            stream.clone(),
+            store.clone(),
+            health.clone(),
+            config.relay,
+            backoff,
+            &config.instance_id,
+        )
+    });
     let already_migrated = match store.migrate().await {
         Ok(applied) => {
             migrated(store.as_ref(), health, applied);
@@ -200,7 +231,12 @@ async fn start_relay(
             };
             migrated(store.as_ref(), &health, applied);
         }
-        relay.run(stop).await;
+        match stream_relay {
+            Some(stream_relay) => {
+                tokio::join!(relay.run(stop.clone()), stream_relay.run(stop));
+            }
+            None => relay.run(stop).await,
+        }
     });
     Ok(())
 }

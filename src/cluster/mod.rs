@@ -36,6 +36,8 @@ pub struct Cluster {
     pub subject: String,
     /// The live instances' heartbeats.
     pub instances: jetstream::stream::Stream,
+    /// The idempotency keys' claims, each on a subject of its own.
+    pub claims: jetstream::stream::Stream,
     /// Where instances ask each other how many sockets users have (core NATS, outside any
     /// stream).
     pub census_subject: String,
@@ -64,10 +66,14 @@ impl Cluster {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Connects and creates the stream if it is not there yet, all within
-    /// `NATS_CONNECT_TIMEOUT`. Once connected, the client reconnects by itself for as long as
-    /// the instance runs.
-    pub async fn connect(settings: &ClusterSettings, instance: &str) -> Result<Self, ClusterError> {
+    /// Connects and creates the streams if they are not there yet (idempotency keys kept for
+    /// `key_window`), all within `NATS_CONNECT_TIMEOUT`. Once connected, the client reconnects
+    /// by itself for as long as the instance runs.
+    pub async fn connect(
+        settings: &ClusterSettings,
+        instance: &str,
+        key_window: Duration,
+    ) -> Result<Self, ClusterError> {
         let timeout = settings.connect_timeout;
         let url = settings.nats_url.clone();
         let (connected, connections) = watch::channel(0);
@@ -94,6 +100,7 @@ impl Cluster {
             let jetstream = jetstream::new(client.clone());
             let stream = stream::messages(&jetstream, settings).await?;
             let instances = stream::instances(&jetstream, settings, presence::TTL).await?;
+            let claims = stream::claims(&jetstream, settings, key_window).await?;
             Ok(Self {
                 instance: instance.to_string(),
                 origin: format!("{instance}/{:016x}", rand::random::<u64>()),
@@ -102,6 +109,7 @@ impl Cluster {
                 stream,
                 subject: stream::subject(&settings.stream),
                 instances,
+                claims,
                 census_subject: format!("_CHATD.{}.connections", settings.stream),
                 connections,
             })

@@ -11,10 +11,10 @@ use crate::config::ClusterSettings;
 /// is retried after a lost acknowledgement is stored once. (A repeat from longer ago is caught
 /// by the readers; see `pipeline::bus::nats`.)
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// What the stream keeps. It carries live delivery (history is in the store), so the oldest
-/// messages go first: an hour covers any reader's reconnect, and the size bound keeps a burst
-/// from filling the NATS server's disk.
-const MAX_AGE: Duration = Duration::from_secs(60 * 60);
+/// The most the stream holds. It is the cluster's outbox, so nothing leaves it before a relay
+/// has stored it (the relays remove what they stored, see `pipeline::relay::stream`): when it
+/// is full, JetStream refuses new messages (their senders hear 503) rather than drop old ones.
+/// 8 GiB is about 20 million typical messages, an hour of 5,000 messages/s with the store away.
 const MAX_BYTES: i64 = 8 << 30;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,18 +49,26 @@ pub async fn messages(
     let name = &settings.stream;
     let config = stream::Config {
         name: name.clone(),
-        description: Some("chatd: accepted messages, for every instance".into()),
+        description: Some("chatd: accepted messages, the cluster's outbox".into()),
         subjects: vec![format!("{name}.>")],
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
-        discard: stream::DiscardPolicy::Old,
-        max_age: MAX_AGE,
+        discard: stream::DiscardPolicy::New,
         max_bytes: MAX_BYTES,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: settings.replicas,
         ..Default::default()
     };
-    ensure(jetstream, config, &subject(name)).await
+    let stream = ensure(jetstream, config, &subject(name)).await?;
+    let kept = &stream.cached_info().config;
+    if kept.discard != stream::DiscardPolicy::New || !kept.max_age.is_zero() {
+        tracing::warn!(
+            stream = %name,
+            "the stream drops old messages (an earlier chatd's settings): one the relays have not stored yet could be lost; \
+             set it to discard new messages with no age limit (nats stream edit) or remove it"
+        );
+    }
+    Ok(stream)
 }
 
 /// The heartbeats of the live instances: one message per instance (the newest), each gone
@@ -81,6 +89,29 @@ pub async fn instances(
         discard: stream::DiscardPolicy::Old,
         max_messages_per_subject: 1,
         max_age: ttl,
+        num_replicas: settings.replicas,
+        ..Default::default()
+    };
+    ensure(jetstream, config, &format!("{name}.x")).await
+}
+
+/// The idempotency keys' claims (see `pipeline::outbox::stream`): one message per claimed key
+/// (its subject), each kept for `window`, on disk beside the messages.
+pub async fn claims(
+    jetstream: &jetstream::Context,
+    settings: &ClusterSettings,
+    window: Duration,
+) -> Result<stream::Stream, StreamError> {
+    let name = format!("{}_KEYS", settings.stream);
+    let config = stream::Config {
+        name: name.clone(),
+        description: Some("chatd: Idempotency-Key claims, each with its first message".into()),
+        subjects: vec![format!("{name}.*")],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        discard: stream::DiscardPolicy::Old,
+        max_messages_per_subject: 1,
+        max_age: window,
         num_replicas: settings.replicas,
         ..Default::default()
     };

@@ -78,6 +78,10 @@ impl From<OutboxError> for ApiError {
             OutboxError::Overloaded => Self::unavailable("overloaded, try again shortly"),
             OutboxError::Closed => Self::unavailable("shutting down"),
             OutboxError::KeyReused => Self::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+            OutboxError::Stream(_) => {
+                tracing::warn!(error = %Chain(&e), "the cluster's stream did not take a message");
+                Self::unavailable("the message could not be made durable in the cluster, try again")
+            }
             OutboxError::Storage(_) | OutboxError::Thread(..) | OutboxError::Read(_) => {
                 tracing::error!(error = %Chain(&e), "could not append to the outbox");
                 Self::unavailable("the message could not be stored, try again")

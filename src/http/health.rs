@@ -12,7 +12,7 @@ use super::{ApiError, AppState};
 
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
     let outbox = state.outbox.counts();
-    Json(json!({
+    let mut health = json!({
         "status": "ok",
         "time": Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
         "store": { "backend": state.store.backend(), "up": state.store_health.is_up() },
@@ -23,14 +23,20 @@ pub async fn health(State(state): State<AppState>) -> Json<Value> {
             Some(cluster) => json!({ "kind": "nats", "connected": cluster.is_connected() }),
             None => json!({ "kind": "local" }),
         },
-    }))
+    });
+    if let Some(stream) = &state.stream {
+        // The outbox the instances share, and what waits in it to be stored.
+        health["stream"] = json!({ "pending": stream.waiting() });
+    }
+    Json(health)
 }
 
 /// `GET /ready`: 200 once the store is reachable and its migrations are applied. A database
 /// file found corrupted while running makes it 503 for good, naming the file and what to do:
 /// a load balancer takes the instance out, and only an operator can bring it back. In cluster
-/// mode, losing NATS makes it 503 too: the instance's sockets would miss the other instances'
-/// messages, so a load balancer should send them elsewhere until it is back.
+/// mode, losing NATS makes it 503 too: the instance can make no message durable and its
+/// sockets would miss the other instances' messages, so a load balancer should send traffic
+/// elsewhere until it is back.
 pub async fn ready(State(state): State<AppState>) -> Response {
     let corrupted = state.integrity.found();
     if !corrupted.is_empty() {
@@ -55,7 +61,7 @@ pub async fn ready(State(state): State<AppState>) -> Response {
         && !cluster.is_connected()
     {
         return ApiError::unavailable(
-            "not ready: NATS (the cluster's bus) is unreachable; chatd reconnects by itself",
+            "not ready: NATS (the cluster's outbox and bus) is unreachable, sends are refused; chatd reconnects by itself",
         )
         .into_response();
     }

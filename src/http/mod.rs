@@ -36,7 +36,7 @@ use crate::hub::Hub;
 use crate::integrity::Integrity;
 use crate::pipeline::accept::Acceptor;
 use crate::pipeline::bus::EventBus;
-use crate::pipeline::outbox::Outbox;
+use crate::pipeline::outbox::{Outbox, StreamOutbox};
 use crate::store::DeadLetters;
 use crate::store::MessageStore;
 use crate::store::StoreHealth;
@@ -68,6 +68,8 @@ pub struct AppState {
     pub cluster: Option<Cluster>,
     /// What reconnect recovery asks for the events it remembers.
     pub bus: Arc<dyn EventBus>,
+    /// Cluster mode: the outbox the instances share.
+    pub stream: Option<Arc<StreamOutbox>>,
     pub limiter: Arc<RateLimiter>,
     pub dead_letters: Arc<DeadLetters>,
     pub metrics: Metrics,

@@ -81,10 +81,14 @@ pub async fn upgrade(
                             "too many reconnects are recovering at once, try again",
                         )
                     })?;
+            let sources = recovery::Sources {
+                store: state.store.clone(),
+                outbox: &state.outbox,
+                bus: state.bus.as_ref(),
+                stream: state.stream.as_deref(),
+            };
             recovery::missed(
-                state.store.clone(),
-                &state.outbox,
-                state.bus.as_ref(),
+                sources,
                 registration.user(),
                 since,
                 state.recovery_limit,

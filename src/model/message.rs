@@ -18,6 +18,11 @@ pub struct Message {
     pub participants: Vec<String>,
     #[serde(with = "rfc3339_millis")]
     pub created_at: DateTime<Utc>,
+    /// In cluster mode, the message's place in the stream the instances share: the one order
+    /// every instance delivers in, and the recovery cursor's. `None` in one process, where ids
+    /// are that order. Kept in the store beside the message, never sent to clients.
+    #[serde(skip)]
+    pub sequence: Option<u64>,
 }
 
 impl Message {
@@ -36,6 +41,7 @@ impl Message {
                 .map(UserId::to_string)
                 .collect(),
             created_at: uuid_timestamp(&id).unwrap_or_else(Utc::now),
+            sequence: None,
         }
     }
 }
@@ -52,9 +58,6 @@ pub fn uuid_timestamp(id: &Uuid) -> Option<DateTime<Utc>> {
 pub struct Event {
     pub message: Message,
     pub accepted_at: Instant,
-    /// In cluster mode, the message's place in the stream the instances share: the one order
-    /// every instance delivers in. `None` in one process, where ids are that order.
-    pub sequence: Option<u64>,
 }
 
 /// Timestamps as the contract writes them: RFC 3339, UTC, milliseconds.

@@ -47,7 +47,7 @@ fn deliver(hub: &Hub, event: &Event) {
             .expect("a message always serializes")
             .into(),
         accepted_at: event.accepted_at,
-        sequence: event.sequence,
+        sequence: event.message.sequence,
     };
     let delivery = hub.deliver(recipients, &frame);
     if delivery.evicted > 0 {
@@ -96,7 +96,6 @@ mod tests {
             bus.publish(Arc::new(Event {
                 message: Message::accept(&alice, &channel, format!("m{i}")),
                 accepted_at: Instant::now(),
-                sequence: None,
             }));
         }
         let stop = CancellationToken::new();

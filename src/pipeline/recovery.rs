@@ -26,14 +26,10 @@
 //!    argument above holds for each: a message of the range was in (1) or is in the store for
 //!    every page read. One that is in both is sent once.
 //!
-//! That holds for one instance, whose journal orders its ids; instances of a cluster order
-//! their own ids only. In cluster mode the live stream's order is the NATS stream's, and the
-//! bus remembers its newest events in that order ([`EventBus::recent`]): when `since` is one
-//! of them, the replay is what followed it there, and the seam is the stream sequence the bus
-//! had reached, exact whichever instance accepted each message. An older `since` falls back
-//! to the outbox and the store as above, cut at this instance's horizon, which can miss a
-//! message that another instance accepted around the reconnect and had not stored yet.
+//! That holds for one instance, whose journal orders its ids. In cluster mode the order is the
+//! NATS stream's, and the cut is a stream sequence: see [`cluster`].
 
+mod cluster;
 mod replay;
 
 use std::collections::BTreeSet;
@@ -43,7 +39,7 @@ use futures_util::stream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::bus::{EventBus, Recent};
-use super::outbox::{Outbox, OutboxError};
+use super::outbox::{Outbox, OutboxError, StreamOutbox};
 use crate::hub::{Early, Prelude, Seam};
 use crate::model::{Event, UserId};
 use crate::store::{MessageStore, StoreError};
@@ -56,6 +52,9 @@ pub enum RecoveryError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Outbox(#[from] OutboxError),
+    /// Cluster mode: the stream could not say what it holds that the store may not have yet.
+    #[error("reading the cluster's stream")]
+    Stream(#[source] async_nats::Error),
 }
 
 /// The first frame when more than `limit` messages were missed.
@@ -72,26 +71,30 @@ pub fn over_limit_notice(limit: u32) -> Early {
     }
 }
 
+/// Where a recovery reads what was missed.
+pub struct Sources<'a> {
+    pub store: Arc<dyn MessageStore>,
+    pub outbox: &'a Outbox,
+    pub bus: &'a dyn EventBus,
+    /// Cluster mode: the stream, which holds what no store has yet.
+    pub stream: Option<&'a StreamOutbox>,
+}
+
 /// What a socket of `user` reconnecting with `since` is sent before the live stream: the
 /// messages of its channels after `since`, not counting the user's own (a sender's sockets
 /// never receive its messages live either), or the notice that they are more than `limit`.
 /// `turn` (`RECOVERY_CONCURRENCY`) is held until the replay is written or the socket closes.
 pub async fn missed(
-    store: Arc<dyn MessageStore>,
-    outbox: &Outbox,
-    bus: &dyn EventBus,
+    sources: Sources<'_>,
     user: &UserId,
     since: &str,
     limit: u32,
     turn: OwnedSemaphorePermit,
 ) -> Result<Prelude, RecoveryError> {
-    let theirs = |event: &Event| {
-        let message = &event.message;
-        message.sender != user.as_str() && message.participants.iter().any(|p| p == user.as_str())
-    };
-    if let Some(recent) = bus.recent(since, &theirs) {
-        return Ok(from_the_bus(recent, limit, turn));
+    if let Some(stream) = sources.stream {
+        return cluster::missed(sources.store, stream, sources.bus, user, since, limit, turn).await;
     }
+    let Sources { store, outbox, .. } = sources;
     let horizon = outbox.horizon();
     let fetch = limit.saturating_add(1);
     let within = |id: &str| id <= &*horizon;
@@ -114,10 +117,21 @@ pub async fn missed(
             seam: Some(Seam::Id(horizon)),
         });
     }
+    let range = replay::Range::Ids {
+        cursor: since.to_string(),
+        horizon: horizon.clone(),
+    };
     Ok(Prelude {
-        frames: Box::pin(replay::Replay::new(store, user, since, &horizon, pending, turn).frames()),
+        frames: Box::pin(replay::Replay::new(store, user, range, pending, turn).frames()),
         seam: Some(Seam::Id(horizon)),
     })
+}
+
+/// Whether `user`'s sockets receive `event` live: it is in one of the user's channels and was
+/// not sent by the user.
+fn theirs(user: &UserId, event: &Event) -> bool {
+    let message = &event.message;
+    message.sender != user.as_str() && message.participants.iter().any(|p| p == user.as_str())
 }
 
 /// The replay from what the bus remembers after `since` (cluster mode).

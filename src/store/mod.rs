@@ -114,6 +114,36 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The history position of a stored message, for ids that do not carry their own time.
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError>;
 
+    /// Cluster mode, whose store is MongoDB: the stream sequence stored with message `id`;
+    /// `None` when it is not stored, or was stored without one (before cluster mode).
+    async fn sequence_of(&self, _id: &str) -> Result<Option<u64>, StoreError> {
+        Err(no_sequences(self.backend()))
+    }
+
+    /// Cluster mode: up to `limit` messages of any channel `user` is in whose stream sequence
+    /// is in `(after, through]`, in sequence order: a reconnect's replay in the cluster's order.
+    async fn missed_in_stream(
+        &self,
+        _user: &UserId,
+        _after: u64,
+        _through: u64,
+        _limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        Err(no_sequences(self.backend()))
+    }
+
+    /// Cluster mode: the sequences alone of what [`Self::missed_in_stream`] would return, from
+    /// the index, to learn whether a reconnect missed more than it may replay.
+    async fn missed_sequences(
+        &self,
+        _user: &UserId,
+        _after: u64,
+        _through: u64,
+        _limit: u32,
+    ) -> Result<Vec<u64>, StoreError> {
+        Err(no_sequences(self.backend()))
+    }
+
     /// Keeps a dead letter, replacing an earlier one for the same message.
     async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError>;
 
@@ -125,6 +155,12 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Removes these dead letters and returns how many there were.
     async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError>;
+}
+
+/// Cluster mode refuses to start on a store without stream sequences, so this is only met by
+/// a caller that asked the wrong store.
+fn no_sequences(backend: &str) -> StoreError {
+    StoreError::Failed(format!("the {backend} store keeps no stream sequences").into())
 }
 
 /// Opens the configured store. Its migrations are applied separately ([`MessageStore::migrate`]),

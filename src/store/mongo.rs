@@ -36,6 +36,10 @@ const MIGRATIONS: &[MongoMigration] = &[
         name: "0002_messages_recovery_index",
         command: include_str!("../../migrations/mongo/0002_messages_recovery_index.json"),
     },
+    MongoMigration {
+        name: "0003_messages_stream_index",
+        command: include_str!("../../migrations/mongo/0003_messages_stream_index.json"),
+    },
 ];
 
 const DUPLICATE_KEY: i32 = 11000;
@@ -339,6 +343,58 @@ impl MessageStore for MongoStore {
             .transpose()
     }
 
+    async fn sequence_of(&self, id: &str) -> Result<Option<u64>, StoreError> {
+        let found = self
+            .call(
+                self.messages
+                    .find_one(doc! { "_id": id_bson(id) })
+                    .projection(doc! { "seq": 1 }),
+            )
+            .await?;
+        Ok(found.as_ref().and_then(sequence))
+    }
+
+    async fn missed_in_stream(
+        &self,
+        user: &UserId,
+        after: u64,
+        through: u64,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let found = self
+            .call(
+                self.messages
+                    .find(stream_filter(user, after, through))
+                    .sort(doc! { "seq": 1 })
+                    .limit(i64::from(limit)),
+            )
+            .await?;
+        let docs: Vec<Document> = self.call(found.try_collect()).await?;
+        docs.iter().map(message_from_doc).collect()
+    }
+
+    async fn missed_sequences(
+        &self,
+        user: &UserId,
+        after: u64,
+        through: u64,
+        limit: u32,
+    ) -> Result<Vec<u64>, StoreError> {
+        let found = self
+            .call(
+                self.messages
+                    .find(stream_filter(user, after, through))
+                    .sort(doc! { "seq": 1 })
+                    .projection(doc! { "_id": 0, "seq": 1 })
+                    .limit(i64::from(limit)),
+            )
+            .await?;
+        let docs: Vec<Document> = self.call(found.try_collect()).await?;
+        docs.iter()
+            .map(|doc| sequence(doc).ok_or_else(|| malformed(doc, "seq")))
+            .collect()
+    }
+
     async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         let id = id_bson(letter.id());
         let doc = doc! {
@@ -421,14 +477,24 @@ fn id_text(id: &Bson) -> String {
     }
 }
 
+/// The original's layout, plus `seq` in cluster mode: the stream sequence, as a 64-bit integer
+/// (BSON has no unsigned one; sequences stay far below 2^63).
 fn message_doc(m: &Message) -> Document {
-    doc! {
+    let mut doc = doc! {
         "_id": id_bson(&m.id),
         "sender": &m.sender,
         "content": &m.content,
         "created_at": bson::DateTime::from_millis(m.created_at.timestamp_millis()),
         "participants": &m.participants,
+    };
+    if let Some(sequence) = m.sequence.and_then(|s| i64::try_from(s).ok()) {
+        doc.insert("seq", sequence);
     }
+    doc
+}
+
+fn sequence(doc: &Document) -> Option<u64> {
+    doc.get_i64("seq").ok().and_then(|s| u64::try_from(s).ok())
 }
 
 fn message_from_doc(doc: &Document) -> Result<Message, StoreError> {
@@ -457,6 +523,7 @@ fn message_from_doc(doc: &Document) -> Result<Message, StoreError> {
         content: text("content")?,
         participants,
         created_at: date(doc, "created_at")?,
+        sequence: sequence(doc),
     })
 }
 
@@ -635,6 +702,13 @@ fn regex_literal(text: &str) -> String {
 /// sort, so however old `after` is, only the documents returned are read.
 fn missed_filter(user: &UserId, after: &str) -> Document {
     doc! { "participants": user.as_str(), "_id": { "$gt": after, "$type": "string" } }
+}
+
+/// The messages of `user`'s channels in a range of stream sequences, for a reconnect in
+/// cluster mode, served by the {participants: 1, seq: 1} index (migrations/mongo/0003).
+fn stream_filter(user: &UserId, after: u64, through: u64) -> Document {
+    let bound = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    doc! { "participants": user.as_str(), "seq": { "$gt": bound(after), "$lte": bound(through) } }
 }
 
 #[cfg(test)]

@@ -93,6 +93,7 @@ pub async fn build(data_dir: &Path, layout: &Layout) -> anyhow::Result<String> {
                     content: content.clone(),
                     participants,
                     created_at: DateTime::from_timestamp_millis(ms as i64).expect("a valid time"),
+                    sequence: None,
                 }
             })
             .collect();

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
-use super::{EventBus, Item, Recent, Subscription};
+use super::{EventBus, Recent, Since, Subscription};
 use crate::model::Event;
 
 pub struct LocalBus {
-    sender: broadcast::Sender<Item>,
+    sender: broadcast::Sender<Arc<Event>>,
 }
 
 impl LocalBus {
@@ -18,19 +18,21 @@ impl LocalBus {
             sender: broadcast::Sender::new(capacity),
         }
     }
+
+    /// Hands an accepted event to the subscribers. Never waits: it is called from the outbox's
+    /// journal thread, in commit order.
+    pub fn publish(&self, event: Arc<Event>) {
+        // With no subscriber (none yet, or shutting down) there is no one to deliver to.
+        let _ = self.sender.send(event);
+    }
 }
 
 impl EventBus for LocalBus {
-    fn publish(&self, event: Arc<Event>) {
-        // With no subscriber (none yet, or shutting down) there is no one to deliver to.
-        let _ = self.sender.send(Item::Event(event));
-    }
-
     fn subscribe(&self) -> Subscription {
         Subscription(self.sender.subscribe())
     }
 
-    fn recent(&self, _since: &str, _keep: &dyn Fn(&Event) -> bool) -> Option<Recent> {
+    fn recent(&self, _since: Since<'_>, _keep: &dyn Fn(&Event) -> bool) -> Option<Recent> {
         None
     }
 }
@@ -49,7 +51,6 @@ mod tests {
         Arc::new(Event {
             message: Message::accept(&alice, &channel, content.into()),
             accepted_at: Instant::now(),
-            sequence: None,
         })
     }
 

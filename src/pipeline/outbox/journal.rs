@@ -187,7 +187,6 @@ impl Journal {
                 (outlets.on_commit)(Arc::new(Event {
                     message: new.message.clone(),
                     accepted_at: draft.accepted_at,
-                    sequence: None,
                 }));
                 fresh.push(PendingEntry {
                     seq: *seq,

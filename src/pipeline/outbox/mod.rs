@@ -1,4 +1,4 @@
-//! The durable local outbox. A message is appended here, and committed to disk, before its
+//! The durable local outbox (in cluster mode, the shared stream instead: [`StreamOutbox`]). A message is appended here, and committed to disk, before its
 //! sender hears 202; the [relay](crate::pipeline::relay) then drains it into the store. What
 //! the store refuses on every attempt is marked dead here until it is safe in the store's dead
 //! letters, which operators manage through [`DeadLetters`](crate::store::DeadLetters).
@@ -7,6 +7,7 @@ mod fresh;
 mod journal;
 mod read_around;
 mod recipients;
+mod stream;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::sqlite_file::{self, Checkpointer, Migration, ReadPool};
 use fresh::{Fresh, Next};
 use journal::{Command, Journal, Outlets};
 use read_around::Unreadable;
+pub use stream::{OpenError, Progress, StreamOutbox};
 
 const MIGRATIONS: &[Migration] = &[
     Migration {
@@ -141,6 +143,10 @@ pub enum OutboxError {
     /// A read on the blocking pool did not finish: it panicked, or the runtime is shutting down.
     #[error("an outbox read did not finish")]
     Read(#[from] tokio::task::JoinError),
+    /// Cluster mode: JetStream did not confirm that it stored the message (NATS away, slow, or
+    /// the stream full), or the idempotency keys' bucket did not answer.
+    #[error("the cluster's stream did not take the message")]
+    Stream(#[source] async_nats::Error),
 }
 
 impl From<rusqlite::Error> for OutboxError {

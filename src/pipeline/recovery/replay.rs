@@ -1,6 +1,7 @@
 //! A recovery's replay, produced a page at a time as the socket writes it: a recovering socket
-//! holds the outbox's part of its range (read first, see `recovery`) and one page of the store's,
-//! never the whole replay.
+//! holds the part of its range that may not be stored yet (read first, see `recovery`: the
+//! outbox's, or in cluster mode the stream's) and one page of the store's, never the whole
+//! replay.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -21,35 +22,51 @@ pub const PAGE: u32 = 100;
 pub(super) struct Replay {
     store: Arc<dyn MessageStore>,
     user: UserId,
-    horizon: Arc<str>,
-    /// The outbox's part of the range, in id order, read before any page.
+    range: Range,
+    /// The part of the range that may not be stored yet, in the range's order, read before
+    /// any page.
     pending: VecDeque<Message>,
-    /// The store's current page, in id order, every id in `(since, horizon]`.
+    /// The store's current page, in the range's order, all within the range.
     page: VecDeque<Message>,
-    /// The store is read after this id next (keyset pagination).
-    cursor: String,
-    /// The store has nothing more up to the horizon.
+    /// The store has nothing more in the range.
     store_done: bool,
     /// The recovery's turn, given back when the replay is dropped: written, or the socket gone.
     _turn: OwnedSemaphorePermit,
+}
+
+/// The store's part of a replay, in the order it is cut in; the cursor moves through it
+/// (keyset pagination).
+pub(super) enum Range {
+    /// One process: ids after `cursor` up to `horizon`.
+    Ids { cursor: String, horizon: Arc<str> },
+    /// Cluster mode: stream sequences after `cursor` up to `through`.
+    Sequences { cursor: u64, through: u64 },
+}
+
+impl Range {
+    /// The order of two messages in this range.
+    fn order(&self, a: &Message, b: &Message) -> Ordering {
+        match self {
+            Self::Ids { .. } => a.id.cmp(&b.id),
+            Self::Sequences { .. } => a.sequence.cmp(&b.sequence),
+        }
+    }
 }
 
 impl Replay {
     pub(super) fn new(
         store: Arc<dyn MessageStore>,
         user: &UserId,
-        since: &str,
-        horizon: &Arc<str>,
+        range: Range,
         pending: Vec<Message>,
         turn: OwnedSemaphorePermit,
     ) -> Self {
         Self {
             store,
             user: user.clone(),
-            horizon: horizon.clone(),
+            range,
             pending: pending.into(),
             page: VecDeque::new(),
-            cursor: since.to_string(),
             store_done: false,
             _turn: turn,
         }
@@ -79,7 +96,9 @@ impl Replay {
             if self.page.is_empty() && !self.store_done {
                 self.read_page().await?;
             }
-            let Some(message) = take_first(&mut self.pending, &mut self.page) else {
+            let range = &self.range;
+            let order = |a: &Message, b: &Message| range.order(a, b);
+            let Some(message) = take_first(&mut self.pending, &mut self.page, order) else {
                 return Ok(None);
             };
             if message.sender != self.user.as_str() {
@@ -88,21 +107,37 @@ impl Replay {
         }
     }
 
-    /// The next page after the cursor, up to the horizon. Afterwards the page is not empty or
+    /// The next page after the cursor, within the range. Afterwards the page is not empty or
     /// the store is done.
     async fn read_page(&mut self) -> Result<(), StoreError> {
-        let read = self.store.missed_by(&self.user, &self.cursor, PAGE).await?;
-        self.store_done = read.len() < PAGE as usize;
-        for message in read {
-            if *message.id > *self.horizon {
-                // Later ones come live.
-                self.store_done = true;
-                break;
+        let user = &self.user;
+        match &mut self.range {
+            Range::Ids { cursor, horizon } => {
+                let read = self.store.missed_by(user, cursor, PAGE).await?;
+                self.store_done = read.len() < PAGE as usize;
+                for message in read {
+                    if *message.id > **horizon {
+                        // Later ones come live.
+                        self.store_done = true;
+                        break;
+                    }
+                    self.page.push_back(message);
+                }
+                if let Some(last) = self.page.back() {
+                    cursor.clone_from(&last.id);
+                }
             }
-            self.page.push_back(message);
-        }
-        if let Some(last) = self.page.back() {
-            self.cursor.clone_from(&last.id);
+            Range::Sequences { cursor, through } => {
+                let read = self
+                    .store
+                    .missed_in_stream(user, *cursor, *through, PAGE)
+                    .await?;
+                self.store_done = read.len() < PAGE as usize;
+                if let Some(last) = read.last().and_then(|m| m.sequence) {
+                    *cursor = last;
+                }
+                self.page.extend(read);
+            }
         }
         Ok(())
     }
@@ -117,11 +152,15 @@ pub(super) fn frame(message: &Message) -> Early {
     }
 }
 
-/// Takes the message with the lower id off the front of two id-ordered queues; one at the
+/// Takes the first message in `order` off the front of two queues in that order; one at the
 /// front of both is taken off both and returned once.
-fn take_first(a: &mut VecDeque<Message>, b: &mut VecDeque<Message>) -> Option<Message> {
+fn take_first(
+    a: &mut VecDeque<Message>,
+    b: &mut VecDeque<Message>,
+    order: impl Fn(&Message, &Message) -> Ordering,
+) -> Option<Message> {
     let order = match (a.front(), b.front()) {
-        (Some(x), Some(y)) => x.id.cmp(&y.id),
+        (Some(x), Some(y)) => order(x, y),
         (Some(_), None) => Ordering::Less,
         (None, _) => Ordering::Greater,
     };
@@ -150,7 +189,8 @@ mod tests {
     }
 
     fn merged(mut a: VecDeque<Message>, mut b: VecDeque<Message>) -> Vec<String> {
-        std::iter::from_fn(|| take_first(&mut a, &mut b).map(|m| m.content)).collect()
+        let by_id = |x: &Message, y: &Message| x.id.cmp(&y.id);
+        std::iter::from_fn(|| take_first(&mut a, &mut b, by_id).map(|m| m.content)).collect()
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod backoff;
 mod dead_letter_mover;
 mod outbox_ledger;
 mod retries;
+pub mod stream;
 mod writer;
 
 use std::sync::Arc;
