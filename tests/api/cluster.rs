@@ -473,6 +473,11 @@ async fn an_idempotency_key_answers_on_every_instance() {
     b.send_ok("alice", &["alice", "bob"], "after").await;
     assert_eq!(bob.next_message().await["content"], "after");
     assert_eq!(a.stored("bob", "alice,bob", 2).await.len(), 2);
+    // Both stored: nothing waits in the stream, as /health tells once it has read it again.
+    eventually("the stream has nothing waiting", || async {
+        (a.health().await["stream"] == json!({"pending": 0})).then_some(())
+    })
+    .await;
 }
 
 /// A reconnect to an instance that started after `since` (its bus remembers nothing before)

@@ -86,7 +86,9 @@ pub(super) async fn missed(
         .into_iter()
         .chain(pending.iter().filter_map(|m| m.sequence))
         .collect();
-    let seam = Some(Seam::Sequence(through));
+    // This instance's reader may lag behind the store (`since` stored, not read here yet): the
+    // client has every message up to `since`, so none of them comes live again.
+    let seam = Some(Seam::Sequence(through.max(after)));
     if missed.len() > limit as usize {
         return Ok(Prelude {
             frames: Box::pin(stream::iter([Ok(over_limit_notice(limit))])),

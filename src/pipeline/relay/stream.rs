@@ -289,17 +289,19 @@ impl Ledger for StreamLedger {
     }
 }
 
-/// Every [`TRIM_EVERY`]: publishes how many messages wait in the stream to be stored, and
+/// At start and every [`TRIM_EVERY`]: publishes how many messages wait in the stream to be stored, and
 /// removes from the stream what was stored more than [`KEEP_STORED`] ago. Every instance does
 /// it; a purge below what was purged already changes nothing.
 async fn trim(outbox: Arc<StreamOutbox>, stop: CancellationToken) {
     // The shared consumer's ack floor as it was at each tick: every message up to it is stored
     // (or dead-lettered), and the oldest of these past KEEP_STORED may go.
     let mut floors: VecDeque<(Instant, u64)> = VecDeque::new();
+    // The first tick is at once: /health and the gauge have a count from the start.
+    let mut ticks = tokio::time::interval(TRIM_EVERY);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(TRIM_EVERY) => {}
+            _ = ticks.tick() => {}
         }
         let progress = match outbox.progress().await {
             Ok(progress) => progress,
