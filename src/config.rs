@@ -151,7 +151,11 @@ const fn span(
     }
 }
 
-pub const HOST: Value<IpAddr> = value("HOST", "0.0.0.0", "address to listen on");
+pub const HOST: Value<ListenHost> = value(
+    "HOST",
+    "0.0.0.0",
+    "address to listen on: an IP address, or a host name this machine resolves (localhost)",
+);
 pub const PORT: Value<u16> = value(
     "PORT",
     "8080",
@@ -679,7 +683,7 @@ impl Config {
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let vars = Vars(&lookup);
         let config = Self {
-            host: vars.value(&HOST)?,
+            host: vars.value(&HOST)?.0,
             port: vars.value(&PORT)?,
             metrics_port: match vars.optional(&METRICS_PORT.setting) {
                 Some(_) => Some(vars.value(&METRICS_PORT)?),
@@ -1003,6 +1007,29 @@ fn log_filter(vars: &Vars<'_>) -> Result<String, ConfigError> {
     }
 }
 
+/// `HOST`: an IP address, or a name resolved once at start (`localhost`, a container's own
+/// name), to its first address.
+pub struct ListenHost(IpAddr);
+
+impl FromStr for ListenHost {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(ip) = text.parse() {
+            return Ok(Self(ip));
+        }
+        use std::net::ToSocketAddrs;
+        (text, 0)
+            .to_socket_addrs()
+            .map_err(|e| {
+                format!("neither an IP address nor a host name this machine resolves: {e}")
+            })?
+            .next()
+            .map(|addr| Self(addr.ip()))
+            .ok_or_else(|| "a host name without addresses".to_string())
+    }
+}
+
 /// The hostname, which stays the same across restarts (a container's or a pod's name), so that
 /// logs, metrics and dead letters follow one instance through them.
 fn default_instance_id() -> String {
@@ -1063,6 +1090,21 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.socket.ping_interval, Duration::from_secs(30));
         assert_eq!(c.socket.pong_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn host_takes_an_address_or_a_name_this_machine_resolves() {
+        assert_eq!(
+            config(&[("HOST", "127.0.0.1")]).unwrap().host,
+            IpAddr::from([127, 0, 0, 1])
+        );
+        assert!(config(&[("HOST", "localhost")]).unwrap().host.is_loopback());
+        let refused = config(&[("HOST", "no-such-host.invalid")]).unwrap_err();
+        assert_eq!(refused.name, "HOST");
+        assert!(
+            refused.reason.contains("neither an IP address"),
+            "{refused}"
+        );
     }
 
     /// A variable the parser reads but [`SETTINGS`] lacks would be missing from `--help` and

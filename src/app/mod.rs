@@ -52,13 +52,20 @@ impl RunningApp {
 }
 
 /// Opens the outbox and the store, starts the relay and the fan-out, and serves HTTP and
-/// WebSockets on `HOST:PORT`.
+/// WebSockets on `HOST:PORT`. What can refuse a start without waiting on anything (the
+/// limits, `DATA_DIR`, the keys, the TLS files, the ports) is checked first, so that a port in
+/// use is found before migrations run, and `listening` is only logged once all of it held.
 pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
     let caps = preflight::fit_to_file_descriptors(&config)?;
     config.socket.limits.total = caps.sockets;
     let data_dir_lock = preflight::claim_data_dir(&config.data_dir)?;
     let verifier = preflight::verifier(&config)?;
     let tls = preflight::tls(&config)?;
+    let listener = bind(&config, config.port, "PORT").await?;
+    let metrics_listener = match config.metrics_port {
+        Some(port) => Some(bind(&config, port, "METRICS_PORT").await?),
+        None => None,
+    };
     let metrics = Metrics::install();
     metrics::gauge!(
         crate::telemetry::INSTANCE_INFO,
@@ -73,13 +80,8 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
     let limiter = Arc::new(RateLimiter::new(config.rate_limit));
     upkeep::spawn(&pipeline, limiter.clone(), metrics.clone());
 
-    let listener = bind(&config, config.port, "PORT").await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, instance = %config.instance_id, store = pipeline.store.backend(), pending = pipeline.outbox.counts().pending, "listening");
-    let metrics_listener = match config.metrics_port {
-        Some(port) => Some(bind(&config, port, "METRICS_PORT").await?),
-        None => None,
-    };
     let metrics_addr = metrics_listener
         .as_ref()
         .map(TcpListener::local_addr)

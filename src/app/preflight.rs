@@ -8,6 +8,7 @@ use anyhow::Context;
 
 use crate::auth::{
     Authenticator, ClaimChecks, ExternalKeys, SecretSource, Verifier, resolve_secret,
+    short_secret_warning,
 };
 use crate::config::Config;
 use crate::fds::{self, Limit};
@@ -49,6 +50,9 @@ pub(super) fn verifier(config: &Config) -> anyhow::Result<Verifier> {
         return Ok(Verifier::External { keys, checks });
     }
     let (secret, source) = resolve_secret(config).context("reading the JWT secret")?;
+    if let Some(warning) = short_secret_warning(&secret, source) {
+        tracing::warn!("{warning}");
+    }
     if source == SecretSource::Development {
         tracing::warn!(
             data_dir = %config.data_dir.display(),

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::UserId;
 
 pub use external::ExternalKeys;
-pub use secret::{SecretSource, resolve_secret};
+pub use secret::{SecretSource, resolve_secret, short_secret_warning};
 
 /// Clock skew allowed on the time claims (`exp`, `nbf`, `iat`): the contract's ceiling.
 const LEEWAY_SECS: u64 = 60;

@@ -14,6 +14,22 @@ pub enum SecretSource {
     Development,
 }
 
+/// The fewest bytes a `JWT_SECRET` should have: HS256's own output size. A shorter secret is
+/// accepted (the original service's secret must keep working), with a warning: anyone holding
+/// one token can try candidate secrets offline, and a short one falls to guessing.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The warning a short `JWT_SECRET` deserves, if it is one.
+pub fn short_secret_warning(secret: &[u8], source: SecretSource) -> Option<String> {
+    (source == SecretSource::Environment && secret.len() < MIN_SECRET_BYTES).then(|| {
+        format!(
+            "JWT_SECRET is {} bytes, shorter than {MIN_SECRET_BYTES}: whoever holds one token can \
+             guess it offline; use {MIN_SECRET_BYTES} random bytes or more (openssl rand -hex 32)",
+            secret.len()
+        )
+    })
+}
+
 /// `JWT_SECRET`, or else the development secret kept in `DATA_DIR` (created on first use, so
 /// that `chatd token` and the server agree).
 pub fn resolve_secret(config: &Config) -> std::io::Result<(Vec<u8>, SecretSource)> {

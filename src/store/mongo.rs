@@ -607,14 +607,17 @@ impl fmt::Debug for DriverError {
 
 impl std::error::Error for DriverError {}
 
+/// One line an operator can act on: the kind of failure in the driver's words, without its
+/// labels, empty sources and topology dump; what no server answered names each server and why.
 fn describe(e: &mongodb::error::Error) -> String {
-    let ErrorKind::InsertMany(InsertManyError {
-        write_errors,
-        write_concern_error,
-        ..
-    }) = e.kind.as_ref()
-    else {
-        return e.to_string();
+    let (write_errors, write_concern_error) = match e.kind.as_ref() {
+        ErrorKind::InsertMany(InsertManyError {
+            write_errors,
+            write_concern_error,
+            ..
+        }) => (write_errors, write_concern_error),
+        ErrorKind::ServerSelection { message, .. } => return unreachable_servers(message),
+        kind => return kind.to_string(),
     };
     let concern = write_concern_error
         .iter()
@@ -625,6 +628,28 @@ fn describe(e: &mongodb::error::Error) -> String {
     });
     let errors: Vec<String> = concern.chain(documents).collect();
     format!("insert_many failed: {}", errors.join("; "))
+}
+
+/// The driver's server-selection failure ("… Topology: { …, Servers: [ { Address: h:p, …,
+/// Error: Kind: <why>, labels: … } ] }") as "no MongoDB server answered (h:p: <why>)".
+fn unreachable_servers(message: &str) -> String {
+    let servers: Vec<String> = message
+        .split("Address: ")
+        .skip(1)
+        .map(|server| {
+            let address = server.split(',').next().unwrap_or_default();
+            let why = server
+                .split_once("Error: ")
+                .map(|(_, rest)| rest.trim_start_matches("Kind: "))
+                .and_then(|rest| rest.split(", labels:").next())
+                .unwrap_or("no answer");
+            format!("{address}: {why}")
+        })
+        .collect();
+    if servers.is_empty() {
+        return format!("no MongoDB server answered: {message}");
+    }
+    format!("no MongoDB server answered ({})", servers.join("; "))
 }
 
 /// Whether an error means the server cannot take writes now, rather than that a request (or a
@@ -726,6 +751,23 @@ mod tests {
         assert_eq!(id_text(&id_bson(oid)), oid);
         let uuid = "01a21374-77c6-7232-9e89-ba74aa8b26e6";
         assert_eq!(id_bson(uuid), Bson::String(uuid.into()));
+    }
+
+    #[test]
+    fn a_server_selection_failure_names_each_server_and_why_on_one_line() {
+        let driver = "Server selection timeout: No available servers. Topology: { Type: Unknown, \
+            Servers: [ { Address: db.invalid:27017, Type: Unknown, Error: Kind: I/O error: failed \
+            to lookup address information: Name or service not known, labels: {}, source: None, \
+            server response: None } ] }";
+        assert_eq!(
+            unreachable_servers(driver),
+            "no MongoDB server answered (db.invalid:27017: I/O error: failed to lookup address \
+             information: Name or service not known)"
+        );
+        assert_eq!(
+            unreachable_servers("timed out"),
+            "no MongoDB server answered: timed out"
+        );
     }
 
     #[test]
