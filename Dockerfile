@@ -1,37 +1,41 @@
+# syntax=docker/dockerfile:1.7
+# BuildKit (the default builder since Docker 23) is needed for the cache mounts below.
+
 # ---- build ------------------------------------------------------------------
-FROM rust:1-bookworm AS builder
+FROM rust:1.89.0-bookworm AS builder
 WORKDIR /src
 
-# Dependencies first, against an empty crate, so this layer is reused until Cargo.toml or
-# Cargo.lock change. chatd-bench needs the `bench` feature, so cargo neither looks for its
-# sources nor compiles its dependencies here.
+# migrations/ is compiled in with include_str!, so it must be here too.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && cargo build --release --locked --bin chatd \
-    && rm -rf src
-
-# The real sources. migrations/ is compiled in with include_str!, so it must be here too.
 COPY src ./src
 COPY migrations ./migrations
-# COPY keeps the files' old modification times: touch them so cargo rebuilds the crate
-# instead of keeping the empty one from the dependency layer.
-RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked --bin chatd \
-    && cp target/release/chatd /usr/local/bin/chatd
+# The registry and target/ are cache mounts: a rebuild after a source change compiles chatd
+# alone, without a dependency layer to keep in step with Cargo.toml. The binary ships
+# stripped (about a sixth of its size with debug info); its debug info stays in this stage,
+# as /usr/local/bin/chatd.debug, for whoever needs to symbolize a core dump.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/usr/local/cargo/git \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin chatd \
+    && objcopy --only-keep-debug target/release/chatd /usr/local/bin/chatd.debug \
+    && objcopy --strip-all --add-gnu-debuglink=/usr/local/bin/chatd.debug \
+        target/release/chatd /usr/local/bin/chatd
 
 # ---- run --------------------------------------------------------------------
-FROM debian:bookworm-slim
+FROM debian:12.12-slim
 
-# ca-certificates for outbound TLS later (MongoDB); curl for the health check.
+# ca-certificates for outbound TLS (MongoDB, a JWKS URL). Nothing else: the health check is
+# chatd's own.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
-RUN useradd --system --user-group --home-dir /data --no-create-home --shell /usr/sbin/nologin chatd \
+# A numeric user, so that a runtime that forbids root (runAsNonRoot) can tell it is not root.
+RUN groupadd --system --gid 10001 chatd \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /data --no-create-home \
+        --shell /usr/sbin/nologin chatd \
     && mkdir -p /data \
-    && chown chatd:chatd /data
+    && chown 10001:10001 /data
 
 COPY --from=builder /usr/local/bin/chatd /usr/local/bin/chatd
 
@@ -40,10 +44,11 @@ ENV DATA_DIR=/data \
     PORT=8080
 VOLUME ["/data"]
 EXPOSE 8080
-USER chatd
+USER 10001:10001
 
+# `chatd health` asks this container's chatd on PORT, over HTTPS when TLS_CERT is set.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
-    CMD curl -fsS "http://127.0.0.1:${PORT:-8080}/health" > /dev/null || exit 1
+    CMD ["chatd", "health", "--timeout", "2s"]
 
 # chatd is PID 1 and handles SIGTERM itself: it closes sockets with 1001 and drains the
 # outbox for up to SHUTDOWN_TIMEOUT.

@@ -1,21 +1,25 @@
-//! The `chatd` command line: `serve` (the default) and `token`.
+//! The `chatd` command line: `serve` (the default), `token`, `migrate`, `dlq` and `health`.
+
+mod dlq;
+mod health;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::SecondsFormat;
+use anyhow::Context;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::app;
-use crate::auth::{Authenticator, SecretSource, resolve_secret};
+use crate::auth::{Authenticator, SecretSource, resolve_secret, short_secret_warning};
 use crate::config::{Config, ConfigError, LogSettings, parse_duration};
 use crate::model::UserId;
 use crate::ready_file::Ready;
-use crate::store;
-use crate::store::{DeadLetterView, DeadLetters, ReplayResult, Selection};
+use crate::store::{self, MessageStore};
+use dlq::DlqCommand;
 
 #[derive(Parser)]
 #[command(
@@ -46,6 +50,7 @@ enum Command {
     Serve(ServeArgs),
     /// Print an HS256 token for a user, signed with JWT_SECRET or the development secret.
     Token {
+        /// The user the token names (its `id` claim).
         user_id: String,
         /// How long the token is valid, e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
@@ -58,39 +63,16 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum DlqCommand {
-    /// List dead letters, oldest first.
-    List {
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-        /// Only those whose error contains this text (ignoring case).
+    /// Check that a running chatd answers: exit 0 if its /health says ok, else 1 (the
+    /// container's health check).
+    Health {
+        /// The chatd to ask. Default: this machine's, on PORT (https when TLS_CERT is set, then
+        /// without checking the certificate, which names the public host, not 127.0.0.1).
         #[arg(long)]
-        error: Option<String>,
-    },
-    /// Show one dead letter in full, as JSON.
-    Show { id: String },
-    /// Write dead letters back into the messages; each is removed once it is stored.
-    Replay {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        ids: Vec<String>,
-        #[arg(long)]
-        all: bool,
-        /// Say what would be replayed, change nothing.
-        #[arg(long)]
-        dry_run: bool,
-    },
-    /// Delete dead letters for good.
-    Purge {
-        #[arg(required_unless_present = "all", conflicts_with = "all")]
-        ids: Vec<String>,
-        /// Every dead letter; needs --yes.
-        #[arg(long, requires = "yes")]
-        all: bool,
-        #[arg(long)]
-        yes: bool,
+        url: Option<String>,
+        /// How long to wait for the answer, e.g. 3s.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -112,7 +94,8 @@ pub async fn run() -> ExitCode {
         Some(Command::Serve(args)) => run_server(config, args).await,
         Some(Command::Token { user_id, ttl }) => token(&config, user_id, ttl),
         Some(Command::Migrate) => migrate(&config).await,
-        Some(Command::Dlq { command }) => dlq(&config, command).await,
+        Some(Command::Dlq { command }) => dlq::run(&config, command).await,
+        Some(Command::Health { url, timeout }) => health::run(&config, url, timeout).await,
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -163,6 +146,9 @@ fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> 
     }
     let user = UserId::parse(user_id)?;
     let (secret, source) = resolve_secret(config)?;
+    if let Some(warning) = short_secret_warning(&secret, source) {
+        eprintln!("chatd: {warning}");
+    }
     if source == SecretSource::Development {
         eprintln!(
             "chatd: JWT_SECRET is not set: signed with the development secret in {}",
@@ -175,8 +161,8 @@ fn token(config: &Config, user_id: String, ttl: Duration) -> anyhow::Result<()> 
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let store = store::open(&config.store, &config.data_dir, Default::default()).await?;
-    let applied = store.migrate().await?;
+    let store = open_store(config).await?;
+    let applied = store.migrate().await.context(STORE_HINT)?;
     if applied.is_empty() {
         writeln!(
             out,
@@ -190,91 +176,27 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Works on the store's dead letters directly, so it works whether or not a server runs.
-async fn dlq(config: &Config, command: DlqCommand) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    let store = store::open(&config.store, &config.data_dir, Default::default()).await?;
-    store.migrate().await?;
-    let dead_letters = DeadLetters::new(store);
-    match command {
-        DlqCommand::List { limit, error } => {
-            let letters = dead_letters.list(limit, error).await?;
-            if letters.is_empty() {
-                writeln!(out, "no dead letters")?;
-            }
-            for letter in letters {
-                writeln!(
-                    out,
-                    "{}  attempts={}  last_failed_at={}  {}: {}",
-                    letter.id(),
-                    letter.attempts,
-                    letter
-                        .last_failed_at
-                        .to_rfc3339_opts(SecondsFormat::Millis, true),
-                    letter.error.kind,
-                    letter.error.message
-                )?;
-            }
-        }
-        DlqCommand::Show { id } => match dead_letters.show(&id).await? {
-            Some(letter) => writeln!(
-                out,
-                "{}",
-                serde_json::to_string_pretty(&DeadLetterView::from(letter))?
-            )?,
-            None => anyhow::bail!("no dead letter has the id {id}"),
-        },
-        DlqCommand::Replay { ids, all, dry_run } => {
-            let outcomes = dead_letters.replay(selection(ids, all), dry_run).await?;
-            let mut unsuccessful = 0;
-            for outcome in &outcomes {
-                match &outcome.result {
-                    ReplayResult::Replayed => writeln!(out, "replayed {}", outcome.id)?,
-                    ReplayResult::WouldReplay => writeln!(out, "would replay {}", outcome.id)?,
-                    ReplayResult::NotFound => {
-                        unsuccessful += 1;
-                        writeln!(out, "not found {}", outcome.id)?;
-                    }
-                    ReplayResult::Failed { error } => {
-                        unsuccessful += 1;
-                        writeln!(out, "failed {}: {error}", outcome.id)?;
-                    }
-                }
-            }
-            if unsuccessful > 0 {
-                anyhow::bail!(
-                    "{unsuccessful} of {} dead letters were not replayed",
-                    outcomes.len()
-                );
-            }
-        }
-        DlqCommand::Purge { ids, all, yes: _ } => {
-            let asked = ids.len();
-            let purged = dead_letters.purge(selection(ids, all)).await?;
-            writeln!(out, "purged {purged} dead letters")?;
-            if !all && (purged as usize) < asked {
-                anyhow::bail!(
-                    "{} of the {asked} ids were not dead letters",
-                    asked - purged as usize
-                );
-            }
-        }
+/// What a command that reaches the store says when it cannot.
+pub(super) const STORE_HINT: &str =
+    "reaching the store (check MONGO_URI, and that MongoDB runs and this host can reach it)";
+
+/// The store the server uses. The embedded one lives in `DATA_DIR`, which the server creates:
+/// a command run with a `DATA_DIR` that does not exist (mistyped, or another machine's) is
+/// refused, rather than answering from a new, empty store.
+pub(super) async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn MessageStore>> {
+    if config.store.mongo.is_none() && !config.data_dir.is_dir() {
+        anyhow::bail!(
+            "DATA_DIR {} does not exist: set it to the directory the server uses (or MONGO_URI)",
+            config.data_dir.display()
+        );
     }
-    Ok(())
+    Ok(store::open(&config.store, &config.data_dir, Default::default()).await?)
 }
 
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
         .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-}
-
-fn selection(ids: Vec<String>, all: bool) -> Selection {
-    if all {
-        Selection::All
-    } else {
-        Selection::Ids(ids)
-    }
 }
 
 fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
@@ -289,4 +211,28 @@ fn init_logging(settings: &LogSettings) -> anyhow::Result<()> {
         logs.init();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_argument_says_what_it_is_for() {
+        fn check(command: &clap::Command, path: &str) {
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if matches!(id, "help" | "version") {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "`{path}` {id} has no help");
+            }
+            for sub in command.get_subcommands() {
+                check(sub, &format!("{path} {}", sub.get_name()));
+            }
+        }
+        let command = Cli::command();
+        command.clone().debug_assert();
+        check(&command, "chatd");
+    }
 }

@@ -89,6 +89,9 @@ async fn the_embedded_store_keeps_dead_letters_that_operators_replay_and_purge()
     let shown = run_cli(&["dlq", "show", refused_id], &cli_env);
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
     assert_eq!(&shown, letter);
+    let as_json = run_cli(&["dlq", "list", "--json"], &cli_env);
+    let as_json: Value = serde_json::from_slice(&as_json.stdout).unwrap();
+    assert_eq!(as_json, json!([letter]), "the list holds what `show` shows");
     let dry = run_cli(&["dlq", "replay", "--all", "--dry-run"], &cli_env);
     assert_eq!(
         String::from_utf8_lossy(&dry.stdout).trim(),
