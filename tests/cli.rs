@@ -11,6 +11,7 @@ use std::net::TcpListener;
 use chatd::app;
 use chatd::store::SQLITE_FILE;
 use common::process::{Chatd, run_cli, run_to_exit, serve_command};
+use common::{eventually, token_for};
 
 #[test]
 fn a_port_in_use_is_refused_before_any_database_is_opened() {
@@ -39,7 +40,7 @@ fn a_mongodb_that_does_not_answer_is_one_line_naming_the_server_and_what_to_chec
     let uri = format!("mongodb://127.0.0.1:{port}/");
     let out = run_cli(
         &["migrate"],
-        &[("MONGO_URI", &uri), ("STORE_TIMEOUT", "1s")],
+        &[("MONGO_URI", &uri), ("STORE_TIMEOUT", "5s")],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -149,4 +150,172 @@ async fn health_checks_a_chatd_that_serves_tls_on_its_own_port() {
     // Plain HTTP to a TLS port is not healthy.
     let plain = run_cli(&["health", "--url", &format!("http://{}", chatd.addr)], &[]);
     assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+}
+
+#[tokio::test]
+async fn every_request_leaves_one_access_line_without_tokens_unless_turned_off() {
+    let data_dir = tempfile::tempdir().unwrap();
+    let chatd = Chatd::start(data_dir.path(), "access", &[]);
+    let http = reqwest::Client::new();
+    let token = token_for("access", "alice");
+    let history = format!(
+        "http://{}/api/messages/get?participants=alice,bob",
+        chatd.addr
+    );
+    let answered = http
+        .get(&history)
+        .bearer_auth(&token)
+        .header("x-request-id", "audit-me-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answered.status(), 200);
+    // A token in the query, as a browser's socket sends it: refused here, and never logged.
+    let in_query = format!("http://{}/ws?token=secret-in-the-query", chatd.addr);
+    http.get(&in_query).send().await.unwrap();
+    let line = eventually("the access line", || async {
+        chatd
+            .logs()
+            .into_iter()
+            .find(|line| line.contains("chatd::access") && line.contains("audit-me-1"))
+    })
+    .await;
+    for field in [
+        "method=GET",
+        "route=/api/messages/get",
+        "path=/api/messages/get",
+        "status=200",
+        "duration_ms=",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    eventually("the refused socket's line", || async {
+        chatd
+            .logs()
+            .iter()
+            .any(|line| line.contains("chatd::access") && line.contains("path=/ws"))
+            .then_some(())
+    })
+    .await;
+    let logs = chatd.logs().join("\n");
+    assert!(!logs.contains("secret-in-the-query"), "{logs}");
+    assert!(!logs.contains(&token), "{logs}");
+
+    let quiet_dir = tempfile::tempdir().unwrap();
+    let quiet = Chatd::start(
+        quiet_dir.path(),
+        "access",
+        &[("RUST_LOG", "info,chatd::access=off")],
+    );
+    let health = http
+        .get(format!("http://{}/health", quiet.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    // The line would be written before the answer was sent.
+    assert!(
+        !quiet
+            .logs()
+            .iter()
+            .any(|line| line.contains("chatd::access")),
+        "{:#?}",
+        quiet.logs()
+    );
+}
+
+/// Runs a statement on the embedded store's file beside a running chatd.
+fn on_store(data_dir: &std::path::Path, sql: &str) {
+    let conn = rusqlite::Connection::open(data_dir.join(SQLITE_FILE)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
+#[tokio::test]
+async fn replays_and_purges_are_audited_and_the_cli_replays_count_in_the_servers_metric() {
+    const ADMIN: &str = "audit-admin-token";
+    let data_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("RETRY_ATTEMPTS", "1"),
+        ("RETRY_BASE_MS", "10"),
+        ("ADMIN_TOKEN", ADMIN),
+    ];
+    let chatd = Chatd::start(data_dir.path(), "audit", &env);
+    on_store(
+        data_dir.path(),
+        "CREATE UNIQUE INDEX content_unique ON messages (content)",
+    );
+    chatd.send("alice", &["alice", "bob"], "twice").await;
+    let http = reqwest::Client::new();
+    let dead_letters = || async {
+        let listed: serde_json::Value = http
+            .get(chatd.url("/admin/dead-letters"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        listed.as_array().unwrap().len()
+    };
+    common::process_target(&chatd, "audit")
+        .stored("alice", "alice,bob", 1)
+        .await;
+    // The first one is stored: each later one is refused and dead-lettered.
+    let mut refused = Vec::new();
+    for _ in 0..2 {
+        let message = chatd.send("alice", &["alice", "bob"], "twice").await;
+        refused.push(message["id"].as_str().unwrap().to_string());
+    }
+    eventually("both are dead letters", || async {
+        (dead_letters().await == 2).then_some(())
+    })
+    .await;
+    on_store(data_dir.path(), "DROP INDEX content_unique");
+
+    let dir = data_dir.path().display().to_string();
+    let replayed = run_cli(
+        &["dlq", "replay", &refused[0]],
+        &[("DATA_DIR", &dir), ("USER", "night-operator")],
+    );
+    assert!(replayed.status.success(), "{replayed:?}");
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    let audit = stderr
+        .lines()
+        .find(|line| line.contains("chatd::audit"))
+        .unwrap_or_else(|| panic!("no audit line: {stderr}"));
+    for field in [
+        "by=cli:night-operator",
+        "action=\"replay\"",
+        &format!("id={}", refused[0]),
+        "result=\"replayed\"",
+    ] {
+        assert!(audit.contains(field), "{field} missing: {audit}");
+    }
+    let metrics = chatd.metrics().await;
+    assert_eq!(
+        common::metric(&metrics, "chat_dlq_replays_total{result=\"replayed\"}"),
+        1.0,
+        "the CLI's replay counts"
+    );
+
+    let purged = http
+        .delete(chatd.url(&format!("/admin/dead-letters/{}", refused[1])))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(purged.status(), 200);
+    let line = eventually("the purge's audit line", || async {
+        chatd
+            .logs()
+            .into_iter()
+            .find(|line| line.contains("chatd::audit") && line.contains("purge"))
+    })
+    .await;
+    assert!(line.contains("by=http"), "{line}");
+    assert!(line.contains(&refused[1]), "{line}");
+    assert!(line.contains("1 removed"), "{line}");
 }

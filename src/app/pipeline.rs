@@ -27,7 +27,7 @@ use crate::pipeline::fanout;
 use crate::pipeline::outbox::{OnCommit, Outbox, StreamOutbox};
 use crate::pipeline::relay::stream::StreamRelay;
 use crate::pipeline::relay::{Backoff, Relay};
-use crate::store::{self, DeadLetters, MessageStore, StoreError, StoreHealth};
+use crate::store::{self, DeadLetters, MessageStore, Operator, StoreError, StoreHealth};
 
 /// The outbox, inside `DATA_DIR`.
 pub const OUTBOX_FILE: &str = "outbox.db";
@@ -139,7 +139,7 @@ impl Pipeline {
                 None => Acceptor::local(outbox.clone()),
             }),
             stream,
-            dead_letters: Arc::new(DeadLetters::new(store.clone())),
+            dead_letters: Arc::new(DeadLetters::new(store.clone(), Operator::Http)),
             outbox,
             store,
             store_health,

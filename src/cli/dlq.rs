@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use super::{STORE_HINT, open_store};
 use crate::config::Config;
-use crate::store::{DeadLetterView, DeadLetters, ReplayResult, Selection};
+use crate::store::{DeadLetterView, DeadLetters, Operator, ReplayResult, Selection};
 
 #[derive(Subcommand)]
 pub(super) enum DlqCommand {
@@ -60,7 +60,7 @@ pub(super) async fn run(config: &Config, command: DlqCommand) -> anyhow::Result<
     let mut out = std::io::stdout().lock();
     let store = open_store(config).await?;
     store.migrate().await.context(STORE_HINT)?;
-    let dead_letters = DeadLetters::new(store);
+    let dead_letters = DeadLetters::new(store, Operator::Cli { user: os_user() });
     match command {
         DlqCommand::List { limit, error, json } => {
             let letters = dead_letters.list(limit, error).await?;
@@ -140,4 +140,25 @@ fn selection(ids: Vec<String>, all: bool) -> Selection {
     } else {
         Selection::Ids(ids)
     }
+}
+
+/// Who runs the command, for the audit lines: `$USER`, else the numeric uid.
+fn os_user() -> String {
+    std::env::var("USER")
+        .ok()
+        .filter(|user| !user.is_empty())
+        .unwrap_or_else(|| format!("uid {}", real_uid()))
+}
+
+/// The real user id, as the kernel shows it in `/proc`.
+fn real_uid() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().next().map(str::to_owned))
+        })
+        .unwrap_or_else(|| "unknown".into())
 }

@@ -94,7 +94,11 @@ pub async fn run() -> ExitCode {
         Some(Command::Serve(args)) => run_server(config, args).await,
         Some(Command::Token { user_id, ttl }) => token(&config, user_id, ttl),
         Some(Command::Migrate) => migrate(&config).await,
-        Some(Command::Dlq { command }) => dlq::run(&config, command).await,
+        Some(Command::Dlq { command }) => match init_logging(&config.log) {
+            // Its audit lines go to stderr, beside the server's own.
+            Ok(()) => dlq::run(&config, command).await,
+            Err(e) => Err(e),
+        },
         Some(Command::Health { url, timeout }) => health::run(&config, url, timeout).await,
     };
     match outcome {

@@ -13,15 +13,19 @@ use crate::telemetry::{self, RejectReason};
 
 /// Runs after routing, so the route label is the route's template, never a user's path.
 pub async fn record(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
+    let matched = req.extensions().get::<MatchedPath>().cloned();
+    let route = matched
+        .as_ref()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let method = method_label(req.method());
     let started = Instant::now();
-    let response = next.run(req).await;
+    let mut response = next.run(req).await;
     let status = response.status();
     record_request(route, method, status, started.elapsed());
+    // For the access log, written outside the router (`request_id`).
+    if let Some(matched) = matched {
+        response.extensions_mut().insert(matched);
+    }
     response
 }
 

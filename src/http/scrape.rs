@@ -42,6 +42,14 @@ pub async fn render(State(state): State<AppState>) -> Response {
     {
         gauge!(telemetry::DEAD_LETTER_BACKLOG).set((stored + counts.dead_lettered) as f64);
     }
+    // Replays are added up in the store, whoever made them (the CLI, any instance).
+    if let Ok(Ok(totals)) =
+        tokio::time::timeout(SCRAPE_STORE_TIMEOUT, state.store.replay_totals()).await
+    {
+        for (result, total) in totals {
+            telemetry::DlqReplayResult::show_total(&result, total);
+        }
+    }
     let text = state.metrics.render();
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -1,6 +1,11 @@
 //! The operators' side of dead letters (messages the store refused on every attempt, carried
 //! here by the relay's dead-letter mover): list, show, replay and purge, from the admin API and
 //! the CLI alike.
+//!
+//! Every replay and purge leaves an audit line (target `chatd::audit`, at info): who (the
+//! admin API, inside its request's span with the request id, or the CLI, with the operating
+//! system's user), what, which ids and how it went. Replays are also added up in the store, by
+//! result, so that `chat_dlq_replays_total` counts the CLI's and every instance's alike.
 
 use std::sync::Arc;
 
@@ -61,14 +66,33 @@ pub enum ReplayResult {
     },
 }
 
+/// Who acts on dead letters, for the audit lines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operator {
+    /// The admin API (its request id is on the request's span).
+    Http,
+    /// `chatd dlq`, run by this operating-system user.
+    Cli { user: String },
+}
+
+impl std::fmt::Display for Operator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Http => f.write_str("http"),
+            Self::Cli { user } => write!(f, "cli:{user}"),
+        }
+    }
+}
+
 /// The operators' view of the store's dead letters.
 pub struct DeadLetters {
     store: Arc<dyn MessageStore>,
+    operator: Operator,
 }
 
 impl DeadLetters {
-    pub fn new(store: Arc<dyn MessageStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn MessageStore>, operator: Operator) -> Self {
+        Self { store, operator }
     }
 
     pub async fn list(
@@ -128,22 +152,39 @@ impl DeadLetters {
             }
         }
         if !dry_run {
-            for outcome in &outcomes {
-                let result = match outcome.result {
-                    ReplayResult::Replayed | ReplayResult::WouldReplay => DlqReplayResult::Replayed,
-                    ReplayResult::Failed { .. } => DlqReplayResult::Failed,
-                    ReplayResult::NotFound => DlqReplayResult::NotFound,
-                };
-                result.count();
-            }
+            self.audit_replays(&outcomes).await;
         }
         Ok(outcomes)
+    }
+
+    /// One audit line per replayed id, and the totals added up in the store. A total the store
+    /// does not take is logged and lost: the replays themselves happened.
+    async fn audit_replays(&self, outcomes: &[ReplayOutcome]) {
+        let mut totals = std::collections::BTreeMap::<&str, u64>::new();
+        for outcome in outcomes {
+            let result = match &outcome.result {
+                ReplayResult::Replayed | ReplayResult::WouldReplay => DlqReplayResult::Replayed,
+                ReplayResult::Failed { .. } => DlqReplayResult::Failed,
+                ReplayResult::NotFound => DlqReplayResult::NotFound,
+            };
+            let error = match &outcome.result {
+                ReplayResult::Failed { error } => error.as_str(),
+                _ => "",
+            };
+            tracing::info!(target: "chatd::audit", by = %self.operator, action = "replay", id = %outcome.id, result = result.as_str(), error, "dead letter replay");
+            *totals.entry(result.as_str()).or_default() += 1;
+        }
+        for (result, count) in totals {
+            if let Err(e) = self.store.count_replays(result, count).await {
+                tracing::warn!(error = %Chain(&e), result, count, "the store did not add these replays to its totals");
+            }
+        }
     }
 
     /// Removes the selected dead letters for good; returns how many there were.
     pub async fn purge(&self, selection: Selection) -> Result<u64, StoreError> {
         match selection {
-            Selection::Ids(ids) => self.store.remove_dead_letters(&ids).await,
+            Selection::Ids(ids) => self.purge_ids(&ids).await,
             Selection::All => {
                 let mut purged = 0;
                 loop {
@@ -152,10 +193,20 @@ impl DeadLetters {
                         return Ok(purged);
                     }
                     let ids: Vec<String> = page.iter().map(|l| l.id().to_string()).collect();
-                    purged += self.store.remove_dead_letters(&ids).await?;
+                    purged += self.purge_ids(&ids).await?;
                 }
             }
         }
+    }
+
+    async fn purge_ids(&self, ids: &[String]) -> Result<u64, StoreError> {
+        let removed = self.store.remove_dead_letters(ids).await;
+        let outcome = match &removed {
+            Ok(removed) => format!("{removed} removed"),
+            Err(e) => format!("failed: {}", Chain(e)),
+        };
+        tracing::info!(target: "chatd::audit", by = %self.operator, action = "purge", ids = %ids.join(","), %outcome, "dead letters purged");
+        removed
     }
 
     async fn page(&self, after: Option<String>) -> Result<Vec<DeadLetter>, StoreError> {
@@ -180,10 +231,7 @@ impl DeadLetters {
         {
             Ok(outcomes) => match outcomes.into_iter().next() {
                 Some(Ok(())) => match self.store.remove_dead_letters(&[id]).await {
-                    Ok(_) => {
-                        tracing::info!(id = %letter.id(), "dead letter replayed");
-                        ReplayResult::Replayed
-                    }
+                    Ok(_) => ReplayResult::Replayed,
                     // Stored, but still listed: a second replay finds it stored and removes it.
                     Err(e) => failed(format!(
                         "stored, but the dead letter could not be removed: {}",

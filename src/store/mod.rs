@@ -18,7 +18,9 @@ use crate::config::StoreSettings;
 use crate::integrity::Integrity;
 use crate::model::{Channel, DeadLetter, Failure, Message, UserId};
 
-pub use dead_letters::{DeadLetterView, DeadLetters, ReplayOutcome, ReplayResult, Selection};
+pub use dead_letters::{
+    DeadLetterView, DeadLetters, Operator, ReplayOutcome, ReplayResult, Selection,
+};
 pub use health::StoreHealth;
 pub use mongo::MongoStore;
 pub use sqlite::SqliteStore;
@@ -155,6 +157,13 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Removes these dead letters and returns how many there were.
     async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError>;
+
+    /// Adds `count` replays that ended as `result` to the totals the store keeps, which the
+    /// CLI and every instance share.
+    async fn count_replays(&self, result: &str, count: u64) -> Result<(), StoreError>;
+
+    /// The replays' totals, by result.
+    async fn replay_totals(&self) -> Result<Vec<(String, u64)>, StoreError>;
 }
 
 /// Cluster mode refuses to start on a store without stream sequences, so this is only met by

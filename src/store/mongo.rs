@@ -85,6 +85,8 @@ pub struct MongoStore {
     database: Database,
     messages: Collection<Document>,
     dead_letters: Collection<Document>,
+    /// The dead-letter replays' totals: `{_id: result, count}`, beside the dead letters.
+    replays: Collection<Document>,
     settings: MongoSettings,
     timeout: Duration,
 }
@@ -99,7 +101,9 @@ impl MongoStore {
             .context("MONGO_URI")
             .map_err(|e| StoreError::Failed(e.into()))?;
         options.app_name = Some("chatd".into());
-        options.server_selection_timeout = Some(timeout);
+        // Inside STORE_TIMEOUT, so that when no server answers, the driver's account of each
+        // one (refused, not resolved) arrives before the bare timeout would.
+        options.server_selection_timeout = Some(timeout.mul_f64(0.8));
         options.connect_timeout = Some(timeout);
         // A message leaves the outbox once the store has it: it must be durable when acknowledged.
         options.write_concern = Some(
@@ -114,6 +118,7 @@ impl MongoStore {
         Ok(Self {
             messages: database.collection(&settings.messages),
             dead_letters: database.collection(&settings.dead_letters),
+            replays: database.collection(&format!("{}_replays", settings.dead_letters)),
             database,
             settings: settings.clone(),
             timeout,
@@ -447,6 +452,36 @@ impl MessageStore for MongoStore {
 
     async fn count_dead_letters(&self) -> Result<u64, StoreError> {
         self.call(self.dead_letters.count_documents(doc! {})).await
+    }
+
+    async fn count_replays(&self, result: &str, count: u64) -> Result<(), StoreError> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        self.call(
+            self.replays
+                .update_one(doc! { "_id": result }, doc! { "$inc": { "count": count } })
+                .upsert(true),
+        )
+        .await
+        .map(drop)
+    }
+
+    async fn replay_totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let found = self.call(self.replays.find(doc! {})).await?;
+        let docs: Vec<Document> = self.call(found.try_collect()).await?;
+        docs.iter()
+            .map(|doc| {
+                let result = doc.get_str("_id").map_err(|_| malformed(doc, "_id"))?;
+                let count = match doc.get("count") {
+                    Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
+                    Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
+                    _ => None,
+                };
+                Ok((
+                    result.to_string(),
+                    count.ok_or_else(|| malformed(doc, "count"))?,
+                ))
+            })
+            .collect()
     }
 
     async fn remove_dead_letters(&self, ids: &[String]) -> Result<u64, StoreError> {

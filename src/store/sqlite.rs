@@ -27,6 +27,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "0003_message_participants",
         sql: include_str!("../../migrations/sqlite/0003_message_participants.sql"),
     },
+    Migration {
+        name: "0004_dead_letter_replays",
+        sql: include_str!("../../migrations/sqlite/0004_dead_letter_replays.sql"),
+    },
 ];
 
 const READERS: usize = 4;
@@ -261,6 +265,28 @@ impl MessageStore for SqliteStore {
             }
             tx.commit()?;
             Ok(removed)
+        })
+        .await
+    }
+
+    async fn count_replays(&self, result: &str, count: u64) -> Result<(), StoreError> {
+        let (result, count) = (result.to_string(), i64::try_from(count).unwrap_or(i64::MAX));
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO dead_letter_replays (result, count) VALUES (?1, ?2)
+                 ON CONFLICT (result) DO UPDATE SET count = count + excluded.count",
+                rusqlite::params![result, count],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    async fn replay_totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        self.read(|conn| {
+            conn.prepare_cached("SELECT result, count FROM dead_letter_replays")?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect()
         })
         .await
     }

@@ -349,6 +349,14 @@ mod tests {
         async fn remove_dead_letters(&self, _: &[String]) -> Result<u64, StoreError> {
             unreachable!("the relay never removes dead letters")
         }
+
+        async fn count_replays(&self, _: &str, _: u64) -> Result<(), StoreError> {
+            unreachable!("the relay never replays dead letters")
+        }
+
+        async fn replay_totals(&self) -> Result<Vec<(String, u64)>, StoreError> {
+            unreachable!("the relay never replays dead letters")
+        }
     }
 
     struct Running {
