@@ -279,15 +279,25 @@ fn sockets_send_the_token_as_a_bearer_header_not_in_the_query() {
 #[test]
 fn help_does_not_show_the_secret_from_the_environment() {
     let secret = "do-not-print-this-secret";
-    let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
-        .args(["one-to-one", "--help"])
-        .env("JWT_SECRET", secret)
-        .output()
-        .expect("chatd-bench runs");
-    assert!(output.status.success());
-    let help = String::from_utf8_lossy(&output.stdout);
-    assert!(help.contains("JWT_SECRET"), "{help}");
-    assert!(!help.contains(secret), "{help}");
+    let help = |args: &[&str]| {
+        let output = Command::new(env!("CARGO_BIN_EXE_chatd-bench"))
+            .args(args)
+            .arg("--help")
+            .env("JWT_SECRET", secret)
+            .output()
+            .expect("chatd-bench runs");
+        assert!(output.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(!help.contains(secret), "{args:?}: {help}");
+        help
+    };
+    // Every scenario that takes --secret names the variable, never its value.
+    for scenario in ["one-to-one", "fanout", "idle", "drain"] {
+        let help = help(&[scenario]);
+        assert!(help.contains("JWT_SECRET"), "{scenario}: {help}");
+    }
+    help(&[]);
+    help(&["recovery"]);
 }
 
 #[test]

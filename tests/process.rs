@@ -421,3 +421,24 @@ async fn a_corrupted_embedded_store_stops_chatd_with_what_to_do() {
     corrupt_table(&data_dir.path().join(SQLITE_FILE), "messages");
     assert_refuses_corrupted(data_dir.path(), &[], SQLITE_FILE);
 }
+
+/// `chatd --help` lists the settings with their defaults, never the values in the environment.
+#[test]
+fn help_shows_no_secret_from_the_environment() {
+    let secret = "do-not-print-this-secret";
+    let admin_token = "do-not-print-this-admin-token";
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_chatd"))
+        .arg("--help")
+        .env("JWT_SECRET", secret)
+        .env("ADMIN_TOKEN", admin_token)
+        .output()
+        .expect("chatd runs");
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        help.contains("JWT_SECRET") && help.contains("ADMIN_TOKEN"),
+        "{help}"
+    );
+    assert!(!help.contains(secret), "{help}");
+    assert!(!help.contains(admin_token), "{help}");
+}

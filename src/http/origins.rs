@@ -8,13 +8,23 @@ use std::sync::Arc;
 use axum::extract::{Request, State};
 use axum::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN, VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
+    VARY,
 };
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
+
+/// The request headers beyond the CORS-safelisted ones that a browser client may send: its
+/// token, its JSON, a send's `Idempotency-Key` and its own request id.
+const ALLOWED_HEADERS: &str = "authorization, content-type, idempotency-key, x-request-id";
+
+/// The response headers beyond the CORS-safelisted ones that a browser client needs to read:
+/// how long to wait before retrying (429, 503), the request's id for a bug report, and whether
+/// a send with an `Idempotency-Key` was a replay. Browsers hide every other one from scripts.
+const EXPOSED: &str = "retry-after, x-request-id, idempotent-replayed";
 
 /// The origins allowed, exactly as browsers send them (`https://app.example.com`).
 #[derive(Debug, Default)]
@@ -55,18 +65,19 @@ pub async fn check_origin(
         );
         headers.insert(
             ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static("authorization, content-type"),
+            HeaderValue::from_static(ALLOWED_HEADERS),
         );
         headers.insert(ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
         response
     } else {
         next.run(request).await
     };
-    response
-        .headers_mut()
-        .insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    response
-        .headers_mut()
-        .append(VARY, HeaderValue::from_static("origin"));
+    let headers = response.headers_mut();
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    headers.insert(
+        ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED),
+    );
+    headers.append(VARY, HeaderValue::from_static("origin"));
     response
 }

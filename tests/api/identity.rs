@@ -1,13 +1,15 @@
 //! Tokens from an external identity service: a public key or a JWKS document, RS256 or ES256,
 //! with the issuer and audience checked when configured.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::common::{TestServer, eventually};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use futures_util::future::join_all;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
@@ -100,16 +102,59 @@ async fn an_es256_public_key_given_as_text_verifies() {
 
 /// A stand-in identity service: serves whatever JWKS document the test puts in it.
 async fn jwks_server(document: Arc<Mutex<String>>) -> String {
-    let app = Router::new()
-        .route(
-            "/jwks",
-            get(|State(doc): State<Arc<Mutex<String>>>| async move { doc.lock().unwrap().clone() }),
-        )
-        .with_state(document);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    let service = IdentityService {
+        document,
+        ..IdentityService::default()
+    };
+    service.start().await
+}
+
+/// The identity service's side of the test: its document, and once `hang` is set, requests it
+/// accepts and never answers.
+#[derive(Clone, Default)]
+struct IdentityService {
+    document: Arc<Mutex<String>>,
+    hang: Arc<AtomicBool>,
+    /// Requests received.
+    requests: Arc<AtomicUsize>,
+    /// Hanging requests whose caller gave up (their connection closed).
+    abandoned: Arc<AtomicUsize>,
+}
+
+/// Counts a hanging request abandoned when the server drops it.
+struct Hanging(Arc<AtomicUsize>);
+
+impl Drop for Hanging {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl IdentityService {
+    /// Listens on a port of its own; the JWKS document's URL.
+    async fn start(&self) -> String {
+        let app = Router::new()
+            .route(
+                "/jwks",
+                get(|State(service): State<IdentityService>| async move {
+                    service.requests.fetch_add(1, Ordering::SeqCst);
+                    if service.hang.load(Ordering::SeqCst) {
+                        let _hanging = Hanging(service.abandoned.clone());
+                        std::future::pending::<()>().await;
+                    }
+                    service.document.lock().unwrap().clone()
+                }),
+            )
+            .with_state(self.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
 }
 
 #[tokio::test]
@@ -161,6 +206,95 @@ async fn jwks_keys_are_chosen_by_kid_and_a_rotated_key_is_fetched() {
         (send_status(&server, &rotated).await == 202).then_some(())
     })
     .await;
+}
+
+/// The identity service goes away mid-flight: a fetch it accepts and never answers. Tokens
+/// whose `kid` is cached are verified without waiting for it, an unknown `kid` is refused at
+/// once rather than after the fetch's timeout, and only one fetch is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_identity_service_delays_no_token_with_a_cached_kid() {
+    // chatd's fetch timeout: a send that waited for the hanging fetch would take the rest of
+    // it (about 4 s here), and the fetch would have ended (`abandoned`) before it was answered.
+    const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+    // Far above what 50 concurrent sends take on a busy 2-core machine in a debug build (RS256
+    // verification included: 0.1-0.3 s for the slowest), far below waiting for the fetch. 100 ms
+    // would measure the machine's load rather than the identity service.
+    const PER_SEND: Duration = Duration::from_secs(1);
+    // chatd's grace for a young fetch: an unknown kid refused faster than this did not wait.
+    const AT_ONCE: Duration = Duration::from_millis(500);
+    let service = IdentityService {
+        document: Arc::new(Mutex::new(key_file("jwks.json"))),
+        ..IdentityService::default()
+    };
+    let url = service.start().await;
+    let server = TestServer::start_with(&[("JWKS_URL", &url)]).await;
+    let cached = sign(
+        Algorithm::RS256,
+        &key_file("rsa-private.pem"),
+        Some("rsa-1"),
+        claims("alice"),
+    );
+    assert_eq!(send_status(&server, &cached).await, 202);
+    assert_eq!(service.requests(), 1, "the first token fetched the keys");
+
+    // The identity service hangs. A token with a kid nobody published asks chatd to fetch
+    // again (as soon as the 2 s between fetches allow): that fetch never ends.
+    service.hang.store(true, Ordering::SeqCst);
+    let unknown = sign(
+        Algorithm::ES256,
+        &key_file("ec2-private.pem"),
+        Some("ec-unpublished"),
+        claims("alice"),
+    );
+    let trigger_refused_in = eventually("an unknown kid starts a fetch that hangs", || async {
+        let started = Instant::now();
+        assert_eq!(send_status(&server, &unknown).await, 401);
+        let refused_in = started.elapsed();
+        assert!(
+            refused_in < FETCH_TIMEOUT / 2,
+            "an unknown kid waited {refused_in:?} for a hanging fetch"
+        );
+        (service.requests() == 2).then_some(refused_in)
+    })
+    .await;
+    eprintln!("the unknown kid that started the hanging fetch: refused in {trigger_refused_in:?}");
+
+    let sends = join_all((0..50).map(|_| async {
+        let started = Instant::now();
+        let status = send_status(&server, &cached).await;
+        (status, started.elapsed())
+    }))
+    .await;
+    let mut durations: Vec<Duration> = sends
+        .iter()
+        .map(|&(status, took)| {
+            assert_eq!(status, 202);
+            took
+        })
+        .collect();
+    durations.sort();
+    eprintln!(
+        "50 sends with a cached kid while the fetch hangs: median {:?}, slowest {:?}",
+        durations[25], durations[49]
+    );
+    assert!(
+        durations[49] < PER_SEND,
+        "the slowest send took {:?}",
+        durations[49]
+    );
+
+    // The fetch still hangs: an unknown kid is refused at once now, and fetches nothing more.
+    let started = Instant::now();
+    assert_eq!(send_status(&server, &unknown).await, 401);
+    let refused_in = started.elapsed();
+    eprintln!("an unknown kid during the outage: refused in {refused_in:?}");
+    assert!(refused_in < AT_ONCE, "refused after {refused_in:?}");
+    assert_eq!(service.requests(), 2, "one fetch at a time");
+    assert_eq!(
+        service.abandoned.load(Ordering::SeqCst),
+        0,
+        "every answer came while the fetch was still hanging"
+    );
 }
 
 #[tokio::test]

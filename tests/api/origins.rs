@@ -20,6 +20,19 @@ async fn ws_status(server: &TestServer, origin: &str) -> u16 {
     }
 }
 
+/// Response headers a browser's script may read, beyond the safelisted ones.
+fn assert_exposes(response: &reqwest::Response, names: &[&str]) {
+    let exposed = response.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let exposed: Vec<&str> = exposed.split(',').map(str::trim).collect();
+    for name in names {
+        assert!(exposed.contains(name), "{name} not in {exposed:?}");
+        assert!(response.headers().contains_key(*name), "{name} not sent");
+    }
+}
+
 #[tokio::test]
 async fn only_allowed_origins_may_call_and_they_get_cors_headers() {
     let server = TestServer::start_with(&[(
@@ -59,6 +72,7 @@ async fn only_allowed_origins_may_call_and_they_get_cors_headers() {
         .unwrap();
     assert_eq!(allowed.status(), 202);
     assert_eq!(allowed.headers()["access-control-allow-origin"], APP);
+    assert_exposes(&allowed, &["x-request-id"]);
 
     let evil = server
         .http
@@ -80,6 +94,56 @@ async fn only_allowed_origins_may_call_and_they_get_cors_headers() {
 
     assert_eq!(ws_status(&server, APP).await, 101);
     assert_eq!(ws_status(&server, "https://evil.example").await, 403);
+}
+
+/// What a browser's script needs from the answers: the request's id, whether a send was a
+/// replay of an earlier one with the same `Idempotency-Key`, and when to retry after a 429.
+#[tokio::test]
+async fn browsers_may_send_an_idempotency_key_and_read_the_headers_that_answer() {
+    let server = TestServer::start_with(&[
+        ("CORS_ALLOWED_ORIGINS", APP),
+        ("RATE_LIMIT_RPS", "0.001"),
+        ("RATE_LIMIT_BURST", "2"),
+    ])
+    .await;
+    let preflight = server
+        .http
+        .request(reqwest::Method::OPTIONS, server.url("/api/messages"))
+        .header("origin", APP)
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, content-type, idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(preflight.status(), 204);
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap();
+    assert!(allowed.contains("idempotency-key"), "{allowed}");
+
+    let send = || {
+        server
+            .http
+            .post(server.url("/api/messages"))
+            .header("origin", APP)
+            .header("idempotency-key", "from-the-browser-1")
+            .bearer_auth(server.token("alice"))
+            .json(&json!({"participants": ["alice", "bob"], "content": "once"}))
+            .send()
+    };
+    assert_eq!(send().await.unwrap().status(), 202);
+    let replayed = send().await.unwrap();
+    assert_eq!(replayed.status(), 202);
+    assert_eq!(replayed.headers()["idempotent-replayed"], "true");
+    assert_exposes(&replayed, &["idempotent-replayed", "x-request-id"]);
+
+    // The burst of 2 is spent.
+    let limited = send().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert_exposes(&limited, &["retry-after", "x-request-id"]);
 }
 
 #[tokio::test]
