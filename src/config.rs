@@ -176,6 +176,11 @@ pub const JWT_SECRET: Setting = text(
     "",
     "HS256 secret; unset: a development secret is generated once in DATA_DIR",
 );
+pub const JWT_SECRET_FILE: Setting = text(
+    "JWT_SECRET_FILE",
+    "",
+    "a file holding JWT_SECRET (a Docker or Kubernetes secret), instead of the variable",
+);
 pub const JWT_PUBLIC_KEY: Setting = text(
     "JWT_PUBLIC_KEY",
     "",
@@ -196,6 +201,11 @@ pub const MONGO_URI: Setting = text(
     "MONGO_URI",
     "",
     "MongoDB connection string; unset: the embedded store in DATA_DIR",
+);
+pub const MONGO_URI_FILE: Setting = text(
+    "MONGO_URI_FILE",
+    "",
+    "a file holding MONGO_URI (which may carry a password), instead of the variable",
 );
 pub const MONGO_DB: Setting = text("MONGO_DB", "chatdb", "MongoDB database");
 pub const MONGO_COLLECTION: Setting = text(
@@ -218,6 +228,11 @@ pub const ADMIN_TOKEN: Setting = text(
     "ADMIN_TOKEN",
     "",
     "bearer token for /admin/*; unset: the admin API is off (404)",
+);
+pub const ADMIN_TOKEN_FILE: Setting = text(
+    "ADMIN_TOKEN_FILE",
+    "",
+    "a file holding ADMIN_TOKEN, instead of the variable",
 );
 pub const INSTANCE_ID: Setting = text(
     "INSTANCE_ID",
@@ -444,16 +459,19 @@ pub const SETTINGS: &[&dyn Declared] = &[
     &METRICS_PORT,
     &DATA_DIR,
     &JWT_SECRET,
+    &JWT_SECRET_FILE,
     &JWT_PUBLIC_KEY,
     &JWKS_URL,
     &JWT_ISSUER,
     &JWT_AUDIENCE,
     &MONGO_URI,
+    &MONGO_URI_FILE,
     &MONGO_DB,
     &MONGO_COLLECTION,
     &MONGO_DEAD_LETTER_COLLECTION,
     &STORE_TIMEOUT,
     &ADMIN_TOKEN,
+    &ADMIN_TOKEN_FILE,
     &INSTANCE_ID,
     &NATS_URL,
     &NATS_CONNECT_TIMEOUT,
@@ -690,7 +708,7 @@ impl Config {
                 None => None,
             },
             data_dir: PathBuf::from(vars.text(&DATA_DIR)),
-            jwt_secret: vars.optional(&JWT_SECRET),
+            jwt_secret: vars.secret(&JWT_SECRET, &JWT_SECRET_FILE)?,
             identity: Identity {
                 public_key: vars.optional(&JWT_PUBLIC_KEY),
                 jwks_url: vars.optional(&JWKS_URL),
@@ -698,15 +716,17 @@ impl Config {
                 audience: vars.optional(&JWT_AUDIENCE),
             },
             store: StoreSettings {
-                mongo: vars.optional(&MONGO_URI).map(|uri| MongoSettings {
-                    uri,
-                    database: vars.text(&MONGO_DB),
-                    messages: vars.text(&MONGO_COLLECTION),
-                    dead_letters: vars.text(&MONGO_DEAD_LETTER_COLLECTION),
-                }),
+                mongo: vars
+                    .secret(&MONGO_URI, &MONGO_URI_FILE)?
+                    .map(|uri| MongoSettings {
+                        uri,
+                        database: vars.text(&MONGO_DB),
+                        messages: vars.text(&MONGO_COLLECTION),
+                        dead_letters: vars.text(&MONGO_DEAD_LETTER_COLLECTION),
+                    }),
                 timeout: vars.duration(&STORE_TIMEOUT)?,
             },
-            admin_token: vars.optional(&ADMIN_TOKEN),
+            admin_token: vars.secret(&ADMIN_TOKEN, &ADMIN_TOKEN_FILE)?,
             instance_id: vars
                 .optional(&INSTANCE_ID)
                 .unwrap_or_else(default_instance_id),
@@ -873,6 +893,28 @@ impl Vars<'_> {
 
     fn optional(&self, setting: &Setting) -> Option<String> {
         Some(self.text(setting)).filter(|value| !value.is_empty())
+    }
+
+    /// A secret from its variable, or from the file its `_FILE` variable names (the way
+    /// Docker and Kubernetes hand secrets over), without the file's final line break.
+    fn secret(&self, value: &Setting, file: &Setting) -> Result<Option<String>, ConfigError> {
+        let Some(path) = self.optional(file) else {
+            return Ok(self.optional(value));
+        };
+        let refused = |reason: String| ConfigError::new(file.name, path.clone(), reason);
+        if self.is_set(value) {
+            return Err(refused(format!(
+                "set {} or {}, not both",
+                value.name, file.name
+            )));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| refused(e.to_string()))?;
+        let secret = text.strip_suffix('\n').unwrap_or(&text);
+        let secret = secret.strip_suffix('\r').unwrap_or(secret);
+        if secret.is_empty() {
+            return Err(refused("the file is empty".into()));
+        }
+        Ok(Some(secret.to_string()))
     }
 
     /// The value, or the declared default when the variable is unset or empty.
@@ -1090,6 +1132,26 @@ mod tests {
         assert_eq!(c.shutdown_timeout, Duration::from_secs(10));
         assert_eq!(c.socket.ping_interval, Duration::from_secs(30));
         assert_eq!(c.socket.pong_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn secrets_come_from_their_variable_or_from_a_file_not_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("jwt_secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let path = file.display().to_string();
+        let c = config(&[("JWT_SECRET_FILE", &path), ("ADMIN_TOKEN", "direct")]).unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some("from-a-file"));
+        assert_eq!(c.admin_token.as_deref(), Some("direct"));
+
+        let both = config(&[("JWT_SECRET_FILE", &path), ("JWT_SECRET", "x")]).unwrap_err();
+        assert_eq!(both.name, "JWT_SECRET_FILE");
+        assert!(both.reason.contains("not both"), "{both}");
+        let missing = config(&[("ADMIN_TOKEN_FILE", "/nonexistent/token")]).unwrap_err();
+        assert_eq!(missing.name, "ADMIN_TOKEN_FILE");
+        std::fs::write(&file, "\n").unwrap();
+        let empty = config(&[("MONGO_URI_FILE", &path)]).unwrap_err();
+        assert!(empty.reason.contains("empty"), "{empty}");
     }
 
     #[test]
