@@ -158,11 +158,16 @@ const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The process's Prometheus recorder. There is one per process (the `metrics` facade has one
+/// The process's Prometheus recorder, and the collector of the process's own series
+/// (`metrics-process`): `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads` and
+/// `process_start_time_seconds`, the names every Prometheus client library uses, read from
+/// /proc on Linux at start-up and on every [`Metrics::upkeep`]. There is one per process (the `metrics` facade has one
 /// global recorder), shared by every chatd the process starts.
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
+    process: metrics_process::Collector,
 }
 
 impl Metrics {
@@ -178,20 +183,29 @@ impl Metrics {
                     .expect("the only metrics recorder of this process");
                 describe();
                 register();
+                metrics_process::Collector::default().describe();
                 handle
             })
             .clone();
-        Self { handle }
+        let metrics = Self {
+            handle,
+            process: metrics_process::Collector::default(),
+        };
+        // The process's series are there from the first scrape, not from the first upkeep.
+        metrics.process.collect();
+        metrics
     }
 
     pub fn render(&self) -> String {
         self.handle.render()
     }
 
-    /// Folds recorded histogram samples into their buckets; run it every few seconds so memory
-    /// stays bounded between scrapes.
+    /// Folds recorded histogram samples into their buckets and reads the process's memory, CPU
+    /// time and file descriptors; run it every few seconds so memory stays bounded between
+    /// scrapes and the process's series are at most that old.
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+        self.process.collect();
     }
 }
 
@@ -388,6 +402,26 @@ mod tests {
             let series = format!("{WS_CLOSED}{{reason=\"{}\"}}", reason.as_str());
             assert!(text.contains(&series), "{series} missing from\n{text}");
         }
+        // The process's own series, read from /proc: this process has memory, has used some
+        // CPU time (a whole second is not guaranteed: the counter counts whole seconds) and
+        // holds descriptors under a limit.
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+        };
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        for name in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_threads",
+            "process_start_time_seconds",
+        ] {
+            assert!(value(name) > 0.0, "{name} is not positive in\n{text}");
+        }
+        assert!(value("process_open_fds") < value("process_max_fds"));
         assert!(text.contains(&format!(
             "chat_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")

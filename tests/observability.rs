@@ -47,6 +47,14 @@ const REQUIRED: &[&str] = &[
     "chat_bus_received_total",
     "chat_bus_connected",
     "chat_stream_pending",
+    // The process's own, from metrics-process.
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_threads",
+    "process_start_time_seconds",
 ];
 
 async fn scrape(server: &TestServer, url: &str) -> String {
@@ -81,17 +89,21 @@ fn exported(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// Every `chat_…` identifier in a text.
+/// Every `chat_…` and `process_…` identifier in a text: chatd's series and the process's.
+/// (Prometheus's own, such as `up`, are not chatd's to export.)
 fn referenced(text: &str) -> BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("chat_") {
-        let name: String = rest[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        rest = &rest[at + name.len()..];
-        names.insert(name);
+    for prefix in ["chat_", "process_"] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(prefix).map(|at| from + at) {
+            let name: String = text[at..].chars().take_while(|&c| is_name(c)).collect();
+            from = at + name.len();
+            // A whole identifier, not the tail of another one.
+            if !text[..at].ends_with(is_name) {
+                names.insert(name);
+            }
+        }
     }
     names
 }
