@@ -40,6 +40,8 @@ pub const BUS_PUBLISH_FAILURES: &str = "chat_bus_publish_failures_total";
 pub const BUS_RECEIVED: &str = "chat_bus_received_total";
 pub const BUS_CONNECTED: &str = "chat_bus_connected";
 pub const STREAM_PENDING: &str = "chat_stream_pending";
+pub const WS_CONNECTIONS_MAX: &str = "chat_ws_connections_max";
+pub const HTTP_CONNECTIONS_MAX: &str = "chat_http_connections_max";
 
 /// A labelled counter's label values as one enum: where the counter is incremented and where it
 /// is registered at zero read the same set, so no value can be emitted without its series
@@ -298,6 +300,14 @@ fn describe() {
         STREAM_PENDING,
         "cluster mode: messages in the NATS stream the relays have not stored yet, cluster-wide"
     );
+    describe_gauge!(
+        WS_CONNECTIONS_MAX,
+        "WebSockets allowed open at once: MAX_CONNECTIONS, or what ulimit -n left of it"
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS_MAX,
+        "TCP connections allowed open at once, WebSockets included: HTTP_MAX_CONNECTIONS"
+    );
 }
 
 /// Creates every series at zero (histograms without samples), labelled ones for every label
@@ -335,6 +345,8 @@ fn register() {
         DEAD_LETTER_BACKLOG,
         BUS_CONNECTED,
         STREAM_PENDING,
+        WS_CONNECTIONS_MAX,
+        HTTP_CONNECTIONS_MAX,
     ] {
         gauge!(name).set(0.0);
     }
@@ -379,6 +391,8 @@ mod tests {
             BUS_RECEIVED,
             BUS_CONNECTED,
             STREAM_PENDING,
+            WS_CONNECTIONS_MAX,
+            HTTP_CONNECTIONS_MAX,
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),

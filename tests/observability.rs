@@ -47,6 +47,8 @@ const REQUIRED: &[&str] = &[
     "chat_bus_received_total",
     "chat_bus_connected",
     "chat_stream_pending",
+    "chat_ws_connections_max",
+    "chat_http_connections_max",
     // The process's own, from metrics-process.
     "process_cpu_seconds_total",
     "process_resident_memory_bytes",
