@@ -13,8 +13,13 @@ RUN mkdir src \
     && rm -rf src
 
 # The real sources. migrations/ is compiled in with include_str!, so it must be here too.
+# build.rs labels chat_build_info with the git revision: .git is not in the build context, so
+# it is "unknown" unless given, e.g.
+# `docker build --build-arg CHATD_GIT_REVISION=$(git rev-parse --short HEAD) .`
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+ARG CHATD_GIT_REVISION=
 # COPY keeps the files' old modification times: touch them so cargo rebuilds the crate
 # instead of keeping the empty one from the dependency layer.
 RUN touch src/main.rs src/lib.rs \

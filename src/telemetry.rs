@@ -43,6 +43,10 @@ pub const STREAM_PENDING: &str = "chat_stream_pending";
 pub const WS_CONNECTIONS_MAX: &str = "chat_ws_connections_max";
 pub const HTTP_CONNECTIONS_MAX: &str = "chat_http_connections_max";
 
+/// The commit chatd was built from (`git rev-parse --short HEAD`, by build.rs), or "unknown"
+/// when it was built outside a git checkout.
+pub const GIT_REVISION: &str = env!("CHATD_GIT_REVISION");
+
 /// A labelled counter's label values as one enum: where the counter is incremented and where it
 /// is registered at zero read the same set, so no value can be emitted without its series
 /// existing from the start.
@@ -267,7 +271,10 @@ fn describe() {
         HTTP_REFUSED,
         "connections answered 503 and closed at accept, by the cap they were over"
     );
-    describe_gauge!(BUILD_INFO, "always 1; the version is a label");
+    describe_gauge!(
+        BUILD_INFO,
+        "always 1; the version and the git revision built from are labels"
+    );
     describe_gauge!(
         STORAGE_CORRUPTED,
         "1 once a database file was found corrupted while running (until restart), by file"
@@ -350,7 +357,12 @@ fn register() {
     ] {
         gauge!(name).set(0.0);
     }
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "revision" => GIT_REVISION,
+    )
+    .set(1.0);
     for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
         // Registering the handle is enough for the series to exist, with empty buckets.
         let _registered = histogram!(name);
@@ -437,7 +449,7 @@ mod tests {
         }
         assert!(value("process_open_fds") < value("process_max_fds"));
         assert!(text.contains(&format!(
-            "chat_build_info{{version=\"{}\"}} 1",
+            "chat_build_info{{version=\"{}\",revision=\"{GIT_REVISION}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
     }
