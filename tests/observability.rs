@@ -127,7 +127,7 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
     let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops");
     let dashboard = std::fs::read_to_string(ops.join("grafana/dashboards/chatd.json")).unwrap();
     let dashboard: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
-    let expressions: Vec<&str> = dashboard["panels"]
+    let mut expressions: Vec<&str> = dashboard["panels"]
         .as_array()
         .unwrap()
         .iter()
@@ -135,6 +135,14 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
         .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
         .map(|target| target["expr"].as_str().unwrap())
         .collect();
+    // The template variables' queries name metrics too.
+    expressions.extend(
+        dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|variable| variable["definition"].as_str()),
+    );
     let alerts = std::fs::read_to_string(ops.join("alerts.yml")).unwrap();
     for (source, text) in [
         ("the dashboard", expressions.join("\n")),
@@ -149,6 +157,99 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
             );
         }
     }
+}
+
+/// Every panel reads the data source chosen in `$datasource` and only the instances chosen in
+/// `$instance`, so one dashboard serves the single Prometheus and the cluster's.
+#[test]
+fn every_panel_follows_the_datasource_and_instance_variables() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/grafana/dashboards/chatd.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no ${name} variable"))
+    };
+    assert_eq!(variable("datasource")["type"], "datasource");
+    assert_eq!(variable("datasource")["query"], "prometheus");
+    let instance = variable("instance");
+    assert_eq!(instance["type"], "query");
+    assert_eq!(instance["datasource"]["uid"], "${datasource}");
+    let mut ids = BTreeSet::new();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "{title}: id taken"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let units = panel["fieldConfig"]["defaults"]["unit"].as_str();
+        assert!(units.is_some_and(|u| !u.is_empty()), "{title}: no unit");
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            let expr = target["expr"].as_str().unwrap();
+            for selector in selectors(expr) {
+                assert!(
+                    selector.contains("instance=~\"$instance\""),
+                    "{title}: {selector} in {expr} ignores $instance"
+                );
+                checked += 1;
+            }
+        }
+        if panel["type"] == "stat" {
+            let defaults = &panel["fieldConfig"]["defaults"];
+            assert!(
+                defaults["thresholds"]["steps"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty()),
+                "{title}: a stat without thresholds"
+            );
+            assert!(
+                defaults["mappings"].is_array(),
+                "{title}: no value mappings"
+            );
+        }
+    }
+    assert!(checked >= 20, "only {checked} selectors checked");
+}
+
+/// Each metric selector in a PromQL expression (`name` or `name{…}`), for `chat_…`,
+/// `process_…` and Prometheus's `up`.
+fn selectors(expr: &str) -> Vec<&str> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < expr.len() {
+        let rest = &expr[at..];
+        let len = rest.find(|c: char| !is_name(c)).unwrap_or(rest.len());
+        if len == 0 {
+            at += rest.chars().next().unwrap().len_utf8();
+            continue;
+        }
+        let name = &rest[..len];
+        let after = &rest[len..];
+        let is_metric = name.starts_with("chat_") || name.starts_with("process_") || name == "up";
+        // `up(` would be a function; a label name inside braces is never one of these.
+        if is_metric && !after.starts_with('(') {
+            let end = if after.starts_with('{') {
+                len + after.find('}').unwrap() + 1
+            } else {
+                len
+            };
+            found.push(&rest[..end]);
+            at += end;
+        } else {
+            at += len;
+        }
+    }
+    found
 }
 
 #[tokio::test]
