@@ -7,8 +7,13 @@ WORKDIR /src
 
 # migrations/ is compiled in with include_str!, so it must be here too.
 COPY Cargo.toml Cargo.lock ./
+# build.rs labels chat_build_info with the git revision: .git is not in the build context, so
+# it is "unknown" unless given, e.g.
+# `docker build --build-arg CHATD_GIT_REVISION=$(git rev-parse --short HEAD) .`
+COPY build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+ARG CHATD_GIT_REVISION=
 # The registry and target/ are cache mounts: a rebuild after a source change compiles chatd
 # alone, without a dependency layer to keep in step with Cargo.toml. The binary ships
 # stripped (about a sixth of its size with debug info); its debug info stays in this stage,

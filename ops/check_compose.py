@@ -13,6 +13,9 @@ Usage: python3 ops/check_compose.py [docker-compose.yml]   (needs PyYAML)
   whose mounted config file exists and names every instance; and a Prometheus whose mounted
   config has the rule files of ops/prometheus.yml, mounted beside it, and every instance as a
   target.
+- One Alertmanager, its image pinned by tag, its published ports bound to 127.0.0.1, its
+  mounted config file present with a route whose receiver (and every route's) is declared;
+  and every Prometheus, plain or cluster, sending alerts to it (alerting: alertmanagers:).
 - Every named volume is declared, and no two services publish the same host port (the plain
   services start with the cluster profile too).
 Exits 1 with one line per problem found.
@@ -24,7 +27,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
-PLAIN_SERVICES = {"chatd", "mongo", "prometheus", "grafana"}
+PLAIN_SERVICES = {"chatd", "mongo", "prometheus", "grafana", "alertmanager"}
+ALERTMANAGER_PORT = 9093
 PROFILE = "cluster"
 NATS_PORT = 4222
 
@@ -245,6 +249,75 @@ def check(path):
             if metrics_address(instance) not in targets:
                 problems.append(f"{name}: {rel} does not scrape {metrics_address(instance)}")
 
+    problems += check_alertmanager(services, base, mounted_files)
+    return problems
+
+
+def check_alertmanager(services, base, mounted_files):
+    """One Alertmanager, pinned, on this host only, with a whole config; every Prometheus sends
+    to it."""
+    problems = []
+    managers = {
+        n: s
+        for n, s in services.items()
+        if str(s.get("image", "")).startswith("prom/alertmanager")
+    }
+    if len(managers) != 1:
+        return [f"needs one Alertmanager (prom/alertmanager), found {sorted(managers)}"]
+    name, service = next(iter(managers.items()))
+    tag = str(service["image"]).partition(":")[2]
+    if not tag or tag == "latest":
+        problems.append(f"{name}: image {service['image']} is not pinned by tag")
+    for port in service.get("ports") or []:
+        text = str(port.get("host_ip", "")) if isinstance(port, dict) else str(port)
+        if not text.startswith("127.0.0.1"):
+            problems.append(f"{name}: port {port} is published beyond 127.0.0.1")
+    config_target = "/etc/alertmanager/alertmanager.yml"
+    for arg in command_args(service):
+        if arg.startswith("--config.file="):
+            config_target = arg.split("=", 1)[1]
+    config = next((h for h, t in mounted_files(service) if t == config_target), None)
+    if config is None or not os.path.isfile(config):
+        problems.append(f"{name}: no config file of the repository at {config_target}")
+    else:
+        rel = os.path.relpath(config, base)
+        with open(config) as f:
+            am = yaml.safe_load(f) or {}
+        receivers = {r.get("name") for r in am.get("receivers") or []}
+        routes = [am.get("route") or {}]
+        if not routes[0].get("receiver"):
+            problems.append(f"{name}: {rel} has no route with a receiver")
+        while routes:
+            route = routes.pop()
+            receiver = route.get("receiver")
+            if receiver is not None and receiver not in receivers:
+                problems.append(f"{name}: {rel} routes to {receiver!r}, which is not a receiver")
+            routes.extend(route.get("routes") or [])
+    # Every Prometheus sends its alerts to it.
+    address = f"{name}:{ALERTMANAGER_PORT}"
+    for prom_name, prom_service in services.items():
+        if not str(prom_service.get("image", "")).startswith("prom/prometheus"):
+            continue
+        config_target = "/etc/prometheus/prometheus.yml"
+        for arg in command_args(prom_service):
+            if arg.startswith("--config.file="):
+                config_target = arg.split("=", 1)[1]
+        prom_config = next(
+            (h for h, t in mounted_files(prom_service) if t == config_target), None
+        )
+        if prom_config is None or not os.path.isfile(prom_config):
+            continue  # reported with the cluster's checks, or by docker compose
+        with open(prom_config) as f:
+            prom = yaml.safe_load(f) or {}
+        targets = {
+            target
+            for manager in (prom.get("alerting") or {}).get("alertmanagers") or []
+            for static in manager.get("static_configs") or []
+            for target in static.get("targets") or []
+        }
+        if address not in targets:
+            rel = os.path.relpath(prom_config, base)
+            problems.append(f"{prom_name}: {rel} does not send alerts to {address}")
     return problems
 
 

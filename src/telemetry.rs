@@ -40,6 +40,12 @@ pub const BUS_PUBLISH_FAILURES: &str = "chat_bus_publish_failures_total";
 pub const BUS_RECEIVED: &str = "chat_bus_received_total";
 pub const BUS_CONNECTED: &str = "chat_bus_connected";
 pub const STREAM_PENDING: &str = "chat_stream_pending";
+pub const WS_CONNECTIONS_MAX: &str = "chat_ws_connections_max";
+pub const HTTP_CONNECTIONS_MAX: &str = "chat_http_connections_max";
+
+/// The commit chatd was built from (`git rev-parse --short HEAD`, by build.rs), or "unknown"
+/// when it was built outside a git checkout.
+pub const GIT_REVISION: &str = env!("CHATD_GIT_REVISION");
 
 /// A labelled counter's label values as one enum: where the counter is incremented and where it
 /// is registered at zero read the same set, so no value can be emitted without its series
@@ -169,11 +175,16 @@ const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// The process's Prometheus recorder. There is one per process (the `metrics` facade has one
+/// The process's Prometheus recorder, and the collector of the process's own series
+/// (`metrics-process`): `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_virtual_memory_bytes`, `process_open_fds`, `process_max_fds`, `process_threads` and
+/// `process_start_time_seconds`, the names every Prometheus client library uses, read from
+/// /proc on Linux at start-up and on every [`Metrics::upkeep`]. There is one per process (the `metrics` facade has one
 /// global recorder), shared by every chatd the process starts.
 #[derive(Clone)]
 pub struct Metrics {
     handle: PrometheusHandle,
+    process: metrics_process::Collector,
 }
 
 impl Metrics {
@@ -189,20 +200,29 @@ impl Metrics {
                     .expect("the only metrics recorder of this process");
                 describe();
                 register();
+                metrics_process::Collector::default().describe();
                 handle
             })
             .clone();
-        Self { handle }
+        let metrics = Self {
+            handle,
+            process: metrics_process::Collector::default(),
+        };
+        // The process's series are there from the first scrape, not from the first upkeep.
+        metrics.process.collect();
+        metrics
     }
 
     pub fn render(&self) -> String {
         self.handle.render()
     }
 
-    /// Folds recorded histogram samples into their buckets; run it every few seconds so memory
-    /// stays bounded between scrapes.
+    /// Folds recorded histogram samples into their buckets and reads the process's memory, CPU
+    /// time and file descriptors; run it every few seconds so memory stays bounded between
+    /// scrapes and the process's series are at most that old.
     pub fn upkeep(&self) {
         self.handle.run_upkeep();
+        self.process.collect();
     }
 }
 
@@ -262,7 +282,10 @@ fn describe() {
         HTTP_REFUSED,
         "connections answered 503 and closed at accept, by the cap they were over"
     );
-    describe_gauge!(BUILD_INFO, "always 1; the version is a label");
+    describe_gauge!(
+        BUILD_INFO,
+        "always 1; the version and the git revision built from are labels"
+    );
     describe_gauge!(
         STORAGE_CORRUPTED,
         "1 once a database file was found corrupted while running (until restart), by file"
@@ -294,6 +317,14 @@ fn describe() {
     describe_gauge!(
         STREAM_PENDING,
         "cluster mode: messages in the NATS stream the relays have not stored yet, cluster-wide"
+    );
+    describe_gauge!(
+        WS_CONNECTIONS_MAX,
+        "WebSockets allowed open at once: MAX_CONNECTIONS, or what ulimit -n left of it"
+    );
+    describe_gauge!(
+        HTTP_CONNECTIONS_MAX,
+        "TCP connections allowed open at once, WebSockets included: HTTP_MAX_CONNECTIONS"
     );
 }
 
@@ -332,10 +363,17 @@ fn register() {
         DEAD_LETTER_BACKLOG,
         BUS_CONNECTED,
         STREAM_PENDING,
+        WS_CONNECTIONS_MAX,
+        HTTP_CONNECTIONS_MAX,
     ] {
         gauge!(name).set(0.0);
     }
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "revision" => GIT_REVISION,
+    )
+    .set(1.0);
     for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
         // Registering the handle is enough for the series to exist, with empty buckets.
         let _registered = histogram!(name);
@@ -376,6 +414,8 @@ mod tests {
             BUS_RECEIVED,
             BUS_CONNECTED,
             STREAM_PENDING,
+            WS_CONNECTIONS_MAX,
+            HTTP_CONNECTIONS_MAX,
         ] {
             assert!(
                 text.contains(&format!("\n{name}")),
@@ -399,8 +439,28 @@ mod tests {
             let series = format!("{WS_CLOSED}{{reason=\"{}\"}}", reason.as_str());
             assert!(text.contains(&series), "{series} missing from\n{text}");
         }
+        // The process's own series, read from /proc: this process has memory, has used some
+        // CPU time (a whole second is not guaranteed: the counter counts whole seconds) and
+        // holds descriptors under a limit.
+        let value = |name: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or_else(|| panic!("{name} missing from\n{text}"))
+        };
+        assert!(value("process_cpu_seconds_total") >= 0.0);
+        for name in [
+            "process_resident_memory_bytes",
+            "process_virtual_memory_bytes",
+            "process_open_fds",
+            "process_max_fds",
+            "process_threads",
+            "process_start_time_seconds",
+        ] {
+            assert!(value(name) > 0.0, "{name} is not positive in\n{text}");
+        }
+        assert!(value("process_open_fds") < value("process_max_fds"));
         assert!(text.contains(&format!(
-            "chat_build_info{{version=\"{}\"}} 1",
+            "chat_build_info{{version=\"{}\",revision=\"{GIT_REVISION}\"}} 1",
             env!("CARGO_PKG_VERSION")
         )));
     }

@@ -47,6 +47,17 @@ const REQUIRED: &[&str] = &[
     "chat_bus_received_total",
     "chat_bus_connected",
     "chat_stream_pending",
+    "chat_ws_connections_max",
+    "chat_http_connections_max",
+    "chat_http_requests_total",
+    // The process's own, from metrics-process.
+    "process_cpu_seconds_total",
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_open_fds",
+    "process_max_fds",
+    "process_threads",
+    "process_start_time_seconds",
 ];
 
 async fn scrape(server: &TestServer, url: &str) -> String {
@@ -81,17 +92,21 @@ fn exported(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// Every `chat_…` identifier in a text.
+/// Every `chat_…` and `process_…` identifier in a text: chatd's series and the process's.
+/// (Prometheus's own, such as `up`, are not chatd's to export.)
 fn referenced(text: &str) -> BTreeSet<String> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut names = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("chat_") {
-        let name: String = rest[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        rest = &rest[at + name.len()..];
-        names.insert(name);
+    for prefix in ["chat_", "process_"] {
+        let mut from = 0;
+        while let Some(at) = text[from..].find(prefix).map(|at| from + at) {
+            let name: String = text[at..].chars().take_while(|&c| is_name(c)).collect();
+            from = at + name.len();
+            // A whole identifier, not the tail of another one.
+            if !text[..at].ends_with(is_name) {
+                names.insert(name);
+            }
+        }
     }
     names
 }
@@ -112,7 +127,7 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
     let ops = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops");
     let dashboard = std::fs::read_to_string(ops.join("grafana/dashboards/chatd.json")).unwrap();
     let dashboard: Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
-    let expressions: Vec<&str> = dashboard["panels"]
+    let mut expressions: Vec<&str> = dashboard["panels"]
         .as_array()
         .unwrap()
         .iter()
@@ -120,6 +135,14 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
         .flat_map(|panel| panel["targets"].as_array().into_iter().flatten())
         .map(|target| target["expr"].as_str().unwrap())
         .collect();
+    // The template variables' queries name metrics too.
+    expressions.extend(
+        dashboard["templating"]["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|variable| variable["definition"].as_str()),
+    );
     let alerts = std::fs::read_to_string(ops.join("alerts.yml")).unwrap();
     for (source, text) in [
         ("the dashboard", expressions.join("\n")),
@@ -134,6 +157,99 @@ async fn the_dashboard_and_the_alerts_name_only_exported_metrics() {
             );
         }
     }
+}
+
+/// Every panel reads the data source chosen in `$datasource` and only the instances chosen in
+/// `$instance`, so one dashboard serves the single Prometheus and the cluster's.
+#[test]
+fn every_panel_follows_the_datasource_and_instance_variables() {
+    let path =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ops/grafana/dashboards/chatd.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let variables = dashboard["templating"]["list"].as_array().unwrap();
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no ${name} variable"))
+    };
+    assert_eq!(variable("datasource")["type"], "datasource");
+    assert_eq!(variable("datasource")["query"], "prometheus");
+    let instance = variable("instance");
+    assert_eq!(instance["type"], "query");
+    assert_eq!(instance["datasource"]["uid"], "${datasource}");
+    let mut ids = BTreeSet::new();
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        assert!(
+            ids.insert(panel["id"].as_u64().unwrap()),
+            "{title}: id taken"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let units = panel["fieldConfig"]["defaults"]["unit"].as_str();
+        assert!(units.is_some_and(|u| !u.is_empty()), "{title}: no unit");
+        for target in panel["targets"].as_array().unwrap() {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            let expr = target["expr"].as_str().unwrap();
+            for selector in selectors(expr) {
+                assert!(
+                    selector.contains("instance=~\"$instance\""),
+                    "{title}: {selector} in {expr} ignores $instance"
+                );
+                checked += 1;
+            }
+        }
+        if panel["type"] == "stat" {
+            let defaults = &panel["fieldConfig"]["defaults"];
+            assert!(
+                defaults["thresholds"]["steps"]
+                    .as_array()
+                    .is_some_and(|s| !s.is_empty()),
+                "{title}: a stat without thresholds"
+            );
+            assert!(
+                defaults["mappings"].is_array(),
+                "{title}: no value mappings"
+            );
+        }
+    }
+    assert!(checked >= 20, "only {checked} selectors checked");
+}
+
+/// Each metric selector in a PromQL expression (`name` or `name{…}`), for `chat_…`,
+/// `process_…` and Prometheus's `up`.
+fn selectors(expr: &str) -> Vec<&str> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < expr.len() {
+        let rest = &expr[at..];
+        let len = rest.find(|c: char| !is_name(c)).unwrap_or(rest.len());
+        if len == 0 {
+            at += rest.chars().next().unwrap().len_utf8();
+            continue;
+        }
+        let name = &rest[..len];
+        let after = &rest[len..];
+        let is_metric = name.starts_with("chat_") || name.starts_with("process_") || name == "up";
+        // `up(` would be a function; a label name inside braces is never one of these.
+        if is_metric && !after.starts_with('(') {
+            let end = if after.starts_with('{') {
+                len + after.find('}').unwrap() + 1
+            } else {
+                len
+            };
+            found.push(&rest[..end]);
+            at += end;
+        } else {
+            at += len;
+        }
+    }
+    found
 }
 
 #[tokio::test]
@@ -175,14 +291,47 @@ async fn the_pipeline_is_counted() {
     assert_eq!(delta("chat_delivery_latency_seconds_count"), 3.0);
     assert_eq!(delta("chat_ws_connections_opened_total"), 1.0);
     assert!(delta("chat_persist_duration_seconds_count") >= 1.0);
-    let posted = "chat_http_requests_total{route=\"/api/messages\",method=\"POST\",status=\"202\"}";
-    assert_eq!(
-        metric(&after, posted)
-            - before
-                .lines()
-                .find_map(|l| l.strip_prefix(posted)?.trim().parse().ok())
-                .unwrap_or(0.0),
-        3.0
+    let posted =
+        "chat_http_requests_total{route=\"/api/messages\",method=\"POST\",status_class=\"2xx\"}";
+    assert_eq!(delta(posted), 3.0);
+    let refused =
+        "chat_http_requests_total{route=\"/api/messages\",method=\"POST\",status_class=\"4xx\"}";
+    assert_eq!(delta(refused), 1.0);
+}
+
+/// Every route's request series, in each class the dashboard and the alerts read, exist before
+/// the route's first request, so its first 5xx is an increase `rate()` sees.
+#[tokio::test]
+async fn request_series_exist_before_the_first_request() {
+    let server = TestServer::start_with(&[("ADMIN_TOKEN", "observability-admin-token")]).await;
+    let text = scrape(&server, &server.url("/metrics")).await;
+    let routes = [
+        ("/health", "GET"),
+        ("/ready", "GET"),
+        ("/ws", "GET"),
+        ("/api/messages", "POST"),
+        ("/api/messages/get", "GET"),
+        ("/api/connections", "POST"),
+        ("/metrics", "GET"),
+        ("/admin/dead-letters", "GET"),
+        ("/admin/dead-letters/replay", "POST"),
+        ("/admin/dead-letters/{id}", "GET"),
+        ("/admin/dead-letters/{id}", "DELETE"),
+    ];
+    for (route, method) in routes {
+        for class in ["2xx", "4xx", "5xx"] {
+            let series = format!(
+                "chat_http_requests_total{{route=\"{route}\",method=\"{method}\",status_class=\"{class}\"}}"
+            );
+            // Another test of this binary may have counted into it: that it is there is the
+            // point, whatever it counts.
+            assert!(metric(&text, &series) >= 0.0, "{series}");
+        }
+    }
+    // No series counts by code any more: a code's first request would start its series at 1.
+    assert!(
+        !text.contains("status=\""),
+        "a series labelled by code in\n{text}"
     );
 }
 

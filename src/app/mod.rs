@@ -67,6 +67,9 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         None => None,
     };
     let metrics = Metrics::install();
+    // The caps sockets and connections are held against (a USE panel's limits).
+    metrics::gauge!(crate::telemetry::WS_CONNECTIONS_MAX).set(caps.sockets as f64);
+    metrics::gauge!(crate::telemetry::HTTP_CONNECTIONS_MAX).set(caps.connections as f64);
     metrics::gauge!(
         crate::telemetry::INSTANCE_INFO,
         "instance_id" => config.instance_id.clone(),

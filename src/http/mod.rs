@@ -93,7 +93,39 @@ pub struct AppState {
     pub shutdown: CancellationToken,
 }
 
+/// The routes of [`router`] and their methods, always mounted, for their request series at
+/// zero (`request_metrics::register_route`). A route added there belongs here too.
+const ROUTES: &[(&str, Method)] = &[
+    ("/health", Method::GET),
+    ("/ready", Method::GET),
+    ("/ws", Method::GET),
+    ("/api/messages", Method::POST),
+    ("/api/messages/get", Method::GET),
+    ("/api/connections", Method::POST),
+];
+/// `/metrics`, when it is served on the main router.
+const METRICS_ROUTES: &[(&str, Method)] = &[("/metrics", Method::GET)];
+/// The admin API, when it is mounted.
+const ADMIN_ROUTES: &[(&str, Method)] = &[
+    ("/admin/dead-letters", Method::GET),
+    ("/admin/dead-letters/replay", Method::POST),
+    ("/admin/dead-letters/{id}", Method::GET),
+    ("/admin/dead-letters/{id}", Method::DELETE),
+];
+
 pub fn router(state: AppState) -> Router {
+    let mounted = [
+        (ROUTES, true),
+        (METRICS_ROUTES, state.metrics_on_main),
+        (ADMIN_ROUTES, state.admin_token.is_some()),
+    ];
+    for (route, method) in mounted
+        .into_iter()
+        .filter_map(|(routes, on)| on.then_some(routes))
+        .flatten()
+    {
+        request_metrics::register_route(route, method);
+    }
     let api = Router::new()
         .route("/messages", post(messages::send))
         .route("/messages/get", get(messages::history))

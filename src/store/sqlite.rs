@@ -493,7 +493,8 @@ mod tests {
             [
                 "0001_messages",
                 "0002_dead_letters",
-                "0003_message_participants"
+                "0003_message_participants",
+                "0004_dead_letter_replays"
             ]
         );
         assert!(store.migrate().await.unwrap().is_empty());
@@ -522,7 +523,7 @@ mod tests {
         let store = SqliteStore::open(&path, Arc::default()).unwrap();
         assert_eq!(
             store.migrate().await.unwrap(),
-            ["0003_message_participants"]
+            ["0003_message_participants", "0004_dead_letter_replays"]
         );
         let new = Message::accept(&alice, &channel(&["alice", "bob"]), "new".into());
         store
@@ -647,6 +648,21 @@ mod tests {
         let ids = vec![letters[0].id().to_string(), "missing".to_string()];
         assert_eq!(store.remove_dead_letters(&ids).await.unwrap(), 1);
         assert_eq!(store.dead_letters(&all).await.unwrap(), letters[1..]);
+    }
+
+    #[tokio::test]
+    async fn replay_totals_add_up_by_result() {
+        let (_dir, store) = store().await;
+        assert!(store.replay_totals().await.unwrap().is_empty());
+        store.count_replays("replayed", 2).await.unwrap();
+        store.count_replays("failed", 1).await.unwrap();
+        store.count_replays("replayed", 3).await.unwrap();
+        let mut totals = store.replay_totals().await.unwrap();
+        totals.sort();
+        assert_eq!(
+            totals,
+            [("failed".to_string(), 1), ("replayed".to_string(), 5)]
+        );
     }
 
     fn failure(code: std::ffi::c_int) -> rusqlite::Error {

@@ -557,6 +557,27 @@ async fn a_poison_message_is_dead_lettered_then_replayed_or_purged_by_operators(
         )
         .await;
     assert_eq!(report["not_found"], 1);
+    // The store adds up every replay, the CLI's and the API's alike.
+    let totals: Vec<Document> = mongo
+        .client()
+        .await
+        .database(&chat.database)
+        .collection::<Document>("dead_letters_replays")
+        .find(doc! {})
+        .sort(doc! { "_id": 1 })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        totals,
+        [
+            doc! { "_id": "failed", "count": 1_i64 },
+            doc! { "_id": "not_found", "count": 1_i64 },
+            doc! { "_id": "replayed", "count": 3_i64 },
+        ]
+    );
 
     // Purge: one over HTTP, the rest from the CLI, which insists on --yes.
     chat.messages
