@@ -18,6 +18,11 @@ Usage: python3 ops/check_compose.py [docker-compose.yml]   (needs PyYAML)
   and every Prometheus, plain or cluster, sending alerts to it (alerting: alertmanagers:).
 - Every named volume is declared, and no two services publish the same host port (the plain
   services start with the cluster profile too).
+- Safe defaults: only the plain chatd and the load balancer publish ports beyond 127.0.0.1;
+  every chatd has METRICS_PORT (its /metrics and /admin/*) and does not publish it, takes
+  JWT_SECRET and ADMIN_TOKEN as files of declared secrets it mounts (never as variables), and
+  waits for a MongoDB that has a healthcheck (condition: service_healthy); Grafana lets no
+  anonymous visitor in and reads its admin password from a secret.
 Exits 1 with one line per problem found.
 """
 
@@ -250,6 +255,67 @@ def check(path):
                 problems.append(f"{name}: {rel} does not scrape {metrics_address(instance)}")
 
     problems += check_alertmanager(services, base, mounted_files)
+    problems += check_safe_defaults(compose, image)
+    return problems
+
+
+def check_safe_defaults(compose, chatd_image):
+    """What compose publishes, and how secrets reach the containers."""
+    problems = []
+    services = compose.get("services") or {}
+    declared_secrets = set((compose.get("secrets") or {}).keys())
+    balancers = {
+        n
+        for n, s in services.items()
+        if str(s.get("image", "")).split(":")[0] in ("nginx", "haproxy", "traefik", "caddy")
+    }
+    for name, service in services.items():
+        if name == "chatd" or name in balancers:
+            continue
+        for port in service.get("ports") or []:
+            text = str(port.get("host_ip", "")) if isinstance(port, dict) else str(port)
+            if not text.startswith("127.0.0.1:") and text != "127.0.0.1":
+                problems.append(f"{name}: port {port} is published beyond 127.0.0.1")
+
+    def mounted_secrets(service):
+        return {s if isinstance(s, str) else s.get("source") for s in service.get("secrets") or []}
+
+    chatds = {n: s for n, s in services.items() if chatd_image and s.get("image") == chatd_image}
+    for name, service in sorted(chatds.items()):
+        env = environment(service)
+        metrics_port = env.get("METRICS_PORT")
+        if not metrics_port:
+            problems.append(f"{name}: no METRICS_PORT, so /metrics and /admin/* share its public port")
+        else:
+            for port in service.get("ports") or []:
+                container = str(port.get("target")) if isinstance(port, dict) else str(port).split(":")[-1]
+                if container.split("/")[0] == metrics_port:
+                    problems.append(f"{name}: publishes its internal port {metrics_port}")
+        for secret in ("JWT_SECRET", "ADMIN_TOKEN"):
+            if env.get(secret):
+                problems.append(f"{name}: {secret} is a variable; use {secret}_FILE and a secret")
+            path = env.get(f"{secret}_FILE") or ""
+            source = path.removeprefix("/run/secrets/")
+            if not path.startswith("/run/secrets/") or source not in mounted_secrets(service):
+                problems.append(f"{name}: {secret}_FILE is not a secret it mounts (/run/secrets/…)")
+            elif source not in declared_secrets:
+                problems.append(f"{name}: secret {source} is not declared under secrets:")
+        depends = service.get("depends_on") or {}
+        mongo = depends.get("mongo") if isinstance(depends, dict) else None
+        if (mongo or {}).get("condition") != "service_healthy":
+            problems.append(f"{name}: does not wait for mongo with condition: service_healthy")
+    if "healthcheck" not in (services.get("mongo") or {}):
+        problems.append("mongo: no healthcheck, so no one can wait for it to answer")
+
+    grafana = services.get("grafana") or {}
+    env = environment(grafana)
+    if str(env.get("GF_AUTH_ANONYMOUS_ENABLED", "false")).lower() != "false":
+        problems.append("grafana: anonymous access is on")
+    password = env.get("GF_SECURITY_ADMIN_PASSWORD__FILE") or ""
+    if env.get("GF_SECURITY_ADMIN_PASSWORD") or not password.startswith("/run/secrets/"):
+        problems.append("grafana: its admin password is not read from a secret")
+    elif password.removeprefix("/run/secrets/") not in mounted_secrets(grafana):
+        problems.append("grafana: it does not mount the secret its password is read from")
     return problems
 
 

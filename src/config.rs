@@ -164,7 +164,7 @@ pub const PORT: Value<u16> = value(
 pub const METRICS_PORT: Value<u16> = value(
     "METRICS_PORT",
     "",
-    "serve /metrics on its own port instead of the main one",
+    "an internal port for /metrics and /admin/* (both leave the main port): publish only the main one",
 );
 pub const DATA_DIR: Setting = text(
     "DATA_DIR",

@@ -99,7 +99,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
         &config, &pipeline, verifier, metrics, limiter, &sockets, &shutdown,
     );
     if let Some(listener) = metrics_listener {
-        let scrapes = axum::serve(listener, http::metrics_router(state.clone()))
+        let scrapes = axum::serve(listener, http::internal_router(state.clone()))
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         pipeline.tasks.spawn(async move {
             if let Err(e) = scrapes.await {

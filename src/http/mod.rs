@@ -103,7 +103,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/api/messages/get", Method::GET),
     ("/api/connections", Method::POST),
 ];
-/// `/metrics`, when it is served on the main router.
+/// `/metrics`, on the main router or the internal one.
 const METRICS_ROUTES: &[(&str, Method)] = &[("/metrics", Method::GET)];
 /// The admin API, when it is mounted.
 const ADMIN_ROUTES: &[(&str, Method)] = &[
@@ -116,7 +116,7 @@ const ADMIN_ROUTES: &[(&str, Method)] = &[
 pub fn router(state: AppState) -> Router {
     let mounted = [
         (ROUTES, true),
-        (METRICS_ROUTES, state.metrics_on_main),
+        (METRICS_ROUTES, true),
         (ADMIN_ROUTES, state.admin_token.is_some()),
     ];
     for (route, method) in mounted
@@ -139,19 +139,12 @@ pub fn router(state: AppState) -> Router {
         .route("/ready", get(health::ready))
         .route("/ws", get(ws::upgrade))
         .nest("/api", api);
+    // With METRICS_PORT, /metrics and the admin API live on that internal port only.
     if state.metrics_on_main {
         router = router.route("/metrics", get(scrape::render));
-    }
-    if state.admin_token.is_some() {
-        let admin = Router::new()
-            .route("/dead-letters", get(admin::list))
-            .route("/dead-letters/replay", post(admin::replay))
-            .route("/dead-letters/{id}", get(admin::show).delete(admin::purge))
-            .route_layer(axum::middleware::from_fn_with_state(
-                state.clone(),
-                admin::admin_guard,
-            ));
-        router = router.nest("/admin", admin);
+        if let Some(admin) = admin_routes(&state) {
+            router = router.nest("/admin", admin);
+        }
     }
     router
         .route_layer(axum::middleware::from_fn(request_metrics::record))
@@ -169,11 +162,33 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `/metrics` alone, for its own listener.
-pub fn metrics_router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(scrape::render))
+/// The admin API, when `ADMIN_TOKEN` turns it on.
+fn admin_routes(state: &AppState) -> Option<Router<AppState>> {
+    state.admin_token.as_ref()?;
+    let admin = Router::new()
+        .route("/dead-letters", get(admin::list))
+        .route("/dead-letters/replay", post(admin::replay))
+        .route("/dead-letters/{id}", get(admin::show).delete(admin::purge))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admin::admin_guard,
+        ));
+    Some(admin)
+}
+
+/// The internal port's (`METRICS_PORT`): `/metrics`, and the admin API when it is on, kept off
+/// the port clients reach. Requests here are counted, logged and given ids like the main
+/// port's.
+pub fn internal_router(state: AppState) -> Router {
+    let mut router = Router::new().route("/metrics", get(scrape::render));
+    if let Some(admin) = admin_routes(&state) {
+        router = router.nest("/admin", admin);
+    }
+    router
+        .route_layer(axum::middleware::from_fn(request_metrics::record))
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(request_id::assign))
         .with_state(state)
 }
 

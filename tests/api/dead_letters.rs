@@ -250,3 +250,41 @@ async fn without_admin_token_no_admin_route_exists() {
         assert!(body["error"].is_string());
     }
 }
+
+/// With `METRICS_PORT`, the admin API and the metrics leave the port clients reach.
+#[tokio::test]
+async fn the_internal_port_takes_the_admin_api_and_the_metrics_off_the_main_one() {
+    let server =
+        TestServer::start_with(&[("METRICS_PORT", "0"), ("ADMIN_TOKEN", ADMIN_TOKEN)]).await;
+    let (status, _) = admin(
+        &server,
+        reqwest::Method::GET,
+        "/admin/dead-letters",
+        Some(ADMIN_TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "not on the main port");
+    let metrics = server.metrics_url().expect("METRICS_PORT is set");
+    let internal = metrics.trim_end_matches("/metrics");
+    let listed = server
+        .http
+        .get(format!("{internal}/admin/dead-letters"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    assert_eq!(listed.json::<Value>().await.unwrap(), json!([]));
+    let unauthorized = server
+        .http
+        .get(format!("{internal}/admin/dead-letters"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthorized.status(), 401, "still guarded by ADMIN_TOKEN");
+    assert_eq!(
+        server.http.get(&metrics).send().await.unwrap().status(),
+        200
+    );
+}
