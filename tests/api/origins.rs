@@ -21,6 +21,19 @@ async fn ws_status(server: &TestServer, origin: &str) -> u16 {
 }
 
 /// Response headers a browser's script may read, beyond the safelisted ones.
+/// A browser's preflight for a send from `APP` that carries `headers`.
+async fn preflight_send(server: &TestServer, headers: &str) -> reqwest::Response {
+    server
+        .http
+        .request(reqwest::Method::OPTIONS, server.url("/api/messages"))
+        .header("origin", APP)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", headers)
+        .send()
+        .await
+        .unwrap()
+}
+
 fn assert_exposes(response: &reqwest::Response, names: &[&str]) {
     let exposed = response.headers()["access-control-expose-headers"]
         .to_str()
@@ -40,18 +53,7 @@ async fn only_allowed_origins_may_call_and_they_get_cors_headers() {
         "https://app.example.com/, https://admin.example.com",
     )])
     .await;
-    let preflight = server
-        .http
-        .request(reqwest::Method::OPTIONS, server.url("/api/messages"))
-        .header("origin", APP)
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization, content-type",
-        )
-        .send()
-        .await
-        .unwrap();
+    let preflight = preflight_send(&server, "authorization, content-type").await;
     assert_eq!(preflight.status(), 204);
     assert_eq!(preflight.headers()["access-control-allow-origin"], APP);
     assert!(
@@ -106,18 +108,7 @@ async fn browsers_may_send_an_idempotency_key_and_read_the_headers_that_answer()
         ("RATE_LIMIT_BURST", "2"),
     ])
     .await;
-    let preflight = server
-        .http
-        .request(reqwest::Method::OPTIONS, server.url("/api/messages"))
-        .header("origin", APP)
-        .header("access-control-request-method", "POST")
-        .header(
-            "access-control-request-headers",
-            "authorization, content-type, idempotency-key",
-        )
-        .send()
-        .await
-        .unwrap();
+    let preflight = preflight_send(&server, "authorization, content-type, idempotency-key").await;
     assert_eq!(preflight.status(), 204);
     let allowed = preflight.headers()["access-control-allow-headers"]
         .to_str()
