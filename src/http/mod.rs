@@ -10,6 +10,7 @@ mod extract;
 mod guard;
 mod health;
 mod messages;
+mod newline;
 mod origins;
 mod rate_limit;
 mod request_id;
@@ -159,6 +160,7 @@ pub fn router(state: AppState) -> Router {
             origins::check_origin,
         ))
         .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn(newline::end_json_with_newline))
         .with_state(state)
 }
 
@@ -189,6 +191,7 @@ pub fn internal_router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn(newline::end_json_with_newline))
         .with_state(state)
 }
 
