@@ -22,7 +22,10 @@ pub async fn end_json_with_newline(request: Request, next: Next) -> Response {
     let (mut parts, body) = response.into_parts();
     // JSON bodies are built whole in memory; collecting them costs no more than they already
     // did. One that cannot be read is passed on empty, as it would have failed the client anyway.
-    let mut bytes = to_bytes(body, usize::MAX).await.unwrap_or_default().to_vec();
+    let mut bytes = to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default()
+        .to_vec();
     if !bytes.ends_with(b"\n") {
         bytes.push(b'\n');
     }
