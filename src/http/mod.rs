@@ -11,6 +11,7 @@ mod guard;
 mod health;
 mod messages;
 mod newline;
+mod openapi;
 mod origins;
 mod rate_limit;
 mod request_id;
@@ -103,6 +104,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/api/messages", Method::POST),
     ("/api/messages/get", Method::GET),
     ("/api/connections", Method::POST),
+    ("/openapi.json", Method::GET),
 ];
 /// `/metrics`, on the main router or the internal one.
 const METRICS_ROUTES: &[(&str, Method)] = &[("/metrics", Method::GET)];
@@ -113,6 +115,16 @@ const ADMIN_ROUTES: &[(&str, Method)] = &[
     ("/admin/dead-letters/{id}", Method::GET),
     ("/admin/dead-letters/{id}", Method::DELETE),
 ];
+
+/// Every route chatd can serve and its method, on whichever port: what `/openapi.json` must
+/// document, no more and no less.
+pub fn routes() -> Vec<(&'static str, Method)> {
+    [ROUTES, METRICS_ROUTES, ADMIN_ROUTES]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
 
 pub fn router(state: AppState) -> Router {
     let mounted = [
@@ -139,6 +151,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/ws", get(ws::upgrade))
+        .route("/openapi.json", get(openapi::document))
         .nest("/api", api);
     // With METRICS_PORT, /metrics and the admin API live on that internal port only.
     if state.metrics_on_main {
