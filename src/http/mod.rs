@@ -96,7 +96,8 @@ pub struct AppState {
 }
 
 /// The routes of [`router`] and their methods, always mounted, for their request series at
-/// zero (`request_metrics::register_route`). A route added there belongs here too.
+/// zero (`request_metrics::register_route`). A route added there belongs here too, and in
+/// `/openapi.json` (`openapi::ApiDoc`): a test holds the document to these tables.
 const ROUTES: &[(&str, Method)] = &[
     ("/health", Method::GET),
     ("/ready", Method::GET),

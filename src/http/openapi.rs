@@ -119,22 +119,24 @@ impl Modify for SecuritySchemes {
 /// The refusals of the layers around every route, and the headers every answer carries.
 struct Refusals;
 
-/// Refusals that every operation of the main port may get, from the layers around the routes.
+/// Refusals that every operation may get from the layers around the routes and the accept loop;
+/// all but the 405 on the main port only (not on `METRICS_PORT`'s).
 const LAYER_REFUSALS: &[(&str, &str)] = &[
     (
         "403",
-        "A browser's `Origin` is not in `CORS_ALLOWED_ORIGINS` (refused before anything runs).",
+        "A browser's `Origin` is not in `CORS_ALLOWED_ORIGINS` (refused before anything runs; \
+         main port only).",
     ),
     ("405", "Wrong method on this route."),
     (
         "408",
         "The request was not finished within `HTTP_REQUEST_TIMEOUT` (a body trickling in, say); \
-         never once a send's message may be durable.",
+         never once a send's message may be durable. Main port only.",
     ),
     (
         "503",
         "A new connection beyond `HTTP_MAX_CONNECTIONS` or `HTTP_MAX_PENDING_PER_CLIENT` is \
-         answered 503 and closed before its request is read; shutting down.",
+         answered 503 and closed before its request is read (main port only).",
     ),
 ];
 
