@@ -11,6 +11,8 @@ pub mod config;
 pub(crate) mod error;
 pub(crate) mod fds;
 pub(crate) mod http;
+/// Every route and method chatd serves, for tests that hold `/openapi.json` to them.
+pub use http::routes;
 pub(crate) mod hub;
 pub(crate) mod integrity;
 pub mod model;

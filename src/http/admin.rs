@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 use subtle::ConstantTimeEq;
 
+use super::error::ErrorBody;
 use super::extract::{JsonBody, QueryParams};
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
@@ -46,6 +47,25 @@ pub async fn admin_guard(
 
 /// `GET /admin/dead-letters?limit=50&error=<text>`: in id order, optionally only those whose
 /// error contains `text`.
+#[utoipa::path(
+    get,
+    path = "/admin/dead-letters",
+    tag = "admin",
+    description = "The dead letters, oldest first. Exists only when `ADMIN_TOKEN` is set. With `METRICS_PORT` set, served on that internal port only, not on the main one.",
+    params(
+        ("limit" = Option<u32>, Query, description = "At most this many, 1 to 500; default 50.", minimum = 1, maximum = 500),
+        ("error" = Option<String>, Query, description = "Only those whose error contains this text."),
+    ),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The dead letters.", body = Vec<DeadLetterView>),
+        (status = 400, description = "A `limit` outside 1–500, or a malformed query string.", body = ErrorBody),
+        (status = 401, description = "A missing or wrong `ADMIN_TOKEN`.", body = ErrorBody),
+        (status = 404, description = "No such route: while `ADMIN_TOKEN` is unset every `/admin` path is 404.", body = ErrorBody),
+        (status = 500, description = "A store error that waiting will not fix.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable right now.", body = ErrorBody),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
@@ -79,6 +99,21 @@ pub async fn list(
 }
 
 /// `GET /admin/dead-letters/{id}`
+#[utoipa::path(
+    get,
+    path = "/admin/dead-letters/{id}",
+    tag = "admin",
+    description = "One dead letter. With `METRICS_PORT` set, served on that internal port only, not on the main one.",
+    params(("id" = String, Path, description = "The dead letter's id: its message's id.")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "The dead letter.", body = DeadLetterView),
+        (status = 401, description = "A missing or wrong `ADMIN_TOKEN`.", body = ErrorBody),
+        (status = 404, description = "No dead letter has this id; or while `ADMIN_TOKEN` is unset every `/admin` path is 404.", body = ErrorBody),
+        (status = 500, description = "A store error that waiting will not fix.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable right now.", body = ErrorBody),
+    ),
+)]
 pub async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -89,7 +124,27 @@ pub async fn show(
     }
 }
 
-#[derive(Serialize)]
+/// `POST /admin/dead-letters/replay`'s body, as documented: `ids` or `all`, not both.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct ReplayRequest {
+    /// 1 to 1000 dead-letter ids.
+    #[schema(min_items = 1, max_items = 1000)]
+    ids: Option<Vec<String>>,
+    /// `true`: every dead letter.
+    all: Option<bool>,
+    /// `true`: report what would be replayed, change nothing.
+    dry_run: Option<bool>,
+}
+
+/// `DELETE /admin/dead-letters/{id}`'s body.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Purged {
+    #[schema(example = 1)]
+    purged: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ReplayReport {
     replayed: usize,
     failed: usize,
@@ -100,6 +155,25 @@ pub struct ReplayReport {
 
 /// `POST /admin/dead-letters/replay` with `{"ids": [...]}` or `{"all": true}`, and optionally
 /// `"dry_run": true`.
+#[utoipa::path(
+    post,
+    path = "/admin/dead-letters/replay",
+    tag = "admin",
+    description = "Writes dead letters to the messages (a message already there counts as \
+                   replayed) and removes them from the dead letters. With `METRICS_PORT` set, served on that internal port only, not on the main one.",
+    request_body(content = ReplayRequest, content_type = "application/json"),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "What happened to each.", body = ReplayReport),
+        (status = 400, description = "Malformed JSON, or a body that is neither `{\"ids\":[...]}` \
+            (1–1000 non-empty ids) nor `{\"all\":true}`, or a `dry_run` that is not a boolean.", body = ErrorBody),
+        (status = 401, description = "A missing or wrong `ADMIN_TOKEN`.", body = ErrorBody),
+        (status = 404, description = "No such route: while `ADMIN_TOKEN` is unset every `/admin` path is 404.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `MAX_BODY_BYTES`.", body = ErrorBody),
+        (status = 500, description = "A store error that waiting will not fix.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable right now.", body = ErrorBody),
+    ),
+)]
 pub async fn replay(
     State(state): State<AppState>,
     JsonBody(body): JsonBody,
@@ -123,17 +197,32 @@ pub async fn replay(
 }
 
 /// `DELETE /admin/dead-letters/{id}`: purges one dead letter for good.
+#[utoipa::path(
+    delete,
+    path = "/admin/dead-letters/{id}",
+    tag = "admin",
+    description = "Purges one dead letter for good. With `METRICS_PORT` set, served on that internal port only, not on the main one.",
+    params(("id" = String, Path, description = "The dead letter's id: its message's id.")),
+    security(("adminToken" = [])),
+    responses(
+        (status = 200, description = "Purged.", body = Purged),
+        (status = 401, description = "A missing or wrong `ADMIN_TOKEN`.", body = ErrorBody),
+        (status = 404, description = "No dead letter has this id; or while `ADMIN_TOKEN` is unset every `/admin` path is 404.", body = ErrorBody),
+        (status = 500, description = "A store error that waiting will not fix.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable right now.", body = ErrorBody),
+    ),
+)]
 pub async fn purge(
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Purged>, ApiError> {
     match state
         .dead_letters
         .purge(Selection::Ids(vec![id.clone()]))
         .await?
     {
         0 => Err(no_such(&id)),
-        purged => Ok(Json(serde_json::json!({ "purged": purged }))),
+        purged => Ok(Json(Purged { purged })),
     }
 }
 

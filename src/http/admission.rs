@@ -47,7 +47,7 @@ impl Refusal {
                 "too many connections from your address have not sent their request yet"
             }
         };
-        let body = serde_json::json!({ "error": error }).to_string();
+        let body = super::newline::with_newline(serde_json::json!({ "error": error }).to_string());
         format!(
             "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
              retry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",

@@ -1,10 +1,18 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::Serialize;
 
 use crate::error::Chain;
 use crate::pipeline::outbox::OutboxError;
 use crate::store::StoreError;
+
+/// The contract's error body: what is wrong, in words.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": "you are not a participant of this channel"}))]
+pub struct ErrorBody {
+    pub error: String,
+}
 
 /// Every refusal: the contract's `{"error": "..."}` body with its status.
 #[derive(Debug)]
@@ -92,7 +100,9 @@ impl From<OutboxError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.message }));
+        let body = Json(ErrorBody {
+            error: self.message,
+        });
         let mut response = (self.status, body).into_response();
         if let Some(seconds) = self.retry_after_secs {
             response

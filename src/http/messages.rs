@@ -8,6 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::deadline::Deadline;
+use super::error::ErrorBody;
 use super::extract::{JsonBody, QueryParams, user_ids};
 use super::{ApiError, AppState, Caller};
 use crate::config::Limits;
@@ -24,12 +25,64 @@ const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-repl
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 
 /// The 202 body: the original's status line and the accepted message.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Queued {
+    /// Always `message queued`.
+    #[schema(example = "message queued")]
     status: &'static str,
     message: Message,
 }
 
+/// `POST /api/messages`' body, as documented; the handler reads it field by field so each
+/// refusal can say what is wrong.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only
+pub struct SendRequest {
+    /// The channel: user ids, in any order, duplicates allowed; the sender must be one of them.
+    /// At most `MAX_PARTICIPANTS` distinct ids.
+    #[schema(example = json!(["alice", "bob"]), min_items = 1)]
+    participants: Vec<String>,
+    /// At most `MAX_MESSAGE_BYTES` bytes of UTF-8.
+    #[schema(example = "Hello everyone!", min_length = 1)]
+    content: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/api/messages",
+    tag = "messages",
+    description = "Sends a message to a channel. It is delivered at once to every open socket of \
+                   every participant except the sender's, and stored asynchronously.",
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: \
+            1 to 255 visible ASCII characters. A repeat with the same key and message answers \
+            the first 202 again (with `Idempotent-Replayed: true`) and stores nothing new."),
+    ),
+    request_body(content = SendRequest, content_type = "application/json"),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 202, description = "Accepted: queued for storage and delivered to the other \
+            participants' sockets.", body = Queued,
+            headers(("Idempotent-Replayed" = String, description = "`true` when this answer \
+                repeats an earlier send with the same `Idempotency-Key`; absent otherwise."))),
+        (status = 400, description = "Malformed input: bad JSON, missing, empty or non-string \
+            `participants`/`content`, an invalid user id, more than `MAX_PARTICIPANTS` \
+            participants, or a malformed `Idempotency-Key`.", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token, or an `Authorization` header \
+            that is not `Bearer <JWT>`.", body = ErrorBody),
+        (status = 403, description = "The sender is not a participant of the channel.", body = ErrorBody),
+        (status = 413, description = "The body is larger than `MAX_BODY_BYTES` (refused before it \
+            is read whole), or `content` is larger than `MAX_MESSAGE_BYTES`.", body = ErrorBody),
+        (status = 422, description = "This `Idempotency-Key` was already used by this sender for \
+            a different message.", body = ErrorBody),
+        (status = 429, description = "Rate limited (the sender's token bucket, or the client \
+            address's without a token).", body = ErrorBody),
+        (status = 503, description = "Overloaded (more than `OUTBOX_QUEUE` sends waiting), \
+            shutting down, or the message could not be made durable; with `Retry-After: 1`. \
+            Without `Retry-After` when a database file of this instance was found corrupted: \
+            send to another instance.", body = ErrorBody),
+    ),
+)]
 pub async fn send(
     State(state): State<AppState>,
     Caller(sender): Caller,
@@ -125,6 +178,34 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_string()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/messages/get",
+    tag = "messages",
+    description = "A channel's history, newest first (descending `created_at`, ties broken by \
+                   id). Page with `page`/`size`, or with the cursor `before`, which stays correct \
+                   while new messages arrive.",
+    params(
+        ("participants" = String, Query, description = "The channel: its user ids, \
+            comma-separated, in any order. The caller must be one of them.", example = "alice,bob"),
+        ("page" = Option<u64>, Query, description = "0-based page; `offset = page × size`.", minimum = 0),
+        ("size" = Option<u32>, Query, description = "Messages per page, default 50, capped at 100.", minimum = 1),
+        ("before" = Option<String>, Query, description = "Only messages older than the message \
+            with this id (a chatd UUID v7, or a 24-hex id of the original's)."),
+    ),
+    security(("bearerAuth" = [])),
+    responses(
+        (status = 200, description = "The page: a JSON array of messages, `[]` when there are none.",
+            body = Vec<Message>),
+        (status = 400, description = "`participants` missing or invalid, a bad `page`/`size`, \
+            or a `before` that is not the id of a message.", body = ErrorBody),
+        (status = 401, description = "Missing or invalid token.", body = ErrorBody),
+        (status = 403, description = "The caller is not a participant of the channel.", body = ErrorBody),
+        (status = 429, description = "Rate limited.", body = ErrorBody),
+        (status = 500, description = "The store failed in a way that waiting will not fix.", body = ErrorBody),
+        (status = 503, description = "The store is unavailable right now.", body = ErrorBody),
+    ),
+)]
 pub async fn history(
     State(state): State<AppState>,
     Caller(reader): Caller,

@@ -10,6 +10,8 @@ mod extract;
 mod guard;
 mod health;
 mod messages;
+mod newline;
+mod openapi;
 mod origins;
 mod rate_limit;
 mod request_id;
@@ -94,7 +96,8 @@ pub struct AppState {
 }
 
 /// The routes of [`router`] and their methods, always mounted, for their request series at
-/// zero (`request_metrics::register_route`). A route added there belongs here too.
+/// zero (`request_metrics::register_route`). A route added there belongs here too, and in
+/// `/openapi.json` (`openapi::ApiDoc`): a test holds the document to these tables.
 const ROUTES: &[(&str, Method)] = &[
     ("/health", Method::GET),
     ("/ready", Method::GET),
@@ -102,6 +105,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/api/messages", Method::POST),
     ("/api/messages/get", Method::GET),
     ("/api/connections", Method::POST),
+    ("/openapi.json", Method::GET),
 ];
 /// `/metrics`, on the main router or the internal one.
 const METRICS_ROUTES: &[(&str, Method)] = &[("/metrics", Method::GET)];
@@ -112,6 +116,16 @@ const ADMIN_ROUTES: &[(&str, Method)] = &[
     ("/admin/dead-letters/{id}", Method::GET),
     ("/admin/dead-letters/{id}", Method::DELETE),
 ];
+
+/// Every route chatd can serve and its method, on whichever port: what `/openapi.json` must
+/// document, no more and no less.
+pub fn routes() -> Vec<(&'static str, Method)> {
+    [ROUTES, METRICS_ROUTES, ADMIN_ROUTES]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect()
+}
 
 pub fn router(state: AppState) -> Router {
     let mounted = [
@@ -138,6 +152,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/ws", get(ws::upgrade))
+        .route("/openapi.json", get(openapi::document))
         .nest("/api", api);
     // With METRICS_PORT, /metrics and the admin API live on that internal port only.
     if state.metrics_on_main {
@@ -159,6 +174,7 @@ pub fn router(state: AppState) -> Router {
             origins::check_origin,
         ))
         .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn(newline::end_json_with_newline))
         .with_state(state)
 }
 
@@ -189,6 +205,7 @@ pub fn internal_router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(request_id::assign))
+        .layer(axum::middleware::from_fn(newline::end_json_with_newline))
         .with_state(state)
 }
 

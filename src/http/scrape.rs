@@ -16,6 +16,14 @@ use crate::telemetry;
 const SCRAPE_STORE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// `GET /metrics`: the Prometheus text format, with the gauges read fresh from the pipeline.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    description = "Prometheus text exposition format. With `METRICS_PORT` set, served on that internal port only, not on the main one.",
+    responses((status = 200, description = "The metrics.", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")),
+)]
 pub async fn render(State(state): State<AppState>) -> Response {
     gauge!(telemetry::WS_CONNECTIONS).set(state.hub.open() as f64);
     let counts = state.outbox.counts();

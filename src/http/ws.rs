@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 use uuid::Uuid;
 
+use super::error::ErrorBody;
 use super::extract::QueryParams;
 use super::{ApiError, AppState};
 use crate::auth::bearer_token;
@@ -20,6 +21,34 @@ const SOCKET_READ_BUFFER: usize = 4 * 1024;
 /// How long an upgrade with `since` waits for a recovery turn before it is refused with 503.
 const RECOVERY_TURN_WAIT: Duration = Duration::from_secs(1);
 
+#[utoipa::path(
+    get,
+    path = "/ws",
+    tag = "sockets",
+    description = "The WebSocket upgrade (RFC 6455): the socket receives every message of every \
+                   channel the user is in, sent by others, as text frames of one message each \
+                   (the frames are described by the AsyncAPI document). The token is checked \
+                   before the upgrade, so a refusal is an HTTP status on this request, never a \
+                   socket that closes at once.",
+    params(
+        ("token" = Option<String>, Query, description = "The JWT, for clients that cannot set \
+            `Authorization` on a WebSocket (browsers). The header wins when both are sent."),
+        ("since" = Option<String>, Query, description = "A message id (UUID v7): first replays \
+            what the user missed after it, then the live stream."),
+    ),
+    security(("bearerAuth" = []), ("tokenQuery" = [])),
+    responses(
+        (status = 101, description = "Switching Protocols: the socket is open."),
+        (status = 400, description = "`since` is not a message id, or the request is not a \
+            WebSocket upgrade (its `Connection`, `Upgrade`, `Sec-WebSocket-Version` or \
+            `Sec-WebSocket-Key` header is missing or wrong).", body = ErrorBody),
+        (status = 401, description = "No token, or an invalid one.", body = ErrorBody),
+        (status = 426, description = "The connection cannot be upgraded.", body = ErrorBody),
+        (status = 429, description = "The user already has `MAX_SOCKETS_PER_USER` sockets open.", body = ErrorBody),
+        (status = 503, description = "`MAX_CONNECTIONS` sockets are open, too many reconnects \
+            are recovering at once, or missed messages cannot be read right now.", body = ErrorBody),
+    ),
+)]
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,

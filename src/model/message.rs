@@ -8,7 +8,10 @@ use super::{Channel, UserId};
 
 /// A chat message in the contract's format: the REST reply, the WebSocket frame and the
 /// history item are all this, serialized the same way.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"id": "0193a0c4-7a2e-7c1e-9b55-4f0d3c2a1b10", "sender": "alice",
+    "content": "Hello everyone!", "participants": ["alice", "bob", "charlie"],
+    "created_at": "2025-10-31T10:30:45.123Z"}))]
 pub struct Message {
     /// A UUID v7 for messages chatd accepted; a 24-hex ObjectId for the original's documents.
     pub id: String,
@@ -16,7 +19,9 @@ pub struct Message {
     pub content: String,
     /// Canonical (sorted, de-duplicated) participants.
     pub participants: Vec<String>,
+    /// RFC 3339, UTC, to the millisecond.
     #[serde(with = "rfc3339_millis")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: DateTime<Utc>,
     /// In cluster mode, the message's place in the stream the instances share: the one order
     /// every instance delivers in, and the recovery cursor's. `None` in one process, where ids

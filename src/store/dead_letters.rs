@@ -21,7 +21,7 @@ const PAGE: u32 = 500;
 
 /// A dead letter as operators see it, from the API and the CLI alike: its id first, then the
 /// letter.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeadLetterView {
     id: String,
     #[serde(flatten)]
@@ -45,14 +45,14 @@ pub enum Selection {
 }
 
 /// What replaying one dead letter did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReplayOutcome {
     pub id: String,
     #[serde(flatten)]
     pub result: ReplayResult,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum ReplayResult {
     /// Written to the messages (or found already there) and removed from the dead letters.

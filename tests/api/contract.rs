@@ -581,3 +581,50 @@ async fn an_idempotency_key_names_one_send_and_must_be_well_formed() {
             .is_empty()
     );
 }
+
+/// Every JSON body ends with exactly one newline, as the original's did, so a shell prompt
+/// lands on its own line after `curl`.
+#[tokio::test]
+async fn every_json_body_ends_with_one_newline() {
+    let server = TestServer::start().await;
+    let http = &server.http;
+    let requests = [
+        (
+            "a 202",
+            server.url("/api/messages"),
+            Some(r#"{"participants":["alice","bob"],"content":"hi"}"#),
+        ),
+        ("a 400", server.url("/api/messages"), Some("{not json")),
+        ("/health", server.url("/health"), None),
+        ("/openapi.json", server.url("/openapi.json"), None),
+        ("a 404", server.url("/nowhere"), None),
+    ];
+    for (what, url, body) in requests {
+        let request = match body {
+            Some(body) => http
+                .post(url)
+                .bearer_auth(server.token("alice"))
+                .header("content-type", "application/json")
+                .body(body),
+            None => http.get(url),
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/json",
+            "{what}"
+        );
+        let bytes = response.bytes().await.unwrap();
+        assert!(
+            bytes.ends_with(b"\n") && !bytes.ends_with(b"\n\n"),
+            "{what}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        serde_json::from_slice::<Value>(&bytes).unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    assert!(
+        !server.scrape().await.is_empty(),
+        "/metrics stays text, untouched"
+    );
+    server.shutdown().await;
+}

@@ -256,7 +256,7 @@ async fn keep_alive(server: &TestServer) -> TcpStream {
         .unwrap();
     let mut answer = Vec::new();
     let mut chunk = [0u8; 1024];
-    while !answer.ends_with(b"}") {
+    while !answer.ends_with(b"}\n") {
         let n = stream.read(&mut chunk).await.unwrap();
         assert!(n > 0, "the server closed a keep-alive connection");
         answer.extend_from_slice(&chunk[..n]);

@@ -22,6 +22,7 @@ mod floods;
 mod hostile;
 mod identity;
 mod mongo;
+mod openapi;
 mod origins;
 mod recovery;
 mod scenarios;
