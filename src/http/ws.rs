@@ -27,9 +27,10 @@ const RECOVERY_TURN_WAIT: Duration = Duration::from_secs(1);
     tag = "sockets",
     description = "The WebSocket upgrade (RFC 6455): the socket receives every message of every \
                    channel the user is in, sent by others, as text frames of one message each \
-                   (the frames are described by the AsyncAPI document). The token is checked \
-                   before the upgrade, so a refusal is an HTTP status on this request, never a \
-                   socket that closes at once.",
+                   (the frames and the close codes are described in AsyncAPI 3.0 by \
+                   `asyncapi.yaml` at the root of the repository). The token is checked before \
+                   the upgrade, so a refusal is an HTTP status on this request, never a socket \
+                   that closes at once.",
     params(
         ("token" = Option<String>, Query, description = "The JWT, for clients that cannot set \
             `Authorization` on a WebSocket (browsers). The header wins when both are sent."),

@@ -261,3 +261,55 @@ async fn finish(
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// asyncapi.yaml lists every close chatd sends, with its reason: none missing, none wrong.
+    #[test]
+    fn the_asyncapi_document_lists_every_close_code_and_reason() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/asyncapi.yaml");
+        let doc: serde_json::Value =
+            serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let documented = doc["channels"]["ws"]["x-close-codes"].as_array().unwrap();
+        let id = "0193a0c4-7a2e-7c1e-9b55-4f0d3c2a1b10";
+        let ends = [
+            End::Shutdown,
+            End::SlowConsumer,
+            End::MissedFrames(Some(id.into())),
+            End::MissedFrames(None),
+            End::PongTimeout,
+            End::ClientClosed,
+            End::Broken,
+        ];
+        let mut codes = Vec::new();
+        for end in ends {
+            let Some(frame) = end.close_frame() else {
+                continue;
+            };
+            let entry = documented
+                .iter()
+                .find(|c| c["code"] == frame.code)
+                .unwrap_or_else(|| panic!("close code {} is not documented", frame.code));
+            let reason = entry["reason"].as_str().unwrap();
+            let expected = match &end {
+                End::MissedFrames(Some(_)) => reason.replace("<id>", id),
+                End::MissedFrames(None) => reason.replace("<id>", "<the last id you got>"),
+                _ => reason.to_string(),
+            };
+            assert_eq!(frame.reason.as_str(), expected, "close code {}", frame.code);
+            codes.push(frame.code);
+        }
+        codes.dedup();
+        let listed: Vec<u64> = documented
+            .iter()
+            .map(|c| c["code"].as_u64().unwrap())
+            .collect();
+        assert_eq!(
+            codes.iter().map(|&c| u64::from(c)).collect::<Vec<_>>(),
+            listed,
+            "asyncapi.yaml documents a close chatd never sends"
+        );
+    }
+}

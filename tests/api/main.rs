@@ -15,6 +15,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod asyncapi;
 mod cluster;
 mod contract;
 mod dead_letters;
