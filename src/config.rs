@@ -261,6 +261,12 @@ pub const NATS_REPLICAS: Number<usize> = number(
     1..=5,
     "copies JetStream keeps of the stream, on as many NATS servers ({range})",
 );
+pub const NATS_MAX_BYTES: Number<u64> = number(
+    "NATS_MAX_BYTES",
+    "8589934592",
+    (1 << 20)..=(1 << 40),
+    "the most the stream holds (8 GiB, about an hour of 5,000 msg/s unstored); full, sends get 503. JetStream must have that much disk free when it creates the stream ({range})",
+);
 pub const CONNECTIONS_REQUIRE_AUTH: Value<bool> = value(
     "CONNECTIONS_REQUIRE_AUTH",
     "false",
@@ -477,6 +483,7 @@ pub const SETTINGS: &[&dyn Declared] = &[
     &NATS_CONNECT_TIMEOUT,
     &NATS_STREAM,
     &NATS_REPLICAS,
+    &NATS_MAX_BYTES,
     &CONNECTIONS_REQUIRE_AUTH,
     &RATE_LIMIT_RPS,
     &RATE_LIMIT_BURST,
@@ -579,6 +586,8 @@ pub struct ClusterSettings {
     pub connect_timeout: Duration,
     pub stream: String,
     pub replicas: usize,
+    /// The most the messages stream holds, in bytes.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -1029,6 +1038,7 @@ fn cluster(vars: &Vars<'_>) -> Result<Option<ClusterSettings>, ConfigError> {
         connect_timeout: vars.duration(&NATS_CONNECT_TIMEOUT)?,
         stream: vars.text(&NATS_STREAM),
         replicas: vars.number(&NATS_REPLICAS)?,
+        max_bytes: vars.number(&NATS_MAX_BYTES)?,
     };
     if !is_stream_name(&settings.stream) {
         return Err(ConfigError::new(

@@ -172,6 +172,8 @@ async fn the_load_is_spread_over_the_instances_of_a_cluster() {
             let name = format!("bench-instance-{i}");
             let env = [
                 ("NATS_URL", nats.url.as_str()),
+                // JetStream reserves the stream's whole size on disk: not the default 8 GiB.
+                ("NATS_MAX_BYTES", "268435456"),
                 ("MONGO_URI", mongo.uri.as_str()),
                 ("MONGO_DB", database.as_str()),
                 ("INSTANCE_ID", name.as_str()),

@@ -11,11 +11,6 @@ use crate::config::ClusterSettings;
 /// is retried after a lost acknowledgement is stored once. (A repeat from longer ago is caught
 /// by the readers; see `pipeline::bus::nats`.)
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(5 * 60);
-/// The most the stream holds. It is the cluster's outbox, so nothing leaves it before a relay
-/// has stored it (the relays remove what they stored, see `pipeline::relay::stream`): when it
-/// is full, JetStream refuses new messages (their senders hear 503) rather than drop old ones.
-/// 8 GiB is about 20 million typical messages, an hour of 5,000 messages/s with the store away.
-const MAX_BYTES: i64 = 8 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -54,7 +49,10 @@ pub async fn messages(
         storage: stream::StorageType::File,
         retention: stream::RetentionPolicy::Limits,
         discard: stream::DiscardPolicy::New,
-        max_bytes: MAX_BYTES,
+        // The stream is the cluster's outbox, so nothing leaves it before a relay has stored it
+        // (the relays remove what they stored, see `pipeline::relay::stream`): when it is full,
+        // JetStream refuses new messages (their senders hear 503) rather than drop old ones.
+        max_bytes: i64::try_from(settings.max_bytes).unwrap_or(i64::MAX),
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: settings.replicas,
         ..Default::default()

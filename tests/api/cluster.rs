@@ -12,6 +12,9 @@ use crate::scenarios;
 use async_nats::jetstream::stream;
 use serde_json::{Value, json};
 
+/// The stream's size in the tests: JetStream wants it free on disk when it creates the stream.
+const TEST_STREAM_BYTES: &str = "268435456";
+
 /// Instances sharing one NATS server, one database and one token secret.
 struct Cluster {
     instances: Vec<TestServer>,
@@ -42,6 +45,8 @@ impl Cluster {
                 ("STORE_TIMEOUT", "2s"),
                 ("RETRY_BASE_MS", "20"),
                 ("RETRY_MAX_MS", "500"),
+                // JetStream reserves the stream's whole size on disk: keep tests off 8 GiB.
+                ("NATS_MAX_BYTES", TEST_STREAM_BYTES),
             ];
             vars.extend_from_slice(extra);
             instances.push(TestServer::start_with(&vars).await);
@@ -58,6 +63,7 @@ impl Cluster {
     /// Another instance of this cluster, as a `chatd` child process (which a test can kill).
     fn spawn(&self, name: &str, data_dir: &Path) -> Chatd {
         let env = [
+            ("NATS_MAX_BYTES", TEST_STREAM_BYTES),
             ("NATS_URL", self.nats.url.as_str()),
             ("MONGO_URI", self.mongo.uri.as_str()),
             ("MONGO_DB", self.database.as_str()),
