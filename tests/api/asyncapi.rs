@@ -120,14 +120,7 @@ fn the_document_is_asyncapi_3_0_describing_ws() {
 #[tokio::test]
 async fn the_message_schema_is_the_openapi_document_s() {
     let server = TestServer::start().await;
-    let response = server
-        .http
-        .get(server.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let openapi: Value = response.json().await.unwrap();
+    let openapi = crate::openapi::document(&server).await;
     let generated = &openapi["components"]["schemas"]["Message"];
     assert!(generated.is_object(), "/openapi.json has no Message schema");
     let doc = document();

@@ -10,7 +10,8 @@ use crate::common::TestServer;
 
 const METHODS: &[&str] = &["get", "post", "put", "delete", "patch"];
 
-async fn document(server: &TestServer) -> Value {
+/// `GET /openapi.json`, checked to be JSON.
+pub(crate) async fn document(server: &TestServer) -> Value {
     let response = server
         .http
         .get(server.url("/openapi.json"))
