@@ -11,7 +11,7 @@ use std::net::TcpListener;
 use chatd::app;
 use chatd::store::SQLITE_FILE;
 use common::process::{Chatd, run_cli, run_to_exit, serve_command};
-use common::{eventually, token_for};
+use common::{eventually, on_store, token_for};
 
 #[test]
 fn a_port_in_use_is_refused_before_any_database_is_opened() {
@@ -222,14 +222,6 @@ async fn every_request_leaves_one_access_line_without_tokens_unless_turned_off()
         "{:#?}",
         quiet.logs()
     );
-}
-
-/// Runs a statement on the embedded store's file beside a running chatd.
-fn on_store(data_dir: &std::path::Path, sql: &str) {
-    let conn = rusqlite::Connection::open(data_dir.join(SQLITE_FILE)).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    conn.execute_batch(sql).unwrap();
 }
 
 #[tokio::test]

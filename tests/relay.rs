@@ -24,9 +24,7 @@ fn open(server: &TestServer, file: &str) -> rusqlite::Connection {
 
 /// Runs statements on the embedded store's own file, beside the running chatd.
 fn on_store(server: &TestServer, sql: &str) {
-    open(server, chatd::store::SQLITE_FILE)
-        .execute_batch(sql)
-        .unwrap();
+    common::on_store(server.data_dir.path(), sql);
 }
 
 fn count(server: &TestServer, file: &str, query: &str) -> u64 {

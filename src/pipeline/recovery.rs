@@ -41,7 +41,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::bus::{EventBus, Recent};
 use super::outbox::{Outbox, OutboxError, StreamOutbox};
 use crate::hub::{Early, Prelude, Seam};
-use crate::model::{Event, UserId};
+use crate::model::{Message, UserId};
 use crate::store::{MessageStore, StoreError};
 
 pub use replay::PAGE;
@@ -127,10 +127,9 @@ pub async fn missed(
     })
 }
 
-/// Whether `user`'s sockets receive `event` live: it is in one of the user's channels and was
+/// Whether `user`'s sockets receive `message` live: it is in one of the user's channels and was
 /// not sent by the user.
-fn theirs(user: &UserId, event: &Event) -> bool {
-    let message = &event.message;
+fn theirs(user: &UserId, message: &Message) -> bool {
     message.sender != user.as_str() && message.participants.iter().any(|p| p == user.as_str())
 }
 

@@ -162,14 +162,12 @@ impl DeadLetters {
     async fn audit_replays(&self, outcomes: &[ReplayOutcome]) {
         let mut totals = std::collections::BTreeMap::<&str, u64>::new();
         for outcome in outcomes {
-            let result = match &outcome.result {
-                ReplayResult::Replayed | ReplayResult::WouldReplay => DlqReplayResult::Replayed,
-                ReplayResult::Failed { .. } => DlqReplayResult::Failed,
-                ReplayResult::NotFound => DlqReplayResult::NotFound,
-            };
-            let error = match &outcome.result {
-                ReplayResult::Failed { error } => error.as_str(),
-                _ => "",
+            let (result, error) = match &outcome.result {
+                ReplayResult::Replayed | ReplayResult::WouldReplay => {
+                    (DlqReplayResult::Replayed, "")
+                }
+                ReplayResult::Failed { error } => (DlqReplayResult::Failed, error.as_str()),
+                ReplayResult::NotFound => (DlqReplayResult::NotFound, ""),
             };
             tracing::info!(target: "chatd::audit", by = %self.operator, action = "replay", id = %outcome.id, result = result.as_str(), error, "dead letter replay");
             *totals.entry(result.as_str()).or_default() += 1;

@@ -1,6 +1,6 @@
 //! Dead letters with the embedded store, and the admin surface that guards them.
 
-use crate::common::process::run_cli;
+use crate::common::{self, process::run_cli};
 use crate::common::{TestServer, eventually};
 use serde_json::{Value, json};
 
@@ -26,11 +26,7 @@ async fn admin(
 
 /// Runs a statement on the embedded store's own file, beside the running chatd.
 fn on_store(server: &TestServer, sql: &str) {
-    let conn =
-        rusqlite::Connection::open(server.data_dir.path().join(chatd::store::SQLITE_FILE)).unwrap();
-    conn.busy_timeout(std::time::Duration::from_secs(5))
-        .unwrap();
-    conn.execute_batch(sql).unwrap();
+    common::on_store(server.data_dir.path(), sql);
 }
 
 #[tokio::test]

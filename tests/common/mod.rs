@@ -307,6 +307,13 @@ async fn launch(vars: &HashMap<String, String>) -> RunningApp {
     app::start(config(vars)).await.expect("chatd starts")
 }
 
+/// Runs statements on the embedded store's own file in `data_dir`, beside a running chatd.
+pub fn on_store(data_dir: &std::path::Path, sql: &str) {
+    let conn = rusqlite::Connection::open(data_dir.join(chatd::store::SQLITE_FILE)).unwrap();
+    conn.busy_timeout(Duration::from_secs(5)).unwrap();
+    conn.execute_batch(sql).unwrap();
+}
+
 pub fn token_for(secret: &str, user: &str) -> String {
     let user = UserId::parse(user).expect("valid user id");
     Authenticator::new(secret.as_bytes()).issue(&user, Duration::from_secs(3600))

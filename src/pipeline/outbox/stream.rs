@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, stream};
 use futures_util::StreamExt;
@@ -48,8 +49,6 @@ pub struct StreamOutbox {
     subject: String,
     stream: stream::Stream,
     claims: stream::Stream,
-    /// The claims' subjects: this, a dot, and the claim's name.
-    claims_prefix: String,
     drain: jetstream::consumer::PullConsumer,
     /// What [`Self::progress`] last read as waiting; `u64::MAX` before the first read.
     waiting: AtomicU64,
@@ -107,7 +106,6 @@ impl StreamOutbox {
             jetstream: cluster.jetstream.clone(),
             subject: cluster.subject.clone(),
             stream: cluster.stream.clone(),
-            claims_prefix: cluster.claims.cached_info().config.name.clone(),
             claims: cluster.claims.clone(),
             drain,
             waiting: AtomicU64::new(u64::MAX),
@@ -130,7 +128,9 @@ impl StreamOutbox {
                 repeated: false,
             });
         };
-        let subject = format!("{}.{}", self.claims_prefix, claim_name(&draft.sender, key));
+        // One subject per claim: the claims stream's name, a dot, the claim's name.
+        let stream = &self.claims.cached_info().config.name;
+        let subject = format!("{stream}.{}", claim_name(&draft.sender, key));
         for _ in 0..CLAIM_ATTEMPTS {
             let claim = Claim {
                 message,
@@ -185,17 +185,24 @@ impl StreamOutbox {
             over.to_string().as_str(),
         );
         let payload = serde_json::to_vec(claim).expect("a claim always serializes");
-        let stored = async {
-            self.jetstream
-                .publish_with_headers(subject.to_string(), headers, payload.into())
-                .await?
-                .await
-        };
-        match stored.await {
+        match self.stored(subject.to_string(), headers, payload).await {
             Ok(ack) => Ok(Some(ack.sequence)),
             Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => Ok(None),
             Err(e) => Err(OutboxError::Stream(e.into())),
         }
+    }
+
+    /// Publishes to `subject` and waits until JetStream has stored it.
+    async fn stored(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        payload: Vec<u8>,
+    ) -> Result<PublishAck, PublishError> {
+        self.jetstream
+            .publish_with_headers(subject, headers, payload.into())
+            .await?
+            .await
     }
 
     /// Publishes a message with its id as `Nats-Msg-Id` (JetStream keeps one copy of a repeat
@@ -204,13 +211,7 @@ impl StreamOutbox {
         let mut headers = HeaderMap::new();
         headers.insert(async_nats::header::NATS_MESSAGE_ID, message.id.as_str());
         let payload = serde_json::to_vec(message).expect("a message always serializes");
-        let stored = async {
-            self.jetstream
-                .publish_with_headers(self.subject.clone(), headers, payload.into())
-                .await?
-                .await
-        };
-        match stored.await {
+        match self.stored(self.subject.clone(), headers, payload).await {
             Ok(_) => {
                 counter!(telemetry::BUS_PUBLISHED).increment(1);
                 Ok(())

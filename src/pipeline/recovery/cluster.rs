@@ -28,7 +28,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::replay::{self, Range};
 use super::{RecoveryError, from_the_bus, over_limit_notice, theirs};
 use crate::hub::{Prelude, Seam};
-use crate::model::{Message, UserId};
+use crate::model::{Event, Message, UserId};
 use crate::pipeline::bus::{EventBus, Since};
 use crate::pipeline::outbox::StreamOutbox;
 use crate::store::MessageStore;
@@ -49,7 +49,8 @@ pub(super) async fn missed(
     limit: u32,
     turn: OwnedSemaphorePermit,
 ) -> Result<Prelude, RecoveryError> {
-    let theirs = |event: &_| theirs(user, event);
+    let keep = |message: &Message| theirs(user, message);
+    let theirs = |event: &Event| keep(&event.message);
     if let Some(recent) = bus.recent(Since::Id(since), &theirs) {
         return Ok(from_the_bus(recent, limit, turn));
     }
@@ -65,9 +66,6 @@ pub(super) async fn missed(
         .await
         .map_err(RecoveryError::Stream)?
         .floor;
-    let keep = |message: &Message| {
-        message.sender != user.as_str() && message.participants.iter().any(|p| p == user.as_str())
-    };
     let unstored_after = after.max(floor);
     let scanned = tokio::time::timeout(
         SCAN_TIMEOUT,
