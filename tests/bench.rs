@@ -55,8 +55,23 @@ fn assert_delivered_everything(summary: &Value) {
     }
 }
 
+/// The bare chat server `--ceiling` compares chatd with delivered what it was sent, so its
+/// figures are of the same work.
+fn assert_ceiling_delivered_everything(summary: &Value) {
+    let extra = &summary["extra"];
+    assert!(
+        extra["ceiling_delivered"].as_u64().unwrap() > 0,
+        "{summary}"
+    );
+    assert_eq!(
+        extra["ceiling_delivered"], extra["ceiling_expected_deliveries"],
+        "{summary}"
+    );
+    assert!(extra["fraction_of_ceiling"].as_f64().is_some(), "{summary}");
+}
+
 #[test]
-fn one_to_one_runs() {
+fn one_to_one_runs_beside_its_ceiling() {
     let summary = bench(&[
         "one-to-one",
         "--users",
@@ -65,8 +80,10 @@ fn one_to_one_runs() {
         "100",
         "--duration",
         "1",
+        "--ceiling",
     ]);
     assert_delivered_everything(&summary);
+    assert_ceiling_delivered_everything(&summary);
 }
 
 #[test]
@@ -86,10 +103,7 @@ fn fanout_runs_beside_its_ceiling() {
         summary["expected_deliveries"].as_u64().unwrap(),
         summary["accepted"].as_u64().unwrap() * 20
     );
-    assert!(
-        summary["extra"]["fraction_of_ceiling"].as_f64().is_some(),
-        "{summary}"
-    );
+    assert_ceiling_delivered_everything(&summary);
 }
 
 #[test]

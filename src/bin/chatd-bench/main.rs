@@ -73,6 +73,9 @@ enum Scenario {
         /// Messages per second.
         #[arg(long, default_value_t = 5000.0)]
         rate: f64,
+        /// Also run the same load against a bare chat server and compare.
+        #[arg(long)]
+        ceiling: bool,
     },
     /// One sender posts to one large group, every member listening.
     Fanout {
@@ -83,7 +86,7 @@ enum Scenario {
         /// Messages per second.
         #[arg(long, default_value_t = 100.0)]
         rate: f64,
-        /// Also run the same load against a bare broadcast server and compare.
+        /// Also run the same load against a bare chat server and compare.
         #[arg(long)]
         ceiling: bool,
     },
@@ -139,7 +142,7 @@ enum Scenario {
         #[arg(long)]
         json: bool,
     },
-    /// The bare broadcast server that `fanout --ceiling` starts.
+    /// The bare chat server that `--ceiling` starts.
     #[command(hide = true)]
     CeilingServer {
         /// Where to write its address once listening, as chatd's `--ready-file` does.
@@ -160,10 +163,11 @@ fn main() -> anyhow::Result<()> {
                 common,
                 users,
                 rate,
+                ceiling,
             } => {
-                let target = target(&common, &[])?;
+                let plan = || one_to_one(users as usize, rate, &common);
                 (
-                    load::run(&target, one_to_one(users as usize, rate, &common)).await?,
+                    with_ceiling(target(&common, &[])?, plan, ceiling, &common).await?,
                     common.json,
                 )
             }
@@ -175,16 +179,11 @@ fn main() -> anyhow::Result<()> {
             } => {
                 let max = (members + 1).to_string();
                 let target = target(&common, &[("MAX_PARTICIPANTS", max)])?;
-                let mut summary =
-                    load::run(&target, fanout(members as usize, rate, &common)).await?;
-                if ceiling {
-                    drop(target);
-                    let bare = Target::local(Server::ceiling()?, &common.secret)?;
-                    let measured =
-                        load::run(&bare, fanout(members as usize, rate, &common)).await?;
-                    compare(&mut summary, &measured);
-                }
-                (summary, common.json)
+                let plan = || fanout(members as usize, rate, &common);
+                (
+                    with_ceiling(target, plan, ceiling, &common).await?,
+                    common.json,
+                )
             }
             Scenario::Idle { common, sockets } => {
                 let target = target(&common, &[])?;
@@ -260,6 +259,24 @@ fn target(common: &Common, env: &[(&str, String)]) -> anyhow::Result<Target> {
     }
 }
 
+/// Runs `plan` against `target` and, with `ceiling`, then against the bare chat server, and
+/// reports chatd's figures beside the ceiling's.
+async fn with_ceiling(
+    target: Target,
+    plan: impl Fn() -> Plan,
+    ceiling: bool,
+    common: &Common,
+) -> anyhow::Result<Summary> {
+    let mut summary = load::run(&target, plan()).await?;
+    if ceiling {
+        drop(target);
+        let bare = Target::local(Server::ceiling()?, &common.secret)?;
+        let measured = load::run(&bare, plan()).await?;
+        compare(&mut summary, &measured);
+    }
+    Ok(summary)
+}
+
 fn one_to_one(users: usize, rate: f64, common: &Common) -> Plan {
     Plan {
         scenario: "one-to-one",
@@ -303,6 +320,13 @@ fn compare(chatd: &mut Summary, ceiling: &Summary) {
     } else {
         0.0
     };
+    chatd
+        .extra
+        .insert("ceiling_delivered".into(), ceiling.delivered.into());
+    chatd.extra.insert(
+        "ceiling_expected_deliveries".into(),
+        ceiling.expected_deliveries.into(),
+    );
     chatd.extra.insert(
         "ceiling_deliveries_per_sec".into(),
         ceiling.deliveries_per_sec.round().into(),
