@@ -23,6 +23,7 @@ pub const OUTBOX_OLDEST_AGE: &str = "chat_outbox_oldest_age_seconds";
 pub const PERSIST_BATCHES: &str = "chat_persist_batches_total";
 pub const PERSIST_RETRIES: &str = "chat_persist_retries_total";
 pub const PERSIST_DURATION: &str = "chat_persist_duration_seconds";
+pub const OUTBOX_COMMIT_DURATION: &str = "chat_outbox_commit_duration_seconds";
 pub const STORE_UP: &str = "chat_store_up";
 pub const DEAD_LETTERS: &str = "chat_dead_letters_total";
 pub const DEAD_LETTER_BACKLOG: &str = "chat_dead_letter_backlog";
@@ -264,6 +265,12 @@ fn describe() {
         Unit::Seconds,
         "duration of one batch write to the store"
     );
+    describe_histogram!(
+        OUTBOX_COMMIT_DURATION,
+        Unit::Seconds,
+        "duration of one group commit to the outbox, its disk sync included: every send in the \
+         group waits for it before its 202"
+    );
     describe_gauge!(STORE_UP, "1 when the store answered its last call, else 0");
     describe_counter!(
         DEAD_LETTERS,
@@ -374,7 +381,7 @@ fn register() {
         "revision" => GIT_REVISION,
     )
     .set(1.0);
-    for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
+    for name in [DELIVERY_LATENCY, PERSIST_DURATION, OUTBOX_COMMIT_DURATION] {
         // Registering the handle is enough for the series to exist, with empty buckets.
         let _registered = histogram!(name);
     }
@@ -422,7 +429,7 @@ mod tests {
                 "{name} missing from\n{text}"
             );
         }
-        for name in [DELIVERY_LATENCY, PERSIST_DURATION] {
+        for name in [DELIVERY_LATENCY, PERSIST_DURATION, OUTBOX_COMMIT_DURATION] {
             assert!(
                 text.contains(&format!("# TYPE {name} histogram")),
                 "{name} missing from\n{text}"

@@ -29,6 +29,7 @@ const REQUIRED: &[&str] = &[
     "chat_delivery_latency_seconds",
     "chat_outbox_depth",
     "chat_outbox_oldest_age_seconds",
+    "chat_outbox_commit_duration_seconds",
     "chat_persist_batches_total",
     "chat_persist_retries_total",
     "chat_persist_duration_seconds",
@@ -291,6 +292,9 @@ async fn the_pipeline_is_counted() {
     assert_eq!(delta("chat_delivery_latency_seconds_count"), 3.0);
     assert_eq!(delta("chat_ws_connections_opened_total"), 1.0);
     assert!(delta("chat_persist_duration_seconds_count") >= 1.0);
+    // Each send waited for its 202, so each append was a commit of its own, timed before the
+    // reply (the removals of what was stored may add more).
+    assert!(delta("chat_outbox_commit_duration_seconds_count") >= 3.0);
     let posted =
         "chat_http_requests_total{route=\"/api/messages\",method=\"POST\",status_class=\"2xx\"}";
     assert_eq!(delta(posted), 3.0);

@@ -18,6 +18,7 @@ use crate::error::Chain;
 use crate::integrity::Watch;
 use crate::model::{Event, Failure, Message};
 use crate::sqlite_file::participants_json;
+use crate::telemetry;
 
 /// Most commands applied in one transaction.
 const MAX_GROUP: usize = 1024;
@@ -59,6 +60,7 @@ pub(super) struct Journal {
     watch: Watch,
     outlets: Outlets,
     last_pruned: Option<std::time::Instant>,
+    commit_duration: metrics::Histogram,
 }
 
 /// Whom the journal tells about each durable commit, in this order.
@@ -106,6 +108,7 @@ impl Journal {
             watch,
             outlets,
             last_pruned: None,
+            commit_duration: metrics::histogram!(telemetry::OUTBOX_COMMIT_DURATION),
         }
     }
 
@@ -143,7 +146,10 @@ impl Journal {
         }
     }
 
+    /// Applies `group` in one transaction and commits it, timing the whole (what its senders
+    /// wait for) into [`telemetry::OUTBOX_COMMIT_DURATION`].
     fn commit(&mut self, group: &[Command]) -> rusqlite::Result<(Vec<Applied>, Delta)> {
+        let started = std::time::Instant::now();
         let tx = self.conn.transaction()?;
         let mut delta = Delta::default();
         let key_window_ms = i64::try_from(self.key_window.as_millis()).unwrap_or(i64::MAX);
@@ -152,6 +158,7 @@ impl Journal {
             .map(|command| apply(&tx, command, &self.instance, key_window_ms, &mut delta))
             .collect::<rusqlite::Result<Vec<_>>>()?;
         tx.commit()?;
+        self.commit_duration.record(started.elapsed());
         Ok((applied, delta))
     }
 
