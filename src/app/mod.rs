@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Verifier;
 use crate::config::Config;
 use crate::error::Chain;
-use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter};
+use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter, Shared};
 use crate::telemetry::Metrics;
 use pipeline::Pipeline;
 
@@ -152,7 +152,7 @@ fn http_state(
     sockets: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> AppState {
-    AppState {
+    AppState::new(Shared {
         auth: Arc::new(verifier),
         acceptor: pipeline.acceptor.clone(),
         outbox: pipeline.outbox.clone(),
@@ -179,5 +179,5 @@ fn http_state(
         origins: Arc::new(AllowedOrigins::new(config.http.allowed_origins.clone())),
         sockets: sockets.clone(),
         shutdown: shutdown.clone(),
-    }
+    })
 }
