@@ -8,8 +8,10 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
+use utoipa::openapi::schema::{AdditionalProperties, SchemaType};
+use utoipa::openapi::{ArrayBuilder, ObjectBuilder, OneOfBuilder, RefOr, Schema, Type};
 
 use super::error::ErrorBody;
 use super::extract::{JsonBody, QueryParams};
@@ -124,18 +126,52 @@ pub async fn show(
     }
 }
 
-/// `POST /admin/dead-letters/replay`'s body, as documented: `ids` or `all`, not both.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)] // a schema only
-pub struct ReplayRequest {
-    /// 1 to 1000 dead-letter ids.
-    #[schema(min_items = 1, max_items = 1000)]
-    ids: Option<Vec<String>>,
-    /// `true`: every dead letter.
-    all: Option<bool>,
-    /// `true`: report what would be replayed, change nothing.
-    dry_run: Option<bool>,
+/// `POST /admin/dead-letters/replay`'s body, as documented: `{"ids": [...]}` or
+/// `{"all": true}`, not both, each with an optional `dry_run`. No other field: a misspelt
+/// `dry_run` must not turn a rehearsal into a replay.
+pub struct ReplayRequest;
+
+/// The fields a replay request may have.
+const REPLAY_FIELDS: &[&str] = &["ids", "all", "dry_run"];
+
+impl utoipa::PartialSchema for ReplayRequest {
+    fn schema() -> RefOr<Schema> {
+        let dry_run: RefOr<Schema> = ObjectBuilder::new()
+            .schema_type(SchemaType::from_iter([Type::Boolean, Type::Null]))
+            .description(Some(
+                "`true`: report what would be replayed, change nothing.",
+            ))
+            .into();
+        let ids = ArrayBuilder::new()
+            .items(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .min_length(Some(1)),
+            )
+            .min_items(Some(1))
+            .max_items(Some(MAX_IDS))
+            .description(Some("Dead-letter ids: their messages' ids."));
+        let all = ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .enum_values(Some([true]))
+            .description(Some("Every dead letter."));
+        let variant = |name: &str, field: RefOr<Schema>| {
+            ObjectBuilder::new()
+                .schema_type(Type::Object)
+                .property(name, field)
+                .property("dry_run", dry_run.clone())
+                .required(name)
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        OneOfBuilder::new()
+            .item(variant("ids", ids.into()))
+            .item(variant("all", all.into()))
+            .examples([json!({"ids": ["0193a0c4-7a2e-7c1e-9b55-4f0d3c2a1b10"], "dry_run": true})])
+            .into()
+    }
 }
+
+impl utoipa::ToSchema for ReplayRequest {}
 
 /// `DELETE /admin/dead-letters/{id}`'s body.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -166,7 +202,8 @@ pub struct ReplayReport {
     responses(
         (status = 200, description = "What happened to each.", body = ReplayReport),
         (status = 400, description = "Malformed JSON, or a body that is neither `{\"ids\":[...]}` \
-            (1–1000 non-empty ids) nor `{\"all\":true}`, or a `dry_run` that is not a boolean.", body = ErrorBody),
+            (1–1000 non-empty ids) nor `{\"all\":true}`, a field other than those and \
+            `dry_run`, or a `dry_run` that is not a boolean.", body = ErrorBody),
         (status = 401, description = "A missing or wrong `ADMIN_TOKEN`.", body = ErrorBody),
         (status = 404, description = "No such route: while `ADMIN_TOKEN` is unset every `/admin` path is 404.", body = ErrorBody),
         (status = 413, description = "The body is larger than `MAX_BODY_BYTES`.", body = ErrorBody),
@@ -227,6 +264,11 @@ pub async fn purge(
 }
 
 fn selection(body: &serde_json::Map<String, Value>) -> Result<Selection, ApiError> {
+    if let Some(unknown) = body.keys().find(|k| !REPLAY_FIELDS.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(format!(
+            "unknown field {unknown:?}: send ids or all, and optionally dry_run"
+        )));
+    }
     match (body.get("ids"), body.get("all")) {
         (Some(Value::Array(ids)), None) if !ids.is_empty() && ids.len() <= MAX_IDS => ids
             .iter()

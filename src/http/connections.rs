@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 use super::error::ErrorBody;
 use super::extract::{JsonBody, user_ids};
 use super::{ApiError, AppState, Caller};
+use crate::model::UserId;
 
 /// Most users one request may ask about.
 const MAX_USERS: usize = 1000;
@@ -18,7 +19,7 @@ const MAX_USERS: usize = 1000;
 pub struct ConnectionsRequest {
     /// At most 1000 user ids.
     #[schema(example = json!(["alice", "bob"]), max_items = 1000)]
-    users: Vec<String>,
+    users: Vec<UserId>,
 }
 
 /// Open sockets per user asked about.

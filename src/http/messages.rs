@@ -5,6 +5,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use uuid::Uuid;
 
 use super::deadline::Deadline;
@@ -23,6 +24,8 @@ const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on a 202 that repeats an earlier one for the same key (Stripe's name for it).
 const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+/// `xxxxxxxx-xxxx-7xxx-xxxx-xxxxxxxxxxxx`.
+const HYPHENATED_UUID_LEN: usize = 36;
 
 /// The 202 body: the original's status line and the accepted message.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -41,11 +44,27 @@ pub struct SendRequest {
     /// The channel: user ids, in any order, duplicates allowed; the sender must be one of them.
     /// At most `MAX_PARTICIPANTS` distinct ids.
     #[schema(example = json!(["alice", "bob"]), min_items = 1)]
-    participants: Vec<String>,
+    participants: Vec<UserId>,
     /// At most `MAX_MESSAGE_BYTES` bytes of UTF-8.
     #[schema(example = "Hello everyone!", min_length = 1)]
     content: String,
 }
+
+/// `GET /api/messages/get`'s `participants`, as documented: user ids joined by `,`.
+pub struct ParticipantList;
+
+impl utoipa::PartialSchema for ParticipantList {
+    fn schema() -> RefOr<Schema> {
+        let id = UserId::schema_pattern();
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!("^{id}(?:,{id})*$")))
+            .examples(["alice,bob"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ParticipantList {}
 
 #[utoipa::path(
     post,
@@ -54,8 +73,9 @@ pub struct SendRequest {
     description = "Sends a message to a channel. It is delivered at once to every open socket of \
                    every participant except the sender's, and stored asynchronously.",
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Makes the send safe to retry: \
-            1 to 255 visible ASCII characters. A repeat with the same key and message answers \
+        ("Idempotency-Key" = Option<String>, Header, pattern = "^[\\x21-\\x7E]{1,255}$",
+            description = "Makes the send safe to retry: 1 to 255 visible ASCII characters (no \
+            spaces). A repeat with the same key and message answers \
             the first 202 again (with `Idempotent-Replayed: true`) and stores nothing new."),
     ),
     request_body(content = SendRequest, content_type = "application/json"),
@@ -160,7 +180,8 @@ fn refuse_if_corrupted(state: &AppState) -> Result<(), ApiError> {
     }
 }
 
-/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters.
+/// The `Idempotency-Key` header, if sent: 1 to 255 visible ASCII characters, as the document's
+/// pattern says (`[\x21-\x7E]`: no spaces).
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
         return Ok(None);
@@ -171,8 +192,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ))
     };
     let key = value.to_str().map_err(|_| invalid())?;
-    let visible = key.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
-    if key.trim().is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !visible {
+    let visible = key.bytes().all(|b| b.is_ascii_graphic());
+    if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY_BYTES || !visible {
         return Err(invalid());
     }
     Ok(Some(key.to_string()))
@@ -186,21 +207,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
                    id). Page with `page`/`size`, or with the cursor `before`, which stays correct \
                    while new messages arrive.",
     params(
-        ("participants" = String, Query, description = "The channel: its user ids, \
+        ("participants" = inline(ParticipantList), Query, description = "The channel: its user ids, \
             comma-separated, in any order. The caller must be one of them.", example = "alice,bob"),
         ("page" = Option<u64>, Query, description = "0-based page; `offset = page × size`.", minimum = 0),
         ("size" = Option<u32>, Query, description = "Messages per page, default 50, capped at 100.", minimum = 1),
-        ("before" = Option<String>, Query, description = "Only messages older than the message \
-            with this id (a chatd UUID v7, or a 24-hex id of the original's)."),
+        ("before" = Option<String>, Query, pattern = "^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-7[0-9A-Fa-f]{3}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{24})$",
+            description = "Only messages older than the message with this id: a chatd UUID v7 \
+            (hyphenated), or a 24-hex id of the original's. A UUID v7 carries its own time, so \
+            it works whether or not the message is stored; a 24-hex id must name a stored \
+            message."),
     ),
     security(("bearerAuth" = [])),
     responses(
         (status = 200, description = "The page: a JSON array of messages, `[]` when there are none.",
             body = Vec<Message>),
         (status = 400, description = "`participants` missing or invalid, a bad `page`/`size`, \
-            or a `before` that is not the id of a message.", body = ErrorBody),
+            or a `before` that is not a message id in either form.", body = ErrorBody),
         (status = 401, description = "Missing or invalid token.", body = ErrorBody),
         (status = 403, description = "The caller is not a participant of the channel.", body = ErrorBody),
+        (status = 404, description = "`before` is a 24-hex id that no stored message has: there \
+            is no place in the history to page from.", body = ErrorBody),
         (status = 429, description = "Rate limited.", body = ErrorBody),
         (status = 500, description = "The store failed in a way that waiting will not fix.", body = ErrorBody),
         (status = 503, description = "The store is unavailable right now.", body = ErrorBody),
@@ -218,8 +244,11 @@ pub async fn history(
     if let Some(id) = request.before_stored {
         // Not a UUID v7: an id of the original's (an ObjectId), whose time only the store knows.
         let cursor = state.store.locate(&id).await?;
-        page.before =
-            Some(cursor.ok_or_else(|| ApiError::bad_request("before: no message has this id"))?);
+        // Well-formed, but naming nothing: there is no page before it (not a 400, which would
+        // say the request is malformed).
+        page.before = Some(cursor.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, "before: no message has this id")
+        })?);
     }
     Ok(Json(state.store.history(&channel, &page).await?))
 }
@@ -294,8 +323,12 @@ fn parse_history_query(query: &str) -> Result<HistoryRequest, ApiError> {
 }
 
 /// chatd's ids are UUID v7s, which carry their own `created_at`: the cursor works even for a
-/// message not yet in the store.
+/// message not yet in the store. Only the hyphenated form, the one chatd sends (and the
+/// document's pattern admits), not the other spellings `Uuid::parse_str` knows.
 fn v7_cursor(id: &str) -> Option<Cursor> {
+    if id.len() != HYPHENATED_UUID_LEN {
+        return None;
+    }
     let uuid = Uuid::parse_str(id)
         .ok()
         .filter(|uuid| uuid.get_version_num() == 7)?;
@@ -372,11 +405,15 @@ mod tests {
             legacy.before_stored.as_deref(),
             Some("65f1c0ffee00000000000001")
         );
+        // Only the hyphenated spelling of a v7, the one chatd sends and the document admits.
+        let other_spellings = [id.simple().to_string(), id.braced().to_string()];
         for bad in [
             "x",
             "00000000-0000-0000-0000-000000000000",
             "67e55044-10b1-426f-9247-bb680e5fe0c8",
             "65f1c0ffee0000000000000g",
+            &other_spellings[0],
+            &other_spellings[1],
         ] {
             assert!(
                 parse_history_query(&format!("participants=a&before={bad}")).is_err(),

@@ -203,6 +203,8 @@ async fn the_admin_api_refuses_a_missing_or_wrong_token() {
         json!({"ids": [1]}),
         json!({"all": false}),
         json!({"ids": ["a"], "all": true}),
+        // A misspelt dry_run is refused rather than ignored: it would replay for real.
+        json!({"all": true, "dryrun": true}),
     ] {
         let (status, _) = admin(
             &server,
