@@ -34,3 +34,5 @@ pub(crate) mod fanout;
 pub(crate) mod relay;
 
 pub mod recovery;
+
+pub mod channels;

@@ -330,6 +330,15 @@ impl MessageStore for MongoStore {
             .collect()
     }
 
+    async fn channels(
+        &self,
+        _user: &UserId,
+        _before: Option<&Cursor>,
+        _limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        Err(StoreError::Failed("not yet".into()))
+    }
+
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError> {
         let found = self
             .call(
