@@ -3,8 +3,13 @@
 
 use std::collections::HashSet;
 
+use chrono::Utc;
+use mongodb::Collection;
+use mongodb::bson::oid::ObjectId;
+use mongodb::bson::{self, Document, doc};
 use serde_json::Value;
 
+use crate::common::mongo::MongoServer;
 use crate::common::{TestServer, eventually};
 
 /// `GET /api/channels?{query}` as `user`: the status and the JSON body.
@@ -234,4 +239,85 @@ async fn a_message_still_in_the_outbox_is_already_its_channels_last() {
         listed,
         "the same once stored"
     );
+}
+
+#[tokio::test]
+async fn mongodb_lists_original_documents_and_chatds_alike() {
+    let mongo = MongoServer::start().await;
+    let database = MongoServer::database();
+    let db = mongo.client().await.database(&database);
+    let messages: Collection<Document> = db.collection("messages");
+    // Left by the original service before chatd ran: the migration indexes them.
+    let day_ago = Utc::now().timestamp_millis() - 86_400_000;
+    let before_chatd = ObjectId::new();
+    messages
+        .insert_one(doc! {
+            "_id": before_chatd,
+            "sender": "carol",
+            "content": "from the Go service",
+            "created_at": bson::DateTime::from_millis(day_ago),
+            "participants": ["alice", "carol"],
+        })
+        .await
+        .unwrap();
+    let server =
+        TestServer::start_with(&[("MONGO_URI", &mongo.uri), ("MONGO_DB", &database)]).await;
+    let listed = eventually("the original's channel is listed", || async {
+        let (status, body) = get_channels(&server, "alice", "").await;
+        (status == 200 && body.as_array().is_some_and(|a| !a.is_empty())).then_some(body)
+    })
+    .await;
+    assert_eq!(
+        listed[0]["participants"],
+        serde_json::json!(["alice", "carol"])
+    );
+    assert_eq!(listed[0]["last_message"]["id"], before_chatd.to_hex());
+    assert_eq!(listed[0]["last_message"]["content"], "from the Go service");
+
+    let mut sent = Vec::new();
+    for other in ["u0", "u1", "u2", "u3"] {
+        sent.push(server.send_ok(other, &["alice", other], other).await);
+    }
+    await_empty_outbox(&server).await;
+    let whole = [
+        "alice,u3",
+        "alice,u2",
+        "alice,u1",
+        "alice,u0",
+        "alice,carol",
+    ];
+    assert_eq!(keys(&channels(&server, "alice", "").await), whole);
+    let pages = all_pages(&server, "alice", 2).await;
+    assert_eq!(pages.iter().map(Vec::len).collect::<Vec<_>>(), [2, 2, 1]);
+    let paged: Vec<String> = pages.iter().flat_map(|p| keys(p)).collect();
+    assert_eq!(paged, whole);
+    assert_eq!(pages[0][0]["last_message"], sent[3]);
+    assert_eq!(keys(&channels(&server, "u1", "").await), ["alice,u1"]);
+    assert!(channels(&server, "zed", "").await.is_empty());
+    // One summary per (participant, channel), read through its own index.
+    let summary: Collection<Document> = db.collection("messages_channels");
+    assert_eq!(summary.count_documents(doc! {}).await.unwrap(), 10);
+    let indexes = summary.list_index_names().await.unwrap();
+    assert!(
+        indexes.contains(&"user_1_last.created_at_-1_last._id_-1".to_string()),
+        "{indexes:?}"
+    );
+
+    // The cursor takes an ObjectId as history's does.
+    let by_object_id = channels(
+        &server,
+        "alice",
+        &format!("before={}", before_chatd.to_hex()),
+    )
+    .await;
+    assert!(by_object_id.is_empty(), "nothing is older than the oldest");
+    let cursor = sent[1]["id"].as_str().unwrap();
+    let older = channels(&server, "alice", &format!("before={cursor}")).await;
+    assert_eq!(keys(&older), ["alice,u0", "alice,carol"]);
+
+    // A reply in the original's channel, from chatd: it moves to the top.
+    let reply = server.send_ok("alice", &["carol", "alice"], "back").await;
+    await_empty_outbox(&server).await;
+    let listed = channels(&server, "alice", "limit=1").await;
+    assert_eq!(listed[0]["last_message"], reply);
 }
