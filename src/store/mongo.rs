@@ -864,7 +864,11 @@ mod tests {
                 .replace("\"{{messages}}\"", "\"m\"")
                 .replace("\"{{dead_letters}}\"", "\"d\"")
                 .replace("\"{{channels}}\"", "\"c\"");
-            assert!(!command.contains("{{"), "{}: every placeholder is known", m.name);
+            assert!(
+                !command.contains("{{"),
+                "{}: every placeholder is known",
+                m.name
+            );
             let parsed: Document = serde_json::from_str(&command).unwrap();
             assert!(
                 ["createIndexes", "aggregate"]

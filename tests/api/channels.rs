@@ -10,6 +10,7 @@ use mongodb::bson::{self, Document, doc};
 use serde_json::Value;
 
 use crate::common::mongo::MongoServer;
+use crate::common::nats::NatsServer;
 use crate::common::{TestServer, eventually};
 
 /// `GET /api/channels?{query}` as `user`: the status and the JSON body.
@@ -320,4 +321,84 @@ async fn mongodb_lists_original_documents_and_chatds_alike() {
     await_empty_outbox(&server).await;
     let listed = channels(&server, "alice", "limit=1").await;
     assert_eq!(listed[0]["last_message"], reply);
+}
+
+/// Cluster mode: a message the relays have not stored yet waits in the stream, and any
+/// instance's listing counts it from what its bus remembers.
+#[tokio::test]
+async fn in_cluster_mode_a_message_not_stored_yet_counts_on_every_instance() {
+    let (nats, mongo) = (NatsServer::start().await, MongoServer::start_local().await);
+    let database = MongoServer::database();
+    let secret = format!("channels-secret-{}", rand::random::<u64>());
+    let mut instances = Vec::new();
+    for name in ["instance-0", "instance-1"] {
+        let vars = [
+            ("NATS_URL", nats.url.as_str()),
+            ("MONGO_URI", mongo.uri.as_str()),
+            ("MONGO_DB", database.as_str()),
+            ("JWT_SECRET", secret.as_str()),
+            ("INSTANCE_ID", name),
+            ("STORE_TIMEOUT", "2s"),
+            ("RETRY_BASE_MS", "20"),
+            ("RETRY_MAX_MS", "500"),
+            ("NATS_MAX_BYTES", "268435456"),
+        ];
+        instances.push(TestServer::start_with(&vars).await);
+    }
+    let (first, second) = (&instances[0], &instances[1]);
+    let messages: Collection<Document> = mongo
+        .client()
+        .await
+        .database(&database)
+        .collection("messages");
+    let stored = first.send_ok("alice", &["alice", "bob"], "stored").await;
+    eventually("the first message is stored", || async {
+        (messages.count_documents(doc! {}).await.unwrap() == 1).then_some(())
+    })
+    .await;
+
+    // chatd's inserts fail with a lock timeout: the relays hold what follows. (A failover's
+    // code would also send the driver's reads looking for a new primary.)
+    let admin = mongo.client().await.database("admin");
+    let data = doc! { "failCommands": ["insert"], "appName": "chatd", "errorCode": 24 };
+    admin
+        .run_command(doc! { "configureFailPoint": "failCommand", "mode": "alwaysOn", "data": data })
+        .await
+        .unwrap();
+    let reply = first
+        .send_ok("bob", &["alice", "bob"], "not stored yet")
+        .await;
+    let other = second
+        .send_ok("carol", &["alice", "carol"], "nor this")
+        .await;
+    for instance in [first, second] {
+        let listed = eventually("both unstored messages are listed", || async {
+            let listed = channels(instance, "alice", "").await;
+            (keys(&listed) == ["alice,carol", "alice,bob"]).then_some(listed)
+        })
+        .await;
+        assert_eq!(listed[0]["last_message"], other);
+        assert_eq!(listed[1]["last_message"], reply);
+    }
+    assert_eq!(
+        messages.count_documents(doc! {}).await.unwrap(),
+        1,
+        "neither was stored"
+    );
+    let cursor = other["id"].as_str().unwrap();
+    let next = channels(second, "alice", &format!("before={cursor}")).await;
+    assert_eq!(keys(&next), ["alice,bob"]);
+    assert_ne!(next[0]["last_message"], stored);
+
+    admin
+        .run_command(doc! { "configureFailPoint": "failCommand", "mode": "off" })
+        .await
+        .unwrap();
+    eventually("both are stored", || async {
+        (messages.count_documents(doc! {}).await.unwrap() == 3).then_some(())
+    })
+    .await;
+    let listed = channels(second, "alice", "").await;
+    assert_eq!(keys(&listed), ["alice,carol", "alice,bob"]);
+    assert_eq!(listed[1]["last_message"], reply);
 }
