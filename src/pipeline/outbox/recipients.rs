@@ -167,25 +167,36 @@ mod tests {
     }
 
     #[test]
-    fn a_recovery_reads_the_index_not_every_pending_row() {
+    fn a_recovery_and_a_listing_read_the_index_not_every_pending_row() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = open(&dir);
-        let plan: Vec<String> = outbox
-            .readers
-            .read(|conn| {
-                conn.prepare(&format!("EXPLAIN QUERY PLAN {PENDING_FOR}"))?
-                    .query_map(params![ANCIENT, "b", 10], |row| row.get::<_, String>(3))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .unwrap();
-        assert!(
-            plan.iter()
-                .any(|step| step.contains("SEARCH r USING PRIMARY KEY")),
-            "{plan:?}"
-        );
-        assert!(
-            !plan.iter().any(|step| step.starts_with("SCAN")),
-            "nothing is scanned: {plan:?}"
-        );
+        let plan = |query: &str, params: &[&dyn rusqlite::ToSql]| -> Vec<String> {
+            outbox
+                .readers
+                .read(|conn| {
+                    conn.prepare(&format!("EXPLAIN QUERY PLAN {query}"))?
+                        .query_map(params, |row| row.get::<_, String>(3))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .unwrap()
+        };
+        for plan in [
+            plan(PENDING_FOR, params![ANCIENT, "b", 10]),
+            plan(LATEST_FOR, params!["b", 10]),
+        ] {
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("SEARCH r USING PRIMARY KEY")),
+                "{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN")),
+                "nothing is scanned: {plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+                "read in index order: {plan:?}"
+            );
+        }
     }
 }
