@@ -3,6 +3,7 @@
 mod admin;
 mod admission;
 mod admitted;
+mod channels;
 mod connections;
 mod deadline;
 mod error;
@@ -13,6 +14,7 @@ mod messages;
 mod newline;
 mod openapi;
 mod origins;
+mod paging;
 mod rate_limit;
 mod request_id;
 mod request_metrics;
@@ -123,6 +125,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/ws", Method::GET),
     ("/api/messages", Method::POST),
     ("/api/messages/get", Method::GET),
+    ("/api/channels", Method::GET),
     ("/api/connections", Method::POST),
     ("/openapi.json", Method::GET),
 ];
@@ -162,6 +165,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/messages", post(messages::send))
         .route("/messages/get", get(messages::history))
+        .route("/channels", get(channels::list))
         .route("/connections", post(connections::connections))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
