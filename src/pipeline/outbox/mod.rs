@@ -43,6 +43,10 @@ const MIGRATIONS: &[Migration] = &[
         name: "0004_outbox_recipients",
         sql: include_str!("../../../migrations/outbox/0004_outbox_recipients.sql"),
     },
+    Migration {
+        name: "0005_wide_channels",
+        sql: include_str!("../../../migrations/outbox/0005_wide_channels.sql"),
+    },
 ];
 
 /// Called by the journal with each new message once its commit is durable, in commit order

@@ -1,6 +1,9 @@
-//! The outbox's read path for reconnect recovery: the pending messages of one user's channels,
-//! through the (user, id) index of `migrations/outbox/0004_outbox_recipients.sql`, which the
-//! outbox's triggers keep in step with every append, removal and dead letter.
+//! The outbox's read path for reconnect recovery and the conversations listing: the pending
+//! messages of one user's channels. Channels of at most 32 participants are read through the
+//! (user, id) index of `migrations/outbox/0004_outbox_recipients.sql`, which the outbox's
+//! triggers keep in step with every append, removal and dead letter; wider ones through the
+//! partial index of `0005_wide_channels.sql`, checking membership row by row, because a
+//! per-user row for each of their members cost every send its wait in the journal.
 
 use rusqlite::params;
 
@@ -8,18 +11,34 @@ use super::{Outbox, OutboxError};
 use crate::model::{Message, UserId};
 use crate::sqlite_file;
 
-/// The (user, id) index reads exactly the rows returned, however old `?1` is. It holds
-/// pending rows only; `dead = 0` is a safeguard.
-const PENDING_FOR: &str = "SELECT o.id, o.sender, o.content, o.participants, o.created_at
-     FROM outbox_recipients r JOIN outbox o ON o.seq = r.seq
-     WHERE r.user = ?2 AND r.id > ?1 AND o.dead = 0
-     ORDER BY r.id LIMIT ?3";
+/// The (user, id) index reads exactly the narrow rows returned, however old `?1` is; the
+/// partial index reads the wide messages pending after `?1` (`INDEXED BY`: the planner would
+/// rather take `outbox_pending`; the `32` must stay the migration's for the index to apply). Both hold pending rows only; `dead = 0` is also
+/// part of the partial index's condition.
+const PENDING_FOR: &str = "SELECT id, sender, content, participants, created_at FROM (
+         SELECT r.id, o.sender, o.content, o.participants, o.created_at
+         FROM outbox_recipients r JOIN outbox o ON o.seq = r.seq
+         WHERE r.user = ?2 AND r.id > ?1 AND o.dead = 0
+         UNION ALL
+         SELECT o.id, o.sender, o.content, o.participants, o.created_at
+         FROM outbox o INDEXED BY outbox_wide
+         WHERE o.dead = 0 AND json_array_length(o.participants) > 32 AND o.id > ?1
+           AND EXISTS (SELECT 1 FROM json_each(o.participants) WHERE value = ?2)
+     )
+     ORDER BY id LIMIT ?3";
 
-/// The same index read from its newest end: the conversations listing's pending messages.
-const LATEST_FOR: &str = "SELECT o.id, o.sender, o.content, o.participants, o.created_at
-     FROM outbox_recipients r JOIN outbox o ON o.seq = r.seq
-     WHERE r.user = ?1 AND o.dead = 0
-     ORDER BY r.id DESC LIMIT ?2";
+/// The same indexes read from their newest end: the conversations listing's pending messages.
+const LATEST_FOR: &str = "SELECT id, sender, content, participants, created_at FROM (
+         SELECT r.id, o.sender, o.content, o.participants, o.created_at
+         FROM outbox_recipients r JOIN outbox o ON o.seq = r.seq
+         WHERE r.user = ?1 AND o.dead = 0
+         UNION ALL
+         SELECT o.id, o.sender, o.content, o.participants, o.created_at
+         FROM outbox o INDEXED BY outbox_wide
+         WHERE o.dead = 0 AND json_array_length(o.participants) > 32
+           AND EXISTS (SELECT 1 FROM json_each(o.participants) WHERE value = ?1)
+     )
+     ORDER BY id DESC LIMIT ?2";
 
 impl Outbox {
     /// Up to `limit` messages waiting for the store, of any channel `user` is in, accepted after
@@ -166,8 +185,62 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_wide_channel_is_found_without_a_row_per_member() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = open(&dir);
+        let mut members: Vec<UserId> = (0..40).map(|i| user(&format!("m{i:02}"))).collect();
+        members.push(user("a"));
+        let wide = Channel::new(members, 100).unwrap();
+        let ab = channel(&["a", "b"]);
+        let mut sent = Vec::new();
+        for (channel, content) in [(&wide, "wide 1"), (&ab, "narrow"), (&wide, "wide 2")] {
+            let draft = Draft::new(&user("a"), channel, content);
+            sent.push(outbox.append(draft).await.unwrap().message);
+        }
+        assert_eq!(
+            contents(&outbox, "a", ANCIENT).await,
+            ["wide 1", "narrow", "wide 2"]
+        );
+        assert_eq!(
+            contents(&outbox, "m07", ANCIENT).await,
+            ["wide 1", "wide 2"]
+        );
+        assert_eq!(contents(&outbox, "m07", &sent[0].id).await, ["wide 2"]);
+        assert_eq!(contents(&outbox, "b", ANCIENT).await, ["narrow"]);
+        assert!(contents(&outbox, "nobody", ANCIENT).await.is_empty());
+        let latest = outbox.latest_for(&user("a"), 2).await.unwrap();
+        let latest: Vec<&str> = latest.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(latest, ["wide 2", "narrow"], "newest first, both kinds");
+        let rows: i64 = outbox
+            .readers
+            .read(|conn| {
+                conn.query_row("SELECT COUNT(*) FROM outbox_recipients", [], |row| {
+                    row.get(0)
+                })
+            })
+            .unwrap();
+        assert_eq!(rows, 2, "rows for the narrow channel's two members only");
+
+        let seqs: Vec<i64> = outbox
+            .pending_after(0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|entry| entry.seq)
+            .collect();
+        outbox.mark_stored(vec![seqs[0]]).await.unwrap();
+        assert_eq!(contents(&outbox, "m07", ANCIENT).await, ["wide 2"]);
+        let failure = Failure::new("constraint", "refused");
+        outbox
+            .record_failure(seqs[2], failure, 3, true)
+            .await
+            .unwrap();
+        assert!(contents(&outbox, "m07", ANCIENT).await.is_empty(), "dead");
+    }
+
     #[test]
-    fn a_recovery_and_a_listing_read_the_index_not_every_pending_row() {
+    fn a_recovery_and_a_listing_read_the_indexes_not_every_pending_row() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = open(&dir);
         let plan = |query: &str, params: &[&dyn rusqlite::ToSql]| -> Vec<String> {
@@ -190,8 +263,18 @@ mod tests {
                 "{plan:?}"
             );
             assert!(
-                !plan.iter().any(|step| step.starts_with("SCAN")),
-                "nothing is scanned: {plan:?}"
+                plan.iter()
+                    .any(|step| step.contains("USING INDEX outbox_wide")),
+                "{plan:?}"
+            );
+            // Only the wide messages pending (after the cursor) are walked, in the partial
+            // index's order, each one's participants read to check membership; no table is
+            // scanned.
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN")
+                    && !step.contains("json_each")
+                    && !step.contains("USING INDEX outbox_wide")),
+                "nothing else is scanned: {plan:?}"
             );
             assert!(
                 !plan.iter().any(|step| step.contains("TEMP B-TREE")),
