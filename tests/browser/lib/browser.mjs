@@ -99,3 +99,12 @@ export function screenshotDir(root) {
   mkdirSync(dir, { recursive: true });
   return dir;
 }
+
+/** Presses Tab until the element matching `selector` has the focus (as a keyboard user would). */
+export async function tabTo(page, selector, most = 30) {
+  for (let i = 0; i < most; i += 1) {
+    if (await page.evaluate((s) => document.activeElement?.matches(s) ?? false, selector)) return;
+    await page.keyboard.press("Tab");
+  }
+  assert.fail(`${selector} cannot be reached with Tab`);
+}

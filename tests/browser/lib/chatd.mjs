@@ -2,6 +2,7 @@
 // under target/tmp, killed after the test (or with kill -9 and started again, same port and
 // DATA_DIR, for the restart test).
 
+import assert from "node:assert/strict";
 import { spawn, execFileSync } from "node:child_process";
 import { mkdirSync, rmSync, openSync } from "node:fs";
 import { createServer } from "node:net";
@@ -109,6 +110,17 @@ export class Chatd {
   /** A token from `chatd token` (which signs with the same secret as this chatd). */
   cliToken(user) {
     return execFileSync(BIN, ["token", user, "--ttl", "1h"], { env: this.env }).toString().trim();
+  }
+
+  /** A token from the development sign-in's endpoint. */
+  async devToken(user) {
+    const response = await fetch(`${this.url}/api/dev/token`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ id: user }),
+    });
+    assert.equal(response.status, 200);
+    return (await response.json()).token;
   }
 
   async call(token, method, path, body) {
