@@ -5,19 +5,18 @@ use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
-use uuid::Uuid;
 
 use super::deadline::Deadline;
 use super::error::ErrorBody;
 use super::extract::{JsonBody, QueryParams, user_ids};
+use super::paging::{self, Before};
 use super::{ApiError, AppState, Caller};
 use crate::config::Limits;
-use crate::model::{Channel, Message, UserId, uuid_timestamp};
+use crate::model::{Channel, Message, UserId};
 use crate::pipeline::outbox::OutboxError;
-use crate::store::{Cursor, HistoryPage};
+use crate::store::HistoryPage;
 
 const DEFAULT_PAGE_SIZE: u32 = 50;
-const MAX_PAGE_SIZE: u32 = 100;
 /// The de-facto header for making a POST safe to retry.
 const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 /// Set on a 202 that repeats an earlier one for the same key (Stripe's name for it).
@@ -215,12 +214,7 @@ pub async fn history(
     let channel = channel(request.participants, &state.limits)?;
     require_participant(&channel, &reader)?;
     let mut page = request.page;
-    if let Some(id) = request.before_stored {
-        // Not a UUID v7: an id of the original's (an ObjectId), whose time only the store knows.
-        let cursor = state.store.locate(&id).await?;
-        page.before =
-            Some(cursor.ok_or_else(|| ApiError::bad_request("before: no message has this id"))?);
-    }
+    page.before = paging::locate(state.store.as_ref(), request.before).await?;
     Ok(Json(state.store.history(&channel, &page).await?))
 }
 
@@ -241,9 +235,9 @@ fn require_participant(channel: &Channel, user: &UserId) -> Result<(), ApiError>
 
 struct HistoryRequest {
     participants: Vec<UserId>,
+    /// Without its cursor, which [`paging::locate`] places.
     page: HistoryPage,
-    /// A `before` id whose position must be looked up in the store.
-    before_stored: Option<String>,
+    before: Option<Before>,
 }
 
 /// `participants=a,b&page=0&size=50&before=<id>`; of a repeated key the first counts.
@@ -265,49 +259,16 @@ fn parse_history_query(query: &str) -> Result<HistoryRequest, ApiError> {
             .parse()
             .map_err(|_| ApiError::bad_request("page must be a whole number, 0 or more"))?,
     };
-    let size: u32 = match params.get("size") {
-        None => DEFAULT_PAGE_SIZE,
-        Some(size) => size
-            .parse::<u32>()
-            .ok()
-            .filter(|size| *size >= 1)
-            .ok_or_else(|| ApiError::bad_request("size must be a whole number, 1 or more"))?
-            .min(MAX_PAGE_SIZE),
-    };
-    let (before, before_stored) = match params.get("before") {
-        None => (None, None),
-        Some(id) => match v7_cursor(id) {
-            Some(cursor) => (Some(cursor), None),
-            None if is_object_id(id) => (None, Some(id.to_ascii_lowercase())),
-            None => return Err(ApiError::bad_request("before must be the id of a message")),
-        },
-    };
+    let size = paging::page_size(&params, "size", DEFAULT_PAGE_SIZE)?;
     Ok(HistoryRequest {
         participants,
         page: HistoryPage {
-            before,
+            before: None,
             offset: page.saturating_mul(u64::from(size)),
             limit: size,
         },
-        before_stored,
+        before: paging::before(&params)?,
     })
-}
-
-/// chatd's ids are UUID v7s, which carry their own `created_at`: the cursor works even for a
-/// message not yet in the store.
-fn v7_cursor(id: &str) -> Option<Cursor> {
-    let uuid = Uuid::parse_str(id)
-        .ok()
-        .filter(|uuid| uuid.get_version_num() == 7)?;
-    Some(Cursor {
-        created_at: uuid_timestamp(&uuid)?,
-        id: uuid.to_string(),
-    })
-}
-
-/// The original service's ids: 24 hex digits.
-fn is_object_id(id: &str) -> bool {
-    id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -321,7 +282,7 @@ mod tests {
     #[test]
     fn page_and_size_make_the_offset() {
         let page = page_of("participants=a,b");
-        assert_eq!((page.offset, page.limit, page.before), (0, 50, None));
+        assert_eq!((page.offset, page.limit), (0, 50));
         let page = page_of("participants=a,b&page=2&size=10");
         assert_eq!((page.offset, page.limit), (20, 10));
         assert_eq!(page_of("participants=a&size=1000").limit, 100);
@@ -360,36 +321,20 @@ mod tests {
     }
 
     #[test]
-    fn before_takes_a_v7_id_and_reads_its_time() {
-        let id = Uuid::now_v7();
-        let page = page_of(&format!("participants=a&before={id}"));
-        let before = page.before.unwrap();
-        assert_eq!(before.id, id.to_string());
-        assert_eq!(Some(before.created_at), uuid_timestamp(&id));
+    fn before_is_read_as_history_and_the_listing_read_it() {
         let legacy = parse_history_query("participants=a&before=65F1C0FFEE00000000000001").unwrap();
-        assert_eq!(legacy.page.before, None);
         assert_eq!(
-            legacy.before_stored.as_deref(),
-            Some("65f1c0ffee00000000000001")
+            legacy.before,
+            Some(Before::Stored("65f1c0ffee00000000000001".into()))
         );
-        for bad in [
-            "x",
-            "00000000-0000-0000-0000-000000000000",
-            "67e55044-10b1-426f-9247-bb680e5fe0c8",
-            "65f1c0ffee0000000000000g",
-        ] {
-            assert!(
-                parse_history_query(&format!("participants=a&before={bad}")).is_err(),
-                "{bad}"
-            );
-        }
+        assert!(parse_history_query("participants=a&before=x").is_err());
     }
 
     proptest::proptest! {
         #[test]
         fn any_query_string_is_parsed_or_refused_never_panics(query in "\\PC{0,200}") {
             if let Ok(request) = parse_history_query(&query) {
-                proptest::prop_assert!((1..=MAX_PAGE_SIZE).contains(&request.page.limit));
+                proptest::prop_assert!((1..=paging::MAX_PAGE_SIZE).contains(&request.page.limit));
                 proptest::prop_assert!(!request.participants.is_empty());
             }
         }
@@ -397,7 +342,7 @@ mod tests {
         #[test]
         fn queries_built_from_parts_keep_their_meaning(page in 0u64..1_000_000, size in 1u32..1000) {
             let request = parse_history_query(&format!("participants=a,b&page={page}&size={size}")).unwrap();
-            let size = size.min(MAX_PAGE_SIZE);
+            let size = size.min(paging::MAX_PAGE_SIZE);
             proptest::prop_assert_eq!(request.page.limit, size);
             proptest::prop_assert_eq!(request.page.offset, page * u64::from(size));
         }

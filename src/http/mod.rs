@@ -3,6 +3,7 @@
 mod admin;
 mod admission;
 mod admitted;
+mod channels;
 mod connections;
 mod deadline;
 mod dev_token;
@@ -15,6 +16,7 @@ mod newline;
 mod openapi;
 mod origins;
 mod page;
+mod paging;
 mod rate_limit;
 mod request_id;
 mod request_metrics;
@@ -111,6 +113,7 @@ const ROUTES: &[(&str, Method)] = &[
     ("/ws", Method::GET),
     ("/api/messages", Method::POST),
     ("/api/messages/get", Method::GET),
+    ("/api/channels", Method::GET),
     ("/api/connections", Method::POST),
     ("/openapi.json", Method::GET),
 ];
@@ -162,6 +165,7 @@ pub fn router(state: AppState) -> Router {
     let mut api = Router::new()
         .route("/messages", post(messages::send))
         .route("/messages/get", get(messages::history))
+        .route("/channels", get(channels::list))
         .route("/connections", post(connections::connections));
     if state.dev_tokens.is_some() {
         api = api.route("/dev/token", post(dev_token::issue));

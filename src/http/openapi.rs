@@ -33,6 +33,7 @@ With `METRICS_PORT` set, `/metrics` and `/admin/*` are served on that internal p
         super::ws::upgrade,
         super::messages::send,
         super::messages::history,
+        super::channels::list,
         super::connections::connections,
         super::page::index,
         super::page::asset,

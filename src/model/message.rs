@@ -66,7 +66,7 @@ pub struct Event {
 }
 
 /// Timestamps as the contract writes them: RFC 3339, UTC, milliseconds.
-pub(super) mod rfc3339_millis {
+pub mod rfc3339_millis {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 

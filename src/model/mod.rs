@@ -8,5 +8,5 @@ mod user_id;
 
 pub use channel::{Channel, ChannelError};
 pub use dead_letter::{DeadLetter, Failure};
-pub use message::{Event, Message, uuid_timestamp};
+pub use message::{Event, Message, rfc3339_millis, uuid_timestamp};
 pub use user_id::{InvalidUserId, UserId};

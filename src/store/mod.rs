@@ -113,6 +113,17 @@ pub trait MessageStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<String>, StoreError>;
 
+    /// Up to `limit` of the channels `user` is in, each as its last message (the greatest
+    /// `(created_at, id)`), the most recent first, ties broken by id (descending); only those
+    /// whose last message sorts before `before`. Answered from an index of the channels' last
+    /// messages, kept by [`Self::insert_batch`], never by reading every message of the user.
+    async fn channels(
+        &self,
+        user: &UserId,
+        before: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError>;
+
     /// The history position of a stored message, for ids that do not carry their own time.
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError>;
 

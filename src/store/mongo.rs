@@ -1,6 +1,8 @@
 //! MongoDB, in the original service's document layout:
 //! `{_id, sender, content, created_at (date), participants (sorted array)}`.
 
+mod channels;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::time::Duration;
@@ -39,6 +41,14 @@ const MIGRATIONS: &[MongoMigration] = &[
     MongoMigration {
         name: "0003_messages_stream_index",
         command: include_str!("../../migrations/mongo/0003_messages_stream_index.json"),
+    },
+    MongoMigration {
+        name: "0004_channels_index",
+        command: include_str!("../../migrations/mongo/0004_channels_index.json"),
+    },
+    MongoMigration {
+        name: "0005_channels_backfill",
+        command: include_str!("../../migrations/mongo/0005_channels_backfill.json"),
     },
 ];
 
@@ -85,6 +95,8 @@ pub struct MongoStore {
     database: Database,
     messages: Collection<Document>,
     dead_letters: Collection<Document>,
+    /// Each channel's last message for each participant, beside the messages: `channels`.
+    channels: Collection<Document>,
     /// The dead-letter replays' totals: `{_id: result, count}`, beside the dead letters.
     replays: Collection<Document>,
     settings: MongoSettings,
@@ -119,6 +131,7 @@ impl MongoStore {
             messages: database.collection(&settings.messages),
             dead_letters: database.collection(&settings.dead_letters),
             replays: database.collection(&format!("{}_replays", settings.dead_letters)),
+            channels: database.collection(&channels_collection(&settings.messages)),
             database,
             settings: settings.clone(),
             timeout,
@@ -145,6 +158,49 @@ impl MongoStore {
                 let e = format!("no answer from MongoDB within {:?}", self.timeout);
                 StoreError::Unavailable(e.into())
             })
+    }
+
+    /// Inserts the messages, one outcome each: see [`MessageStore::insert_batch`].
+    async fn insert_messages(&self, messages: &[Message]) -> Result<Vec<WriteOutcome>, StoreError> {
+        let docs: Vec<Document> = messages.iter().map(message_doc).collect();
+        let errors = match self
+            .timed(self.messages.insert_many(docs).ordered(false))
+            .await?
+        {
+            Ok(_) => return Ok(vec![Ok(()); messages.len()]),
+            Err(e) => refused_documents(e)?,
+        };
+
+        let mut outcomes = vec![Ok(()); messages.len()];
+        let mut duplicates = Vec::new();
+        for error in errors {
+            let Some(outcome) = outcomes.get_mut(error.index) else {
+                continue;
+            };
+            if error.code == DUPLICATE_KEY {
+                duplicates.push((error.index, error.message));
+            } else {
+                *outcome = Err(Failure::new(
+                    failure_kind(error.code, error.code_name.as_deref()),
+                    error.message,
+                ));
+            }
+        }
+        if !duplicates.is_empty() {
+            // A duplicate _id means "already stored" (a retry or a replay); a duplicate on any
+            // other unique index is this message's own failure.
+            let ids = duplicates
+                .iter()
+                .map(|(i, _)| id_bson(&messages[*i].id))
+                .collect();
+            let stored = self.stored_ids(ids).await?;
+            for (i, message) in duplicates {
+                if !stored.contains(&messages[i].id) {
+                    outcomes[i] = Err(Failure::new("duplicate_key", message));
+                }
+            }
+        }
+        Ok(outcomes)
     }
 
     /// Which of these ids are already stored.
@@ -196,6 +252,10 @@ impl MessageStore for MongoStore {
                 .replace(
                     "\"{{dead_letters}}\"",
                     &serde_json::to_string(&self.settings.dead_letters).expect("a string"),
+                )
+                .replace(
+                    "\"{{channels}}\"",
+                    &serde_json::to_string(self.channels.name()).expect("a string"),
                 );
             let command: Document = serde_json::from_str(&command)
                 .with_context(|| format!("migration {}", migration.name))
@@ -212,45 +272,16 @@ impl MessageStore for MongoStore {
         Ok(applied_now)
     }
 
+    /// The messages first, then the channels summary: a batch that fails in between is written
+    /// again (the messages idempotently) and the summary is brought up to date then.
     async fn insert_batch(&self, messages: &[Message]) -> Result<Vec<WriteOutcome>, StoreError> {
-        let docs: Vec<Document> = messages.iter().map(message_doc).collect();
-        let errors = match self
-            .timed(self.messages.insert_many(docs).ordered(false))
-            .await?
-        {
-            Ok(_) => return Ok(vec![Ok(()); messages.len()]),
-            Err(e) => refused_documents(e)?,
-        };
-
-        let mut outcomes = vec![Ok(()); messages.len()];
-        let mut duplicates = Vec::new();
-        for error in errors {
-            let Some(outcome) = outcomes.get_mut(error.index) else {
-                continue;
-            };
-            if error.code == DUPLICATE_KEY {
-                duplicates.push((error.index, error.message));
-            } else {
-                *outcome = Err(Failure::new(
-                    failure_kind(error.code, error.code_name.as_deref()),
-                    error.message,
-                ));
-            }
-        }
-        if !duplicates.is_empty() {
-            // A duplicate _id means "already stored" (a retry or a replay); a duplicate on any
-            // other unique index is this message's own failure.
-            let ids = duplicates
-                .iter()
-                .map(|(i, _)| id_bson(&messages[*i].id))
-                .collect();
-            let stored = self.stored_ids(ids).await?;
-            for (i, message) in duplicates {
-                if !stored.contains(&messages[i].id) {
-                    outcomes[i] = Err(Failure::new("duplicate_key", message));
-                }
-            }
-        }
+        let outcomes = self.insert_messages(messages).await?;
+        let stored: Vec<&Message> = messages
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(m, outcome)| outcome.is_ok().then_some(m))
+            .collect();
+        self.note_channels(&stored).await?;
         Ok(outcomes)
     }
 
@@ -328,6 +359,15 @@ impl MessageStore for MongoStore {
                     .map_err(|e| StoreError::Failed(e.into()))
             })
             .collect()
+    }
+
+    async fn channels(
+        &self,
+        user: &UserId,
+        before: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        self.channel_page(user, before, limit).await
     }
 
     async fn locate(&self, id: &str) -> Result<Option<Cursor>, StoreError> {
@@ -735,6 +775,11 @@ fn refused_documents(e: mongodb::error::Error) -> Result<Vec<IndexedWriteError>,
     }
 }
 
+/// The summary collection beside `messages`: see `channels`.
+fn channels_collection(messages: &str) -> String {
+    format!("{messages}_channels")
+}
+
 fn is_duplicate_key(e: &mongodb::error::Error) -> bool {
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(error)) => error.code == DUPLICATE_KEY,
@@ -817,9 +862,21 @@ mod tests {
             let command = m
                 .command
                 .replace("\"{{messages}}\"", "\"m\"")
-                .replace("\"{{dead_letters}}\"", "\"d\"");
+                .replace("\"{{dead_letters}}\"", "\"d\"")
+                .replace("\"{{channels}}\"", "\"c\"");
+            assert!(
+                !command.contains("{{"),
+                "{}: every placeholder is known",
+                m.name
+            );
             let parsed: Document = serde_json::from_str(&command).unwrap();
-            assert!(parsed.contains_key("createIndexes"), "{}", m.name);
+            assert!(
+                ["createIndexes", "aggregate"]
+                    .iter()
+                    .any(|name| parsed.contains_key(name)),
+                "{}",
+                m.name
+            );
         }
     }
 

@@ -1,3 +1,5 @@
+mod channels;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -30,6 +32,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0004_dead_letter_replays",
         sql: include_str!("../../migrations/sqlite/0004_dead_letter_replays.sql"),
+    },
+    Migration {
+        name: "0005_channel_activity",
+        sql: include_str!("../../migrations/sqlite/0005_channel_activity.sql"),
     },
 ];
 
@@ -188,6 +194,17 @@ impl MessageStore for SqliteStore {
         .await
     }
 
+    async fn channels(
+        &self,
+        user: &UserId,
+        before: Option<&Cursor>,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        let (user, before) = (user.to_string(), before.cloned());
+        self.read(move |conn| channels::page(conn, &user, before.as_ref(), limit))
+            .await
+    }
+
     async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
         let letter = letter.clone();
         self.write(move |conn| {
@@ -330,6 +347,7 @@ fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<V
                         for user in &m.participants {
                             index.execute(params![user, m.id])?;
                         }
+                        channels::note(&tx, m)?;
                     }
                     outcomes.push(Ok(()));
                 }
@@ -413,6 +431,10 @@ const TABLES: &[(&str, &str)] = &[
     ),
     ("dead_letters", DEAD_LETTER_COLUMNS),
     ("message_participants", "user, id"),
+    (
+        "channel_activity",
+        "user, channel, last_created_at, last_id",
+    ),
 ];
 
 /// Errors that mean the store cannot be used now ([`OUTAGE_CODES`], and a schema that is no
@@ -494,11 +516,101 @@ mod tests {
                 "0001_messages",
                 "0002_dead_letters",
                 "0003_message_participants",
-                "0004_dead_letter_replays"
+                "0004_dead_letter_replays",
+                "0005_channel_activity"
             ]
         );
         assert!(store.migrate().await.unwrap().is_empty());
         (dir, store)
+    }
+
+    /// A message of `channel` at `millis` with this id.
+    fn at(id: &str, millis: i64, channel: &[&str]) -> Message {
+        Message {
+            id: id.into(),
+            sender: channel[0].into(),
+            content: id.into(),
+            participants: channel.iter().map(|p| p.to_string()).collect(),
+            created_at: DateTime::from_timestamp_millis(millis).unwrap(),
+            sequence: None,
+        }
+    }
+
+    fn ids(messages: &[Message]) -> Vec<&str> {
+        messages.iter().map(|m| m.id.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn the_channels_index_is_backfilled_and_keeps_each_channels_last_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        {
+            let mut conn = crate::sqlite_file::open(&path).unwrap();
+            crate::sqlite_file::migrate(&mut conn, &MIGRATIONS[..4]).unwrap();
+            // The newer first: the backfill keeps the greatest (created_at, id) whatever the
+            // order it meets them in, ties broken by id.
+            for m in [
+                at("m3", 30, &["a", "b"]),
+                at("m1", 10, &["a", "b"]),
+                at("m2", 20, &["a", "c"]),
+                at("m2b", 20, &["a", "c"]),
+            ] {
+                conn.execute(
+                    "INSERT INTO messages (id, channel, sender, content, participants, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        m.id,
+                        m.participants.join(","),
+                        m.sender,
+                        m.content,
+                        participants_json(&m.participants),
+                        m.created_at.timestamp_millis()
+                    ],
+                )
+                .unwrap();
+            }
+        }
+        let store = SqliteStore::open(&path, Arc::default()).unwrap();
+        assert_eq!(store.migrate().await.unwrap(), ["0005_channel_activity"]);
+        let user = |id: &str| UserId::parse(id).unwrap();
+        let list = |id: &'static str, before: Option<Cursor>, limit| {
+            let store = &store;
+            async move {
+                store
+                    .channels(&user(id), before.as_ref(), limit)
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(ids(&list("a", None, 10).await), ["m3", "m2b"]);
+        assert_eq!(ids(&list("b", None, 10).await), ["m3"]);
+        assert_eq!(ids(&list("c", None, 10).await), ["m2b"]);
+        assert!(list("d", None, 10).await.is_empty());
+
+        // Written again, or an older one written late: nothing moves. A newer one moves its
+        // channel, for each participant.
+        let replays = [at("m3", 30, &["a", "b"]), at("m0", 5, &["a", "b"])];
+        store.insert_batch(&replays).await.unwrap();
+        assert_eq!(ids(&list("a", None, 10).await), ["m3", "m2b"]);
+        store
+            .insert_batch(&[at("m4", 40, &["a", "c"])])
+            .await
+            .unwrap();
+        assert_eq!(ids(&list("a", None, 10).await), ["m4", "m3"]);
+        assert_eq!(ids(&list("c", None, 10).await), ["m4"]);
+
+        // Paged by the previous page's last message.
+        assert_eq!(ids(&list("a", None, 1).await), ["m4"]);
+        let after_m4 = Some(Cursor {
+            created_at: DateTime::from_timestamp_millis(40).unwrap(),
+            id: "m4".into(),
+        });
+        assert_eq!(ids(&list("a", after_m4, 1).await), ["m3"]);
+        let after_m3 = Some(Cursor {
+            created_at: DateTime::from_timestamp_millis(30).unwrap(),
+            id: "m3".into(),
+        });
+        assert!(list("a", after_m3, 1).await.is_empty());
     }
 
     #[tokio::test]
@@ -523,7 +635,11 @@ mod tests {
         let store = SqliteStore::open(&path, Arc::default()).unwrap();
         assert_eq!(
             store.migrate().await.unwrap(),
-            ["0003_message_participants", "0004_dead_letter_replays"]
+            [
+                "0003_message_participants",
+                "0004_dead_letter_replays",
+                "0005_channel_activity"
+            ]
         );
         let new = Message::accept(&alice, &channel(&["alice", "bob"]), "new".into());
         store

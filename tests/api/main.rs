@@ -16,6 +16,7 @@
 mod common;
 
 mod asyncapi;
+mod channels;
 mod cluster;
 mod contract;
 mod dead_letters;

@@ -183,7 +183,7 @@ async fn the_original_documents_and_index_are_read_and_kept() {
     let server =
         TestServer::start_with(&[("MONGO_URI", &mongo.uri), ("MONGO_DB", &database)]).await;
     let migrations: Collection<Document> = db.collection("_migrations");
-    await_count(&migrations, doc! {}, 3).await;
+    await_count(&migrations, doc! {}, 5).await;
     let history = server.history("bob", "participants=alice,bob").await;
     let ids: Vec<&str> = history.iter().map(|m| m["id"].as_str().unwrap()).collect();
     let expected: Vec<String> = legacy.iter().rev().map(|id| id.to_hex()).collect();

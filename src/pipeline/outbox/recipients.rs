@@ -15,6 +15,12 @@ const PENDING_FOR: &str = "SELECT o.id, o.sender, o.content, o.participants, o.c
      WHERE r.user = ?2 AND r.id > ?1 AND o.dead = 0
      ORDER BY r.id LIMIT ?3";
 
+/// The same index read from its newest end: the conversations listing's pending messages.
+const LATEST_FOR: &str = "SELECT o.id, o.sender, o.content, o.participants, o.created_at
+     FROM outbox_recipients r JOIN outbox o ON o.seq = r.seq
+     WHERE r.user = ?1 AND o.dead = 0
+     ORDER BY r.id DESC LIMIT ?2";
+
 impl Outbox {
     /// Up to `limit` messages waiting for the store, of any channel `user` is in, accepted after
     /// the message `after`, oldest first: what a reconnecting client missed that history does
@@ -31,6 +37,24 @@ impl Outbox {
             readers.read(|conn| {
                 conn.prepare_cached(PENDING_FOR)?
                     .query_map(params![after, user, limit], |row| {
+                        sqlite_file::message_from_row(row, 0)
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+        })
+        .await?
+        .map_err(OutboxError::from)
+    }
+
+    /// The newest `limit` messages waiting for the store of any channel `user` is in, newest
+    /// first: what the conversations listing adds to the store's answer.
+    pub async fn latest_for(&self, user: &UserId, limit: u32) -> Result<Vec<Message>, OutboxError> {
+        let readers = self.readers.clone();
+        let user = user.to_string();
+        tokio::task::spawn_blocking(move || {
+            readers.read(|conn| {
+                conn.prepare_cached(LATEST_FOR)?
+                    .query_map(params![user, limit], |row| {
                         sqlite_file::message_from_row(row, 0)
                     })?
                     .collect::<rusqlite::Result<Vec<_>>>()
@@ -92,6 +116,9 @@ mod tests {
         assert_eq!(contents(&outbox, "a", ANCIENT).await, ["1", "3"]);
         assert_eq!(contents(&outbox, "c", ANCIENT).await, ["2"]);
         assert_eq!(contents(&outbox, "b", &sent[0].id).await, ["2", "3"]);
+        let latest = outbox.latest_for(&user("b"), 2).await.unwrap();
+        let latest: Vec<&str> = latest.iter().map(|m| m.content.as_str()).collect();
+        assert_eq!(latest, ["3", "2"], "newest first");
         assert_eq!(
             outbox
                 .pending_for(&user("b"), ANCIENT, 2)
@@ -140,25 +167,36 @@ mod tests {
     }
 
     #[test]
-    fn a_recovery_reads_the_index_not_every_pending_row() {
+    fn a_recovery_and_a_listing_read_the_index_not_every_pending_row() {
         let dir = tempfile::tempdir().unwrap();
         let outbox = open(&dir);
-        let plan: Vec<String> = outbox
-            .readers
-            .read(|conn| {
-                conn.prepare(&format!("EXPLAIN QUERY PLAN {PENDING_FOR}"))?
-                    .query_map(params![ANCIENT, "b", 10], |row| row.get::<_, String>(3))?
-                    .collect::<rusqlite::Result<Vec<_>>>()
-            })
-            .unwrap();
-        assert!(
-            plan.iter()
-                .any(|step| step.contains("SEARCH r USING PRIMARY KEY")),
-            "{plan:?}"
-        );
-        assert!(
-            !plan.iter().any(|step| step.starts_with("SCAN")),
-            "nothing is scanned: {plan:?}"
-        );
+        let plan = |query: &str, params: &[&dyn rusqlite::ToSql]| -> Vec<String> {
+            outbox
+                .readers
+                .read(|conn| {
+                    conn.prepare(&format!("EXPLAIN QUERY PLAN {query}"))?
+                        .query_map(params, |row| row.get::<_, String>(3))?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .unwrap()
+        };
+        for plan in [
+            plan(PENDING_FOR, params![ANCIENT, "b", 10]),
+            plan(LATEST_FOR, params!["b", 10]),
+        ] {
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("SEARCH r USING PRIMARY KEY")),
+                "{plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN")),
+                "nothing is scanned: {plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+                "read in index order: {plan:?}"
+            );
+        }
     }
 }

@@ -326,6 +326,15 @@ mod tests {
             unreachable!("the relay never reads history")
         }
 
+        async fn channels(
+            &self,
+            _: &UserId,
+            _: Option<&Cursor>,
+            _: u32,
+        ) -> Result<Vec<Message>, StoreError> {
+            unreachable!("the relay never reads history")
+        }
+
         async fn put_dead_letter(&self, letter: &DeadLetter) -> Result<(), StoreError> {
             if !self.takes_dead_letters.load(Ordering::SeqCst) {
                 return Err(StoreError::Unavailable("connection refused".into()));

@@ -1,0 +1,124 @@
+//! The paging parameters that history and the conversations listing share: a page size, and
+//! a `before` cursor naming a message.
+
+use uuid::Uuid;
+
+use super::ApiError;
+use super::extract::QueryParams;
+use crate::model::uuid_timestamp;
+use crate::store::{Cursor, MessageStore};
+
+/// The most items a page holds, whatever is asked.
+pub const MAX_PAGE_SIZE: u32 = 100;
+
+/// The page size named `name`: `default` when absent, at least 1, capped at [`MAX_PAGE_SIZE`].
+pub fn page_size(params: &QueryParams, name: &str, default: u32) -> Result<u32, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(size) => Ok(size
+            .parse::<u32>()
+            .ok()
+            .filter(|size| *size >= 1)
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("{name} must be a whole number, 1 or more"))
+            })?
+            .min(MAX_PAGE_SIZE)),
+    }
+}
+
+/// A `before` cursor as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Before {
+    /// A chatd id (UUID v7), which carries its own time: correct even for a message not yet
+    /// in the store.
+    At(Cursor),
+    /// An id of the original's (an ObjectId), whose time only the store knows.
+    Stored(String),
+}
+
+/// The `before` parameter, if sent: a UUID v7 or a 24-hex ObjectId.
+pub fn before(params: &QueryParams) -> Result<Option<Before>, ApiError> {
+    match params.get("before") {
+        None => Ok(None),
+        Some(id) => match v7_cursor(id) {
+            Some(cursor) => Ok(Some(Before::At(cursor))),
+            None if is_object_id(id) => Ok(Some(Before::Stored(id.to_ascii_lowercase()))),
+            None => Err(ApiError::bad_request("before must be the id of a message")),
+        },
+    }
+}
+
+/// The cursor's position, looked up in the store for an id that does not carry it; an id the
+/// store does not know is refused.
+pub async fn locate(
+    store: &dyn MessageStore,
+    before: Option<Before>,
+) -> Result<Option<Cursor>, ApiError> {
+    match before {
+        None => Ok(None),
+        Some(Before::At(cursor)) => Ok(Some(cursor)),
+        Some(Before::Stored(id)) => store
+            .locate(&id)
+            .await?
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("before: no message has this id")),
+    }
+}
+
+/// chatd's ids are UUID v7s, which carry their own `created_at`.
+fn v7_cursor(id: &str) -> Option<Cursor> {
+    let uuid = Uuid::parse_str(id)
+        .ok()
+        .filter(|uuid| uuid.get_version_num() == 7)?;
+    Some(Cursor {
+        created_at: uuid_timestamp(&uuid)?,
+        id: uuid.to_string(),
+    })
+}
+
+/// The original service's ids: 24 hex digits.
+fn is_object_id(id: &str) -> bool {
+    id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(query: &str) -> QueryParams {
+        QueryParams::parse(Some(query)).unwrap()
+    }
+
+    #[test]
+    fn sizes_default_cap_and_refuse() {
+        assert_eq!(page_size(&params(""), "limit", 20).unwrap(), 20);
+        assert_eq!(page_size(&params("limit=7"), "limit", 20).unwrap(), 7);
+        assert_eq!(page_size(&params("limit=1000"), "limit", 20).unwrap(), 100);
+        for bad in ["limit=0", "limit=-5", "limit=1.5", "limit=x", "limit="] {
+            assert!(page_size(&params(bad), "limit", 20).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn before_takes_a_v7_id_with_its_time_or_an_object_id() {
+        let id = Uuid::now_v7();
+        let Some(Before::At(cursor)) = before(&params(&format!("before={id}"))).unwrap() else {
+            panic!("a cursor");
+        };
+        assert_eq!(cursor.id, id.to_string());
+        assert_eq!(Some(cursor.created_at), uuid_timestamp(&id));
+        assert_eq!(
+            before(&params("before=65F1C0FFEE00000000000001")).unwrap(),
+            Some(Before::Stored("65f1c0ffee00000000000001".into()))
+        );
+        assert_eq!(before(&params("x=1")).unwrap(), None);
+        for bad in [
+            "x",
+            "00000000-0000-0000-0000-000000000000",
+            "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "65f1c0ffee0000000000000g",
+        ] {
+            assert!(before(&params(&format!("before={bad}"))).is_err(), "{bad}");
+        }
+    }
+}
