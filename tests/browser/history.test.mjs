@@ -3,7 +3,6 @@
 
 import assert from "node:assert/strict";
 import { after, before, test } from "node:test";
-import { setTimeout as pause } from "node:timers/promises";
 
 import * as ui from "./lib/browser.mjs";
 import { Chatd } from "./lib/chatd.mjs";
@@ -28,11 +27,7 @@ test("scrolling back loads the whole history, in order, once", { timeout: 240_00
   const texts = Array.from({ length: COUNT }, (_, i) => `message ${String(i + 1).padStart(3, "0")}`);
   for (const text of texts) await chatd.send(alice, ["alice", "bob"], text);
   // History is read from the store, which the relay fills just after each 202.
-  for (;;) {
-    const stored = await chatd.call(alice, "GET", "/api/messages/get?participants=alice,bob&size=100");
-    if (stored.length === COUNT) break;
-    await pause(100); // polling the store: nothing to await from outside chatd
-  }
+  await chatd.stored(alice, "alice,bob", COUNT);
 
   const bob = await ui.openPage(browser, chatd);
   await ui.devSignIn(bob, "bob");

@@ -8,18 +8,33 @@ import * as ui from "./lib/browser.mjs";
 import { Chatd } from "./lib/chatd.mjs";
 
 let browser;
-let chatd;
-let passed = false;
+const servers = [];
+let failures = 0;
 before(async () => {
   browser = await ui.launch();
-  chatd = await Chatd.start("restart");
 });
 after(async () => {
   await browser?.close();
-  await chatd?.close(passed);
+  for (const chatd of servers) await chatd.close(failures === 0);
 });
 
-test("both pages reconnect after a restart, missing nothing and doubling nothing", { timeout: 300_000 }, async () => {
+async function start(name, env) {
+  const chatd = await Chatd.start(name, env);
+  servers.push(chatd);
+  return chatd;
+}
+
+/** Keeps `page`'s new sockets from reaching chatd while `away()` says so. */
+async function keepAway(page, away) {
+  await page.routeWebSocket(/\/ws\?/, (socket) => {
+    if (away()) socket.close({ code: 4000, reason: "away" });
+    else socket.connectToServer();
+  });
+}
+
+test("both pages reconnect after a restart, missing nothing and doubling nothing", { timeout: 300_000 }, async (t) => {
+  t.after(() => { failures += t.passed ? 0 : 1; });
+  const chatd = await start("restart");
   const alice = await ui.openPage(browser, chatd);
   const bob = await ui.openPage(browser, chatd);
   await ui.devSignIn(alice, "alice");
@@ -31,10 +46,7 @@ test("both pages reconnect after a restart, missing nothing and doubling nothing
 
   // Bob's page is kept away from chatd (its sockets are refused) until he comes back.
   let away = true;
-  await bob.page.routeWebSocket(/\/ws\?/, (socket) => {
-    if (away) socket.close({ code: 4000, reason: "away" });
-    else socket.connectToServer();
-  });
+  await keepAway(bob.page, () => away);
 
   await chatd.crashAndRestart();
   await alice.page.locator('#status[data-state="reconnecting"]').or(alice.page.locator('#status[data-state="online"]')).waitFor();
@@ -53,5 +65,29 @@ test("both pages reconnect after a restart, missing nothing and doubling nothing
 
   ui.assertClean(alice);
   ui.assertClean(bob);
-  passed = true;
+});
+
+test("after a gap too long to replay the page says so and reads history again", { timeout: 300_000 }, async (t) => {
+  t.after(() => { failures += t.passed ? 0 : 1; });
+  const chatd = await start("recovery-limit", { RECOVERY_LIMIT: "2" });
+  const bob = await ui.openPage(browser, chatd);
+  await ui.devSignIn(bob, "bob");
+  const alice = await chatd.devToken("alice");
+  await chatd.send(alice, ["alice", "bob"], "first");
+  await bob.page.locator("#channels .unread", { hasText: "1" }).waitFor();
+  await ui.openConversation(bob.page, "alice");
+  await ui.waitForShown(bob.page, ["first"]);
+
+  let away = true;
+  await keepAway(bob.page, () => away);
+  await chatd.crashAndRestart();
+  const missed = ["missed 1", "missed 2", "missed 3", "missed 4"];
+  for (const text of missed) await chatd.send(alice, ["alice", "bob"], text);
+  // The page reads history again from the store: let the relay put them there first.
+  await chatd.stored(alice, "alice,bob", 1 + missed.length);
+  away = false;
+
+  await bob.page.locator("#notice", { hasText: "More than 2 messages" }).waitFor();
+  await ui.waitForShown(bob.page, ["first", ...missed]);
+  ui.assertClean(bob);
 });

@@ -134,6 +134,15 @@ export class Chatd {
     return JSON.parse(text);
   }
 
+  /** Waits until the store holds `count` messages of the channel `participants` ("a,b"). */
+  async stored(token, participants, count) {
+    for (;;) {
+      const path = `/api/messages/get?participants=${participants}&size=100`;
+      if ((await this.call(token, "GET", path)).length >= count) return;
+      await pause(100); // polling the store: there is nothing to await from outside chatd
+    }
+  }
+
   send(token, participants, content) {
     return this.call(token, "POST", "/api/messages", { participants, content });
   }
