@@ -12,6 +12,9 @@ use serde_json::Value;
 use crate::common::mongo::MongoServer;
 use crate::common::nats::NatsServer;
 use crate::common::{TestServer, eventually};
+use chatd::config::MongoSettings;
+use chatd::model::{Message, UserId};
+use chatd::store::{MessageStore, MongoStore};
 
 /// `GET /api/channels?{query}` as `user`: the status and the JSON body.
 async fn get_channels(server: &TestServer, user: &str, query: &str) -> (u16, Value) {
@@ -401,4 +404,46 @@ async fn in_cluster_mode_a_message_not_stored_yet_counts_on_every_instance() {
     let listed = channels(second, "alice", "").await;
     assert_eq!(keys(&listed), ["alice,carol", "alice,bob"]);
     assert_eq!(listed[1]["last_message"], reply);
+}
+
+/// The summary keeps the newer message whatever order the relay writes them in: a message
+/// written again, or an older one written late (a replayed dead letter), changes nothing.
+#[tokio::test]
+async fn mongodb_keeps_each_channels_newest_message_whatever_the_write_order() {
+    let mongo = MongoServer::start().await;
+    let settings = MongoSettings {
+        uri: mongo.uri.clone(),
+        database: MongoServer::database(),
+        messages: "messages".into(),
+        dead_letters: "dead_letters".into(),
+    };
+    let store = MongoStore::connect(&settings, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let at = |id: &str, millis: i64| Message {
+        id: id.into(),
+        sender: "alice".into(),
+        content: id.into(),
+        participants: vec!["alice".into(), "bob".into()],
+        created_at: chrono::DateTime::from_timestamp_millis(millis).unwrap(),
+        sequence: None,
+    };
+    let alice = UserId::parse("alice").unwrap();
+    let last = async |store: &MongoStore| {
+        let listed = store.channels(&alice, None, 10).await.unwrap();
+        listed.iter().map(|m| m.id.clone()).collect::<Vec<_>>()
+    };
+    let (old, new) = (at("m-old", 1_000), at("m-new", 2_000));
+    store
+        .insert_batch(std::slice::from_ref(&new))
+        .await
+        .unwrap();
+    assert_eq!(last(&store).await, ["m-new"]);
+    let outcomes = store.insert_batch(&[old, new.clone()]).await.unwrap();
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert_eq!(last(&store).await, ["m-new"], "neither moved it back");
+    let newer = at("m-newer", 2_000);
+    store.insert_batch(&[newer]).await.unwrap();
+    assert_eq!(last(&store).await, ["m-newer"], "same time: the greater id");
 }

@@ -64,6 +64,11 @@ impl MongoStore {
                 "writeConcern": { "w": "majority", "j": true },
             }))
             .await?;
+        if reply.contains_key("writeConcernError") {
+            // Applied, but not made durable as asked: as the messages' insert counts it.
+            let e = "the channels summary's update did not meet its write concern";
+            return Err(StoreError::Unavailable(e.into()));
+        }
         let refused: Vec<&Document> = reply
             .get_array("writeErrors")
             .map(|errors| errors.iter().filter_map(Bson::as_document).collect())
