@@ -56,6 +56,7 @@ function signIn(token) {
       chats.reload().catch(failed);
     },
     state: setStatus,
+    blind: () => chats.loadChannels(true, true).catch(failed),
     expired: () => {
       if (!expired(current.token)) return false;
       signOut("Your token has expired. Sign in again.");

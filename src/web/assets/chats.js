@@ -44,12 +44,16 @@ export class Chats {
     if (UUID_V7.test(id) && (!this.lastSeen || id > this.lastSeen)) this.lastSeen = id;
   }
 
-  /** The list's first page (`reset`) or its next one. */
-  async loadChannels(reset) {
+  /**
+   * The list's first page (`reset`) or its next one. `catchUp`: the list is read again after
+   * a gap, and a conversation with a newer last message (not the open one) counts one unread.
+   */
+  async loadChannels(reset, catchUp = false) {
     const page = await api.channels(this.session.token, reset ? null : this.moreChannels);
     for (const item of page) {
       this.see(item.last_message.id);
-      this.upsert(item.participants, item.last_message, false);
+      const isOpen = this.open?.key === item.participants.join(",");
+      this.upsert(item.participants, item.last_message, catchUp && !isOpen);
     }
     this.moreChannels = page.length === CHANNEL_PAGE ? page.at(-1).last_message.id : null;
     this.renderChannels();

@@ -9,7 +9,8 @@ export class Live {
    * @param {object} hooks
    *   token(): the JWT; since(): the last message id seen, or null;
    *   message(m): a message frame; notice(frame): a recovery notice;
-   *   state(name, detail): "connecting" | "online" | "reconnecting"; expired(): the token ran out.
+   *   state(name, detail): "connecting" | "online" | "reconnecting"; expired(): the token ran out;
+   *   blind(): reconnected without a `since` (nothing seen yet), so a gap may have gone unseen.
    */
   constructor(hooks) {
     this.hooks = hooks;
@@ -40,7 +41,9 @@ export class Live {
     hooks.state(this.failures ? "reconnecting" : "connecting", "connecting…");
     const socket = new WebSocket(`${scheme}://${location.host}/ws?${params}`);
     this.socket = socket;
+    const again = this.failures > 0;
     socket.addEventListener("open", () => {
+      if (again && !since) hooks.blind();
       this.failures = 0;
       hooks.state("online", "connected");
     });
