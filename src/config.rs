@@ -414,6 +414,11 @@ pub const CORS_ALLOWED_ORIGINS: Setting = text(
     "",
     "web origins allowed to call chatd, comma-separated (https://app.example.com); unset: none",
 );
+pub const WEB_UI: Value<bool> = value(
+    "WEB_UI",
+    "true",
+    "serve the chat page at / (false: / is an unknown route)",
+);
 pub const TLS_CERT: Setting = text(
     "TLS_CERT",
     "",
@@ -508,6 +513,7 @@ pub const SETTINGS: &[&dyn Declared] = &[
     &WS_PING_INTERVAL,
     &WS_PONG_TIMEOUT,
     &CORS_ALLOWED_ORIGINS,
+    &WEB_UI,
     &TLS_CERT,
     &TLS_KEY,
     &HTTP_HEADER_TIMEOUT,
@@ -534,6 +540,8 @@ pub struct Config {
     /// `None`: one process, on the in-process bus.
     pub cluster: Option<ClusterSettings>,
     pub connections_require_auth: bool,
+    /// Serve the chat page at `/`.
+    pub web_ui: bool,
     pub recovery_limit: u32,
     /// Most reconnect recoveries read and replayed at once.
     pub recovery_concurrency: usize,
@@ -741,6 +749,7 @@ impl Config {
                 .unwrap_or_else(default_instance_id),
             cluster: cluster(&vars)?,
             connections_require_auth: vars.value(&CONNECTIONS_REQUIRE_AUTH)?,
+            web_ui: vars.value(&WEB_UI)?,
             recovery_limit: vars.number(&RECOVERY_LIMIT)?,
             recovery_concurrency: vars.number(&RECOVERY_CONCURRENCY)?,
             rate_limit: RateLimit {

@@ -21,3 +21,4 @@ pub mod ready_file;
 pub(crate) mod sqlite_file;
 pub mod store;
 pub(crate) mod telemetry;
+pub(crate) mod web;

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Verifier;
+use crate::auth::{Authenticator, Verifier};
 use crate::config::Config;
 use crate::error::Chain;
 use crate::http::{self, Admission, AllowedOrigins, AppState, RateLimiter, Shared};
@@ -59,7 +59,7 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
     let caps = preflight::fit_to_file_descriptors(&config)?;
     config.socket.limits.total = caps.sockets;
     let data_dir_lock = preflight::claim_data_dir(&config.data_dir)?;
-    let verifier = preflight::verifier(&config)?;
+    let (verifier, dev_tokens) = preflight::verifier(&config)?;
     let tls = preflight::tls(&config)?;
     let listener = bind(&config, config.port, "PORT").await?;
     let metrics_listener = match config.metrics_port {
@@ -95,8 +95,12 @@ pub async fn start(mut config: Config) -> anyhow::Result<RunningApp> {
 
     let shutdown = CancellationToken::new();
     let sockets = TaskTracker::new();
+    let auth = Auth {
+        verifier,
+        dev_tokens,
+    };
     let state = http_state(
-        &config, &pipeline, verifier, metrics, limiter, &sockets, &shutdown,
+        &config, &pipeline, auth, metrics, limiter, &sockets, &shutdown,
     );
     if let Some(listener) = metrics_listener {
         let scrapes = axum::serve(listener, http::internal_router(state.clone()))
@@ -142,18 +146,28 @@ async fn bind(config: &Config, port: u16, setting: &str) -> anyhow::Result<TcpLi
         .with_context(|| format!("binding {setting} {}:{port}", config.host))
 }
 
+/// What checks tokens, and what signs development sign-ins (if they are offered).
+struct Auth {
+    verifier: Verifier,
+    dev_tokens: Option<Authenticator>,
+}
+
 /// What the handlers share.
 fn http_state(
     config: &Config,
     pipeline: &Pipeline,
-    verifier: Verifier,
+    auth: Auth,
     metrics: Metrics,
     limiter: Arc<RateLimiter>,
     sockets: &TaskTracker,
     shutdown: &CancellationToken,
 ) -> AppState {
     AppState::new(Shared {
-        auth: Arc::new(verifier),
+        web_page: config
+            .web_ui
+            .then(|| crate::web::index_page(auth.dev_tokens.is_some())),
+        auth: Arc::new(auth.verifier),
+        dev_tokens: auth.dev_tokens.map(Arc::new),
         acceptor: pipeline.acceptor.clone(),
         outbox: pipeline.outbox.clone(),
         dead_letters: pipeline.dead_letters.clone(),

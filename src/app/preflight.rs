@@ -34,8 +34,10 @@ pub(super) fn fit_to_file_descriptors(config: &Config) -> anyhow::Result<fds::Ca
     Ok(caps)
 }
 
-/// The keys tokens are checked against: an identity service's, or the shared HS256 secret.
-pub(super) fn verifier(config: &Config) -> anyhow::Result<Verifier> {
+/// The keys tokens are checked against: an identity service's, or the shared HS256 secret;
+/// and, when that secret is the development one chatd generated (and no issuer or audience is
+/// required, which its tokens would lack), what signs the page's development sign-ins.
+pub(super) fn verifier(config: &Config) -> anyhow::Result<(Verifier, Option<Authenticator>)> {
     let identity = &config.identity;
     let checks = ClaimChecks {
         issuer: identity.issuer.clone(),
@@ -43,11 +45,11 @@ pub(super) fn verifier(config: &Config) -> anyhow::Result<Verifier> {
     };
     if let Some(pem) = &identity.public_key {
         let keys = ExternalKeys::from_pem(pem).context("JWT_PUBLIC_KEY")?;
-        return Ok(Verifier::External { keys, checks });
+        return Ok((Verifier::External { keys, checks }, None));
     }
     if let Some(url) = &identity.jwks_url {
         let keys = ExternalKeys::from_jwks_url(url);
-        return Ok(Verifier::External { keys, checks });
+        return Ok((Verifier::External { keys, checks }, None));
     }
     let (secret, source) = resolve_secret(config).context("reading the JWT secret")?;
     if let Some(warning) = short_secret_warning(&secret, source) {
@@ -59,9 +61,13 @@ pub(super) fn verifier(config: &Config) -> anyhow::Result<Verifier> {
             "JWT_SECRET is not set: using a development secret kept in DATA_DIR. Set JWT_SECRET in production."
         );
     }
-    Ok(Verifier::Shared(Authenticator::with_checks(
-        &secret, &checks,
-    )))
+    let plain = checks.issuer.is_none() && checks.audience.is_none();
+    let dev_tokens =
+        (source == SecretSource::Development && plain).then(|| Authenticator::new(&secret));
+    Ok((
+        Verifier::Shared(Authenticator::with_checks(&secret, &checks)),
+        dev_tokens,
+    ))
 }
 
 /// Creates `DATA_DIR` if it is missing and locks it. Two chatd processes on one `DATA_DIR`

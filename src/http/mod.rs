@@ -6,6 +6,7 @@ mod admitted;
 mod channels;
 mod connections;
 mod deadline;
+mod dev_token;
 mod error;
 mod extract;
 mod guard;
@@ -14,6 +15,7 @@ mod messages;
 mod newline;
 mod openapi;
 mod origins;
+mod page;
 mod paging;
 mod rate_limit;
 mod request_id;
@@ -32,7 +34,7 @@ use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::auth::Verifier;
+use crate::auth::{Authenticator, Verifier};
 use crate::cluster::Cluster;
 use crate::cluster::census::Census;
 use crate::config::{Limits, SocketSettings};
@@ -76,6 +78,11 @@ impl std::ops::Deref for AppState {
 /// The fields of [`AppState`].
 pub struct Shared {
     pub auth: Arc<Verifier>,
+    /// Signs the page's development sign-ins (`POST /api/dev/token`): only while chatd signs
+    /// with its generated development secret; `None` leaves the route unmounted.
+    pub dev_tokens: Option<Arc<Authenticator>>,
+    /// `index.html` as served; `None` (`WEB_UI=false`): the page is not mounted.
+    pub web_page: Option<Arc<str>>,
     pub acceptor: Arc<Acceptor>,
     pub outbox: Arc<Outbox>,
     pub store: Arc<dyn MessageStore>,
@@ -129,6 +136,10 @@ const ROUTES: &[(&str, Method)] = &[
     ("/api/connections", Method::POST),
     ("/openapi.json", Method::GET),
 ];
+/// The chat page, when `WEB_UI` is on.
+const PAGE_ROUTES: &[(&str, Method)] = &[("/", Method::GET), ("/assets/{file}", Method::GET)];
+/// The page's development sign-in, when chatd signs with its generated development secret.
+const DEV_ROUTES: &[(&str, Method)] = &[("/api/dev/token", Method::POST)];
 /// `/metrics`, on the main router or the internal one.
 const METRICS_ROUTES: &[(&str, Method)] = &[("/metrics", Method::GET)];
 /// The admin API, when it is mounted.
@@ -142,16 +153,24 @@ const ADMIN_ROUTES: &[(&str, Method)] = &[
 /// Every route chatd can serve and its method, on whichever port: what `/openapi.json` must
 /// document, no more and no less.
 pub fn routes() -> Vec<(&'static str, Method)> {
-    [ROUTES, METRICS_ROUTES, ADMIN_ROUTES]
-        .into_iter()
-        .flatten()
-        .cloned()
-        .collect()
+    [
+        ROUTES,
+        PAGE_ROUTES,
+        DEV_ROUTES,
+        METRICS_ROUTES,
+        ADMIN_ROUTES,
+    ]
+    .into_iter()
+    .flatten()
+    .cloned()
+    .collect()
 }
 
 pub fn router(state: AppState) -> Router {
     let mounted = [
         (ROUTES, true),
+        (PAGE_ROUTES, state.web_page.is_some()),
+        (DEV_ROUTES, state.dev_tokens.is_some()),
         (METRICS_ROUTES, true),
         (ADMIN_ROUTES, state.admin_token.is_some()),
     ];
@@ -162,21 +181,32 @@ pub fn router(state: AppState) -> Router {
     {
         request_metrics::register_route(route, method);
     }
-    let api = Router::new()
+    let mut api = Router::new()
         .route("/messages", post(messages::send))
         .route("/messages/get", get(messages::history))
         .route("/channels", get(channels::list))
-        .route("/connections", post(connections::connections))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            guard::api_guard,
-        ));
+        .route("/connections", post(connections::connections));
+    if state.dev_tokens.is_some() {
+        api = api.route("/dev/token", post(dev_token::issue));
+    }
+    let api = api.route_layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        guard::api_guard,
+    ));
     let mut router = Router::new()
         .route("/health", get(health::health))
         .route("/ready", get(health::ready))
         .route("/ws", get(ws::upgrade))
         .route("/openapi.json", get(openapi::document))
         .nest("/api", api);
+    if let Some(page) = &state.web_page {
+        router = router.merge(
+            Router::new()
+                .route("/", get(page::index))
+                .route("/assets/{file}", get(page::asset))
+                .with_state(page.clone()),
+        );
+    }
     // With METRICS_PORT, /metrics and the admin API live on that internal port only.
     if state.metrics_on_main {
         router = router.route("/metrics", get(scrape::render));

@@ -1,15 +1,17 @@
 //! Which web origins may call chatd (`CORS_ALLOWED_ORIGINS`), for REST and WebSocket upgrades
 //! alike. A request without an `Origin` header (a server, a script, a mobile app, the original
-//! service's clients) is not a browser on another site and passes; a browser on an origin not
-//! listed is refused with 403 before anything runs, so a refusal changes nothing.
+//! service's clients) is not a browser on another site and passes, and so does the chat page
+//! served by chatd itself, whose `Origin` names the very host it asks (same origin, no CORS);
+//! a browser on an origin not listed is refused with 403 before anything runs, so a refusal
+//! changes nothing.
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
-    VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, HOST,
+    ORIGIN, VARY,
 };
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -40,6 +42,18 @@ impl AllowedOrigins {
     }
 }
 
+/// Whether `origin` (`scheme://host[:port]`) is the host the request was sent to: a page
+/// served by chatd calling back. A browser sets both headers itself, so a page elsewhere
+/// cannot claim it (DNS rebinding aside, which gains it no token).
+fn same_origin(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(HeaderValue::to_str)) else {
+        return false;
+    };
+    ["http://", "https://"]
+        .iter()
+        .any(|scheme| origin.strip_prefix(scheme) == Some(host))
+}
+
 pub async fn check_origin(
     State(allowed): State<Arc<AllowedOrigins>>,
     request: Request,
@@ -48,6 +62,9 @@ pub async fn check_origin(
     let Some(origin) = request.headers().get(ORIGIN).cloned() else {
         return next.run(request).await;
     };
+    if same_origin(&origin, request.headers().get(HOST)) {
+        return next.run(request).await;
+    }
     if !origin.to_str().is_ok_and(|o| allowed.permits(o)) {
         return ApiError::new(StatusCode::FORBIDDEN, "this origin may not call chatd")
             .into_response();

@@ -26,6 +26,7 @@ mod identity;
 mod mongo;
 mod openapi;
 mod origins;
+mod page;
 mod recovery;
 mod scenarios;
 mod sockets;

@@ -38,7 +38,10 @@ fn operations(doc: &Value) -> BTreeSet<(String, String)> {
 
 #[tokio::test]
 async fn the_document_is_openapi_3_1_and_lists_exactly_the_routes_served() {
-    let server = TestServer::start_with(&[("ADMIN_TOKEN", "the-admin-token")]).await;
+    // Everything mounted: the admin API, and (no JWT_SECRET: the generated development
+    // secret) the page's development sign-in.
+    let server =
+        TestServer::start_with(&[("ADMIN_TOKEN", "the-admin-token"), ("JWT_SECRET", "")]).await;
     let doc = document(&server).await;
     let version = doc["openapi"].as_str().unwrap();
     assert!(version.starts_with("3.1."), "{version}");
@@ -52,7 +55,7 @@ async fn the_document_is_openapi_3_1_and_lists_exactly_the_routes_served() {
     // And the router does serve each: none is an unknown route or a wrong method. Without
     // credentials every guarded one is refused, which is enough to show it is there.
     for (path, method) in operations(&doc) {
-        let url = server.url(&path.replace("{id}", "some-id"));
+        let url = server.url(&path.replace("{id}", "some-id").replace("{file}", "app.js"));
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let response = server
             .http

@@ -7,7 +7,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const APP: &str = "https://app.example.com";
 
-async fn ws_status(server: &TestServer, origin: &str) -> u16 {
+/// The status of a `/ws` upgrade that carries `Origin: origin`.
+pub(crate) async fn ws_status(server: &TestServer, origin: &str) -> u16 {
     let url = format!("ws://{}/ws?token={}", server.addr, server.token("bob"));
     let mut request = url.into_client_request().unwrap();
     request
