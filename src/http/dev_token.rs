@@ -23,7 +23,7 @@ pub const TTL: Duration = Duration::from_secs(60 * 60);
 pub struct DevTokenRequest {
     /// The user id to sign in as.
     #[schema(example = "alice")]
-    id: String,
+    id: UserId,
 }
 
 /// A token for the user asked for.

@@ -206,8 +206,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     params(
         ("participants" = inline(ParticipantList), Query, description = "The channel: its user ids, \
             comma-separated, in any order. The caller must be one of them.", example = "alice,bob"),
-        ("page" = Option<u64>, Query, description = "0-based page; `offset = page × size`.", minimum = 0),
-        ("size" = Option<u32>, Query, description = "Messages per page, default 50, capped at 100.", minimum = 1),
+        ("page" = Option<i64>, Query, description = "0-based page; `offset = page × size`.", minimum = 0, maximum = 9_223_372_036_854_775_807_i64),
+        ("size" = Option<i64>, Query, description = "Messages per page, default 50, capped at 100.", minimum = 1, maximum = 4_294_967_295_i64),
         ("before" = Option<String>, Query, pattern = "^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-7[0-9A-Fa-f]{3}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{24})$",
             description = "Only messages older than the message with this id: a chatd UUID v7 \
             (hyphenated), or a 24-hex id of the original's. A UUID v7 carries its own time, so \
@@ -277,11 +277,14 @@ fn parse_history_query(query: &str) -> Result<HistoryRequest, ApiError> {
             })
             .collect::<Result<Vec<_>, _>>()?,
     };
+    // What the document admits (an int64, 0 or more), no more.
     let page: u64 = match params.get("page") {
         None => 0,
         Some(page) => page
-            .parse()
-            .map_err(|_| ApiError::bad_request("page must be a whole number, 0 or more"))?,
+            .parse::<i64>()
+            .ok()
+            .and_then(|page| u64::try_from(page).ok())
+            .ok_or_else(|| ApiError::bad_request("page must be a whole number, 0 or more"))?,
     };
     let size = paging::page_size(&params, "size", DEFAULT_PAGE_SIZE)?;
     Ok(HistoryRequest {

@@ -16,6 +16,7 @@ const HYPHENATED_UUID_LEN: usize = 36;
 pub const MAX_PAGE_SIZE: u32 = 100;
 
 /// The page size named `name`: `default` when absent, at least 1, capped at [`MAX_PAGE_SIZE`].
+/// The documents say 1 to 4,294,967,295 (`u32::MAX`): every one of those is taken, and capped.
 pub fn page_size(params: &QueryParams, name: &str, default: u32) -> Result<u32, ApiError> {
     match params.get(name) {
         None => Ok(default),
@@ -104,7 +105,18 @@ mod tests {
         assert_eq!(page_size(&params(""), "limit", 20).unwrap(), 20);
         assert_eq!(page_size(&params("limit=7"), "limit", 20).unwrap(), 7);
         assert_eq!(page_size(&params("limit=1000"), "limit", 20).unwrap(), 100);
-        for bad in ["limit=0", "limit=-5", "limit=1.5", "limit=x", "limit="] {
+        assert_eq!(
+            page_size(&params("limit=4294967295"), "limit", 20).unwrap(),
+            100
+        );
+        for bad in [
+            "limit=0",
+            "limit=-5",
+            "limit=1.5",
+            "limit=x",
+            "limit=",
+            "limit=4294967296",
+        ] {
             assert!(page_size(&params(bad), "limit", 20).is_err(), "{bad}");
         }
     }
