@@ -313,9 +313,15 @@ mod tests {
         let page = page_of("participants=a,b&page=2&size=10");
         assert_eq!((page.offset, page.limit), (20, 10));
         assert_eq!(page_of("participants=a&size=1000").limit, 100);
+        // The largest page the document admits saturates rather than overflows.
         assert_eq!(
-            page_of(&format!("participants=a&page={}&size=100", u64::MAX)).offset,
+            page_of(&format!("participants=a&page={}&size=100", i64::MAX)).offset,
             u64::MAX
+        );
+        let beyond = format!("participants=a&page={}", u64::MAX);
+        assert!(
+            parse_history_query(&beyond).is_err(),
+            "past the document's bound"
         );
     }
 
