@@ -118,6 +118,22 @@ mod tests {
         pending.into_iter().map(|m| m.content).collect()
     }
 
+    async fn pending_seqs(outbox: &Outbox) -> Vec<i64> {
+        let pending = outbox.pending_after(0, 10).await.unwrap();
+        pending.iter().map(|entry| entry.seq).collect()
+    }
+
+    fn index_rows(outbox: &Outbox) -> i64 {
+        outbox
+            .readers
+            .read(|conn| {
+                conn.query_row("SELECT COUNT(*) FROM outbox_recipients", [], |row| {
+                    row.get(0)
+                })
+            })
+            .unwrap()
+    }
+
     /// Before every id the outbox will give.
     const ANCIENT: &str = "00000000-0000-7000-8000-000000000000";
 
@@ -147,13 +163,7 @@ mod tests {
             2
         );
 
-        let seqs: Vec<i64> = outbox
-            .pending_after(0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|entry| entry.seq)
-            .collect();
+        let seqs = pending_seqs(&outbox).await;
         // The store has the first: it leaves the outbox, and the index with it.
         outbox.mark_stored(vec![seqs[0]]).await.unwrap();
         assert_eq!(contents(&outbox, "b", ANCIENT).await, ["2", "3"]);
@@ -171,16 +181,9 @@ mod tests {
         drop(outbox);
         let outbox = open(&dir);
         assert_eq!(contents(&outbox, "b", ANCIENT).await, ["3"]);
-        let rows: i64 = outbox
-            .readers
-            .read(|conn| {
-                conn.query_row("SELECT COUNT(*) FROM outbox_recipients", [], |row| {
-                    row.get(0)
-                })
-            })
-            .unwrap();
         assert_eq!(
-            rows, 2,
+            index_rows(&outbox),
+            2,
             "one row per participant of the one pending message"
         );
     }
@@ -212,23 +215,13 @@ mod tests {
         let latest = outbox.latest_for(&user("a"), 2).await.unwrap();
         let latest: Vec<&str> = latest.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(latest, ["wide 2", "narrow"], "newest first, both kinds");
-        let rows: i64 = outbox
-            .readers
-            .read(|conn| {
-                conn.query_row("SELECT COUNT(*) FROM outbox_recipients", [], |row| {
-                    row.get(0)
-                })
-            })
-            .unwrap();
-        assert_eq!(rows, 2, "rows for the narrow channel's two members only");
+        assert_eq!(
+            index_rows(&outbox),
+            2,
+            "rows for the narrow channel's two members only"
+        );
 
-        let seqs: Vec<i64> = outbox
-            .pending_after(0, 10)
-            .await
-            .unwrap()
-            .iter()
-            .map(|entry| entry.seq)
-            .collect();
+        let seqs = pending_seqs(&outbox).await;
         outbox.mark_stored(vec![seqs[0]]).await.unwrap();
         assert_eq!(contents(&outbox, "m07", ANCIENT).await, ["wide 2"]);
         let failure = Failure::new("constraint", "refused");
