@@ -323,6 +323,7 @@ async fn blocking<T: Send + 'static>(
 fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<Vec<WriteOutcome>> {
     let tx = conn.transaction()?;
     let mut outcomes = Vec::with_capacity(messages.len());
+    let mut inserted_messages = Vec::with_capacity(messages.len());
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO messages (id, channel, sender, content, participants, created_at)
@@ -347,7 +348,7 @@ fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<V
                         for user in &m.participants {
                             index.execute(params![user, m.id])?;
                         }
-                        channels::note(&tx, m)?;
+                        inserted_messages.push(m);
                     }
                     outcomes.push(Ok(()));
                 }
@@ -358,6 +359,7 @@ fn insert_all(conn: &mut Connection, messages: &[Message]) -> rusqlite::Result<V
             }
         }
     }
+    channels::note_newest(&tx, inserted_messages)?;
     tx.commit()?;
     Ok(outcomes)
 }
@@ -598,19 +600,23 @@ mod tests {
             .unwrap();
         assert_eq!(ids(&list("a", None, 10).await), ["m4", "m3"]);
         assert_eq!(ids(&list("c", None, 10).await), ["m4"]);
+        // One batch, the newer first: its channel's newest is what is noted.
+        let batch = [at("m6", 60, &["a", "b"]), at("m5", 50, &["a", "b"])];
+        store.insert_batch(&batch).await.unwrap();
+        assert_eq!(ids(&list("b", None, 10).await), ["m6"]);
 
         // Paged by the previous page's last message.
-        assert_eq!(ids(&list("a", None, 1).await), ["m4"]);
+        assert_eq!(ids(&list("a", None, 1).await), ["m6"]);
+        let after_m6 = Some(Cursor {
+            created_at: DateTime::from_timestamp_millis(60).unwrap(),
+            id: "m6".into(),
+        });
+        assert_eq!(ids(&list("a", after_m6, 1).await), ["m4"]);
         let after_m4 = Some(Cursor {
             created_at: DateTime::from_timestamp_millis(40).unwrap(),
             id: "m4".into(),
         });
-        assert_eq!(ids(&list("a", after_m4, 1).await), ["m3"]);
-        let after_m3 = Some(Cursor {
-            created_at: DateTime::from_timestamp_millis(30).unwrap(),
-            id: "m3".into(),
-        });
-        assert!(list("a", after_m3, 1).await.is_empty());
+        assert!(list("a", after_m4, 1).await.is_empty());
     }
 
     #[tokio::test]

@@ -2,6 +2,8 @@
 //! one row per (participant, channel) naming the channel's last message, written in the batch
 //! insert's transaction and read by `GET /api/channels` a page at a time.
 
+use std::collections::HashMap;
+
 use rusqlite::{Connection, Transaction, params};
 
 use crate::model::Message;
@@ -23,16 +25,35 @@ const PAGE: &str = "SELECT m.id, m.sender, m.content, m.participants, m.created_
      WHERE a.user = ?1 AND (a.last_created_at, a.last_id) < (?2, ?3)
      ORDER BY a.last_created_at DESC, a.last_id DESC LIMIT ?4";
 
-/// Records `message` as its channel's last for each participant, if it is.
-pub(super) fn note(tx: &Transaction<'_>, message: &Message) -> rusqlite::Result<()> {
+/// Records the newest of `messages` in each channel as that channel's last for each of its
+/// participants, if it is. One write per participant per channel in the batch, not per
+/// message: a busy 200-member channel's batch of 256 is 200 writes, not 51,200.
+pub(super) fn note_newest<'a>(
+    tx: &Transaction<'_>,
+    messages: impl IntoIterator<Item = &'a Message>,
+) -> rusqlite::Result<()> {
+    let mut newest: HashMap<String, &Message> = HashMap::new();
+    for message in messages {
+        let place = |m: &Message| (m.created_at, m.id.clone());
+        newest
+            .entry(message.participants.join(","))
+            .and_modify(|kept| {
+                if place(message) > place(kept) {
+                    *kept = message;
+                }
+            })
+            .or_insert(message);
+    }
     let mut note = tx.prepare_cached(NOTE)?;
-    for user in &message.participants {
-        note.execute(params![
-            user,
-            message.participants.join(","),
-            message.created_at.timestamp_millis(),
-            message.id,
-        ])?;
+    for (channel, message) in newest {
+        for user in &message.participants {
+            note.execute(params![
+                user,
+                channel,
+                message.created_at.timestamp_millis(),
+                message.id,
+            ])?;
+        }
     }
     Ok(())
 }
