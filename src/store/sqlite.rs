@@ -54,7 +54,8 @@ pub struct SqliteStore {
     readers: Arc<ReadPool>,
     /// Where corruption met on the file, writing or reading, is reported.
     watch: Watch,
-    _checkpointer: Checkpointer,
+    /// Keeps the WAL small; asks this writer, between its transactions, to start it over.
+    checkpointer: Checkpointer,
 }
 
 impl SqliteStore {
@@ -68,7 +69,7 @@ impl SqliteStore {
             writer: Arc::new(Mutex::new(writer)),
             readers: Arc::new(ReadPool::new(path, READERS, watch.clone())),
             watch,
-            _checkpointer: checkpointer,
+            checkpointer,
         })
     }
 
@@ -77,11 +78,14 @@ impl SqliteStore {
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
         let (writer, watch) = (self.writer.clone(), self.watch.clone());
+        let restart = self.checkpointer.restart();
         blocking(move || {
             let mut conn = writer.lock().expect("store writer lock");
-            f(&mut conn)
+            let written = f(&mut conn)
                 .inspect_err(|e| watch.check(e))
-                .map_err(|e| classify(&conn, e))
+                .map_err(|e| classify(&conn, e));
+            restart.between_transactions(&conn);
+            written
         })
         .await?
     }

@@ -17,7 +17,7 @@ use super::{Appended, Draft, OnCommit, OutboxCounts, OutboxError, PendingEntry};
 use crate::error::Chain;
 use crate::integrity::Watch;
 use crate::model::{Event, Failure, Message};
-use crate::sqlite_file::participants_json;
+use crate::sqlite_file::{WalRestart, participants_json};
 use crate::telemetry;
 
 /// Most commands applied in one transaction.
@@ -61,6 +61,8 @@ pub(super) struct Journal {
     outlets: Outlets,
     last_pruned: Option<std::time::Instant>,
     commit_duration: metrics::Histogram,
+    /// The checkpointer's request to start the WAL over, served between groups.
+    wal_restart: WalRestart,
 }
 
 /// Whom the journal tells about each durable commit, in this order.
@@ -100,6 +102,7 @@ impl Journal {
         key_window: Duration,
         watch: Watch,
         outlets: Outlets,
+        wal_restart: WalRestart,
     ) -> Self {
         Self {
             conn,
@@ -109,6 +112,7 @@ impl Journal {
             outlets,
             last_pruned: None,
             commit_duration: metrics::histogram!(telemetry::OUTBOX_COMMIT_DURATION),
+            wal_restart,
         }
     }
 
@@ -143,6 +147,7 @@ impl Journal {
                 }
             }
             self.prune_keys();
+            self.wal_restart.between_transactions(&self.conn);
         }
     }
 

@@ -224,6 +224,7 @@ impl Outbox {
             key_window,
             watch.clone(),
             outlets,
+            checkpointer.restart(),
         )
         .spawn(receiver)
         .map_err(|e| OutboxError::Thread("journal", e))?;
