@@ -118,9 +118,17 @@ pub fn is_corruption(e: &rusqlite::Error) -> bool {
     }
 }
 
+/// How long a statement waits for a lock another connection holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a writer's RESTART checkpoint waits for readers to leave the WAL: the writer (the
+/// journal, which senders wait for) is held that long at most, and is asked again next round
+/// if the readers stayed.
+const RESTART_WAIT: Duration = Duration::from_millis(100);
+
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     Ok(conn)
@@ -221,7 +229,10 @@ impl WalRestart {
         if !self.0.swap(false, Ordering::Relaxed) {
             return false;
         }
-        if let Err(e) = wal_frames(writer, "RESTART") {
+        let restarted = writer
+            .busy_timeout(RESTART_WAIT)
+            .and_then(|()| wal_frames(writer, "RESTART"));
+        if let Err(e) = restarted.and(writer.busy_timeout(BUSY_TIMEOUT)) {
             tracing::warn!(error = %Chain(&e), "WAL restart failed");
         }
         true
