@@ -52,9 +52,8 @@ impl From<Message> for ChannelSummary {
                    A channel that gets a new message while a client pages moves to the top: \
                    it is never listed twice, and later pages do not list it.",
     params(
-        ("limit" = Option<i64>, Query, description = "Channels per page, default 20, capped at 100.", minimum = 1, maximum = 4_294_967_295_i64),
-        ("before" = Option<String>, Query, pattern = "^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-7[0-9A-Fa-f]{3}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{24})$",
-            description = "Only channels whose last message is older than the message with this \
+        ("limit" = inline(Option<paging::PageSize>), Query, description = "Channels per page, default 20, capped at 100."),
+        ("before" = inline(Option<paging::BeforeId>), Query, description = "Only channels whose last message is older than the message with this \
             id: a chatd UUID v7 (hyphenated), or a 24-hex id of the original's, which must name \
             a stored message."),
     ),

@@ -207,9 +207,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         ("participants" = inline(ParticipantList), Query, description = "The channel: its user ids, \
             comma-separated, in any order. The caller must be one of them.", example = "alice,bob"),
         ("page" = Option<i64>, Query, description = "0-based page; `offset = page × size`.", minimum = 0, maximum = 9_223_372_036_854_775_807_i64),
-        ("size" = Option<i64>, Query, description = "Messages per page, default 50, capped at 100.", minimum = 1, maximum = 4_294_967_295_i64),
-        ("before" = Option<String>, Query, pattern = "^(?:[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-7[0-9A-Fa-f]{3}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}|[0-9A-Fa-f]{24})$",
-            description = "Only messages older than the message with this id: a chatd UUID v7 \
+        ("size" = inline(Option<paging::PageSize>), Query, description = "Messages per page, default 50, capped at 100."),
+        ("before" = inline(Option<paging::BeforeId>), Query, description = "Only messages older than the message with this id: a chatd UUID v7 \
             (hyphenated), or a 24-hex id of the original's. A UUID v7 carries its own time, so \
             it works whether or not the message is stored; a 24-hex id must name a stored \
             message."),

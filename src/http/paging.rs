@@ -2,6 +2,8 @@
 //! a `before` cursor naming a message.
 
 use axum::http::StatusCode;
+use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+use utoipa::openapi::{ObjectBuilder, RefOr, Schema, Type};
 use uuid::Uuid;
 
 use super::ApiError;
@@ -30,6 +32,41 @@ pub fn page_size(params: &QueryParams, name: &str, default: u32) -> Result<u32, 
             .min(MAX_PAGE_SIZE)),
     }
 }
+
+/// A page size as the documents describe it: every whole number [`page_size`] takes (it caps
+/// them at [`MAX_PAGE_SIZE`]).
+pub struct PageSize;
+
+impl utoipa::PartialSchema for PageSize {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+            .minimum(Some(1))
+            .maximum(Some(u32::MAX))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for PageSize {}
+
+/// A `before` cursor as the documents describe it: what [`before`] takes, a hyphenated UUID v7
+/// or 24 hex digits.
+pub struct BeforeId;
+
+impl utoipa::PartialSchema for BeforeId {
+    fn schema() -> RefOr<Schema> {
+        const HEX: &str = "[0-9A-Fa-f]";
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(format!(
+                "^(?:{HEX}{{8}}-{HEX}{{4}}-7{HEX}{{3}}-{HEX}{{4}}-{HEX}{{12}}|{HEX}{{24}})$"
+            )))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for BeforeId {}
 
 /// A `before` cursor as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
