@@ -126,6 +126,13 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// if the readers stayed.
 const RESTART_WAIT: Duration = Duration::from_millis(100);
 
+/// The page cache of a database's one writer, in KiB: the index pages its inserts land on. A
+/// one-to-one load among 1,000 users touches about 3,000 of them in the store (and a thousand
+/// in the outbox), one per user or channel; in SQLite's default 2 MiB most inserts read their
+/// page back from the file first (measured: 3.5 `pread`s per message, 1.1 with this cache).
+/// Memory only grows to it as pages are used.
+const WRITER_CACHE_KIB: i64 = 32 * 1024;
+
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -141,6 +148,8 @@ pub fn open(path: &Path) -> rusqlite::Result<Connection> {
 pub fn open_writer(path: &Path) -> Result<(Connection, Checkpointer), OpenError> {
     let conn = open(path)?;
     conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+    // Negative: a size in KiB rather than a number of pages.
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
     Ok((conn, Checkpointer::start(path)?))
 }
 
