@@ -2,6 +2,7 @@
 //! over keep-alive connections at a fixed rate. The send time rides in the content, so the
 //! latency measured is end to end: from just before the POST to the frame read from a socket.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -65,6 +66,36 @@ struct Counters {
     last_delivery_ns: AtomicU64,
     accepted: AtomicU64,
     errors: AtomicU64,
+    /// The errors by what they were (a status, or why the request got none), so a run's
+    /// report says what failed, not only how much.
+    error_kinds: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Counters {
+    fn refused(&self, outcome: &reqwest::Result<reqwest::Response>) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        *self
+            .error_kinds
+            .lock()
+            .expect("error kinds lock")
+            .entry(error_kind(outcome))
+            .or_default() += 1;
+    }
+}
+
+/// A send that got no 202: its status, or the innermost cause of a failed request (a closed
+/// or reset connection, say), which names no address or id.
+fn error_kind(outcome: &reqwest::Result<reqwest::Response>) -> String {
+    match outcome {
+        Ok(response) => format!("status {}", response.status().as_u16()),
+        Err(e) => {
+            let mut cause: &dyn std::error::Error = e;
+            while let Some(source) = cause.source() {
+                cause = source;
+            }
+            format!("request failed: {cause}")
+        }
+    }
 }
 
 pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
@@ -74,6 +105,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
         last_delivery_ns: AtomicU64::new(0),
         accepted: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        error_kinds: Mutex::default(),
     });
     let stop = CancellationToken::new();
     let measured_from_ns = Arc::new(AtomicU64::new(u64::MAX));
@@ -161,7 +193,8 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
             let (counters, rest) = (counters.clone(), rest.clone());
             tokio::spawn(async move {
                 let posted = Instant::now();
-                match request.send().await {
+                let outcome = request.send().await;
+                match &outcome {
                     Ok(response) if response.status() == reqwest::StatusCode::ACCEPTED => {
                         counters.accepted.fetch_add(1, Ordering::Relaxed);
                         if posted >= measured_from {
@@ -171,9 +204,7 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
                                 .saturating_record(micros);
                         }
                     }
-                    _ => {
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                    }
+                    _ => counters.refused(&outcome),
                 }
                 drop(permit);
             });
@@ -246,8 +277,18 @@ pub async fn run(target: &Target, plan: Plan) -> anyhow::Result<Summary> {
         ),
         server_rss_kib: sum(after.iter().map(|u| u.rss_kib)),
         servers: shares(&before, &after, delivered),
-        extra: serde_json::Map::new(),
+        extra: errors_by_kind(&counters),
     })
+}
+
+/// What the errors were, when there were any.
+fn errors_by_kind(counters: &Counters) -> serde_json::Map<String, serde_json::Value> {
+    let kinds = counters.error_kinds.lock().expect("error kinds lock");
+    let mut extra = serde_json::Map::new();
+    if !kinds.is_empty() {
+        extra.insert("errors_by_kind".into(), serde_json::json!(*kinds));
+    }
+    extra
 }
 
 /// Each watched process's part of the server figures, when there are several (one process's
@@ -285,5 +326,29 @@ mod tests {
         let frame = r#"{"id":"x","sender":"a","content":"bench:123456","participants":["a"]}"#;
         assert_eq!(sent_at(frame), Some(123_456));
         assert_eq!(sent_at(r#"{"content":"hello"}"#), None);
+    }
+
+    #[tokio::test]
+    async fn an_error_is_named_by_its_status_or_by_why_the_request_failed() {
+        let unavailable = axum::http::Response::builder()
+            .status(503)
+            .body("")
+            .unwrap();
+        assert_eq!(
+            error_kind(&Ok(reqwest::Response::from(unavailable))),
+            "status 503"
+        );
+        // A port nobody listens on: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let refused = reqwest::get(format!("http://127.0.0.1:{port}/")).await;
+        let kind = error_kind(&refused);
+        assert!(
+            kind.starts_with("request failed: ") && kind.contains("refused"),
+            "{kind}"
+        );
     }
 }
