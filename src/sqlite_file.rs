@@ -127,10 +127,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const RESTART_WAIT: Duration = Duration::from_millis(100);
 
 /// The page cache of a database's one writer, in KiB: the index pages its inserts land on. A
-/// one-to-one load among 1,000 users touches about 3,000 of them in the store (and a thousand
-/// in the outbox), one per user or channel; in SQLite's default 2 MiB most inserts read their
-/// page back from the file first (measured: 3.5 `pread`s per message, 1.1 with this cache).
-/// Memory only grows to it as pages are used.
+/// one-to-one load among 1,000 users touches about 3,000 of them in the store, one per user
+/// or channel; in SQLite's default 2 MiB most inserts read their page back from the file first
+/// (measured: 3.5 `pread`s per message, 1.1 with this cache). Memory only grows to it as pages
+/// are used.
 const WRITER_CACHE_KIB: i64 = 32 * 1024;
 
 pub fn open(path: &Path) -> rusqlite::Result<Connection> {
