@@ -1,26 +1,17 @@
 // A group of three, one window each; Carol uses the keyboard only (Tab and Enter).
 
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import * as ui from "./lib/browser.mjs";
-import { Chatd } from "./lib/chatd.mjs";
+import { testBed } from "./lib/bed.mjs";
 
-let browser;
-let chatd;
-let passed = false;
-before(async () => {
-  browser = await ui.launch();
-  chatd = await Chatd.start("group");
-});
-after(async () => {
-  await browser?.close();
-  await chatd?.close(passed);
-});
+const bed = testBed();
 
-test("three people talk in one group, each in a window", { timeout: 240_000 }, async () => {
-  const alice = await ui.openPage(browser, chatd);
-  const bob = await ui.openPage(browser, chatd);
-  const carol = await ui.openPage(browser, chatd, { width: 360, height: 740 });
+test("three people talk in one group, each in a window", { timeout: 240_000 }, async (t) => {
+  const chatd = await bed.start(t, "group");
+  const alice = await ui.openPage(bed.browser, chatd);
+  const bob = await ui.openPage(bed.browser, chatd);
+  const carol = await ui.openPage(bed.browser, chatd, { width: 360, height: 740 });
   await ui.devSignIn(alice, "alice");
   await ui.devSignIn(bob, "bob");
 
@@ -49,5 +40,4 @@ test("three people talk in one group, each in a window", { timeout: 240_000 }, a
   const all = ["Hello, both of you", "Bob here", "Carol here"];
   for (const window of [alice, bob, carol]) await ui.waitForShown(window.page, all);
   for (const window of [alice, bob, carol]) ui.assertClean(window);
-  passed = true;
 });

@@ -2,34 +2,25 @@
 // order, each message once.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import * as ui from "./lib/browser.mjs";
-import { Chatd } from "./lib/chatd.mjs";
+import { testBed } from "./lib/bed.mjs";
 
 /** Three pages of the page's 25, and some. */
 const COUNT = 80;
 
-let browser;
-let chatd;
-let passed = false;
-before(async () => {
-  browser = await ui.launch();
-  chatd = await Chatd.start("history");
-});
-after(async () => {
-  await browser?.close();
-  await chatd?.close(passed);
-});
+const bed = testBed();
 
-test("scrolling back loads the whole history, in order, once", { timeout: 240_000 }, async () => {
+test("scrolling back loads the whole history, in order, once", { timeout: 240_000 }, async (t) => {
+  const chatd = await bed.start(t, "history");
   const alice = await chatd.devToken("alice");
   const texts = Array.from({ length: COUNT }, (_, i) => `message ${String(i + 1).padStart(3, "0")}`);
   for (const text of texts) await chatd.send(alice, ["alice", "bob"], text);
   // History is read from the store, which the relay fills just after each 202.
   await chatd.stored(alice, "alice,bob", COUNT);
 
-  const bob = await ui.openPage(browser, chatd);
+  const bob = await ui.openPage(bed.browser, chatd);
   await ui.devSignIn(bob, "bob");
   const pages = [];
   bob.page.on("request", (request) => {
@@ -56,5 +47,4 @@ test("scrolling back loads the whole history, in order, once", { timeout: 240_00
   assert.ok(pages.length >= 4, `history was read in ${pages.length} pages`);
   assert.equal(new Set(pages).size, pages.length, "a page was asked for twice");
   ui.assertClean(bob);
-  passed = true;
 });

@@ -2,27 +2,12 @@
 // themselves, and what was sent while one of them was away shows up there, once.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import * as ui from "./lib/browser.mjs";
-import { Chatd } from "./lib/chatd.mjs";
+import { testBed } from "./lib/bed.mjs";
 
-let browser;
-const servers = [];
-let failures = 0;
-before(async () => {
-  browser = await ui.launch();
-});
-after(async () => {
-  await browser?.close();
-  for (const chatd of servers) await chatd.close(failures === 0);
-});
-
-async function start(name, env) {
-  const chatd = await Chatd.start(name, env);
-  servers.push(chatd);
-  return chatd;
-}
+const bed = testBed();
 
 /** Keeps `page`'s new sockets from reaching chatd while `away()` says so. */
 async function keepAway(page, away) {
@@ -33,10 +18,9 @@ async function keepAway(page, away) {
 }
 
 test("both pages reconnect after a restart, missing nothing and doubling nothing", { timeout: 300_000 }, async (t) => {
-  t.after(() => { failures += t.passed ? 0 : 1; });
-  const chatd = await start("restart");
-  const alice = await ui.openPage(browser, chatd);
-  const bob = await ui.openPage(browser, chatd);
+  const chatd = await bed.start(t, "restart");
+  const alice = await ui.openPage(bed.browser, chatd);
+  const bob = await ui.openPage(bed.browser, chatd);
   await ui.devSignIn(alice, "alice");
   await ui.devSignIn(bob, "bob");
   await ui.startConversation(alice.page, ["bob"]);
@@ -68,9 +52,8 @@ test("both pages reconnect after a restart, missing nothing and doubling nothing
 });
 
 test("after a gap too long to replay the page says so and reads history again", { timeout: 300_000 }, async (t) => {
-  t.after(() => { failures += t.passed ? 0 : 1; });
-  const chatd = await start("recovery-limit", { RECOVERY_LIMIT: "2" });
-  const bob = await ui.openPage(browser, chatd);
+  const chatd = await bed.start(t, "recovery-limit", { RECOVERY_LIMIT: "2" });
+  const bob = await ui.openPage(bed.browser, chatd);
   await ui.devSignIn(bob, "bob");
   const alice = await chatd.devToken("alice");
   await chatd.send(alice, ["alice", "bob"], "first");

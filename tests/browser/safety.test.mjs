@@ -2,30 +2,17 @@
 // development sign-in on a chatd with a real secret.
 
 import assert from "node:assert/strict";
-import { after, test } from "node:test";
+import { test } from "node:test";
 
 import * as ui from "./lib/browser.mjs";
-import { Chatd } from "./lib/chatd.mjs";
+import { testBed } from "./lib/bed.mjs";
 
-const browser = await ui.launch();
-const servers = [];
-let failures = 0;
-after(async () => {
-  await browser.close();
-  for (const chatd of servers) await chatd.close(failures === 0);
-});
-
-async function start(name, env) {
-  const chatd = await Chatd.start(name, env);
-  servers.push(chatd);
-  return chatd;
-}
+const bed = testBed();
 
 test("markup in a message is shown as text and runs nothing", { timeout: 180_000 }, async (t) => {
-  t.after(() => { failures += t.passed ? 0 : 1; });
-  const chatd = await start("markup");
-  const alice = await ui.openPage(browser, chatd);
-  const bob = await ui.openPage(browser, chatd);
+  const chatd = await bed.start(t, "markup");
+  const alice = await ui.openPage(bed.browser, chatd);
+  const bob = await ui.openPage(bed.browser, chatd);
   await ui.devSignIn(alice, "alice");
   await ui.devSignIn(bob, "bob");
   const hostile = "<img src=x onerror=alert(1)>";
@@ -53,9 +40,8 @@ test("markup in a message is shown as text and runs nothing", { timeout: 180_000
 });
 
 test("with JWT_SECRET set there is no development sign-in, and a token signs in", { timeout: 180_000 }, async (t) => {
-  t.after(() => { failures += t.passed ? 0 : 1; });
-  const chatd = await start("jwt-secret", { JWT_SECRET: "a-real-secret-of-at-least-32-bytes-for-hs256" });
-  const window = await ui.openPage(browser, chatd);
+  const chatd = await bed.start(t, "jwt-secret", { JWT_SECRET: "a-real-secret-of-at-least-32-bytes-for-hs256" });
+  const window = await ui.openPage(bed.browser, chatd);
   const { page } = window;
   await page.getByRole("button", { name: "Sign in with this token" }).waitFor();
   assert.equal(await page.locator("#dev-form").isVisible(), false);

@@ -2,26 +2,18 @@
 // on both sides, each message once. Leaves a screenshot of the two windows in target/browser/.
 
 import assert from "node:assert/strict";
-import { after, before, test } from "node:test";
+import { test } from "node:test";
 
 import * as ui from "./lib/browser.mjs";
-import { Chatd, ROOT } from "./lib/chatd.mjs";
+import { testBed } from "./lib/bed.mjs";
+import { ROOT } from "./lib/chatd.mjs";
 
-let browser;
-let chatd;
-let passed = false;
-before(async () => {
-  browser = await ui.launch();
-  chatd = await Chatd.start("two-windows");
-});
-after(async () => {
-  await browser?.close();
-  await chatd?.close(passed);
-});
+const bed = testBed();
 
-test("alice and bob talk live in two windows", { timeout: 240_000 }, async () => {
-  const alice = await ui.openPage(browser, chatd);
-  const bob = await ui.openPage(browser, chatd, { width: 360, height: 720 });
+test("alice and bob talk live in two windows", { timeout: 240_000 }, async (t) => {
+  const chatd = await bed.start(t, "two-windows");
+  const alice = await ui.openPage(bed.browser, chatd);
+  const bob = await ui.openPage(bed.browser, chatd, { width: 360, height: 720 });
   await ui.devSignIn(alice, "alice");
   await ui.devSignIn(bob, "bob");
 
@@ -52,13 +44,12 @@ test("alice and bob talk live in two windows", { timeout: 240_000 }, async () =>
   await screenshot([alice.page, bob.page]);
   ui.assertClean(alice);
   ui.assertClean(bob);
-  passed = true;
 });
 
 /** Both windows side by side in one image, each at its own width (desktop and 360 px). */
 async function screenshot(pages) {
   const shots = await Promise.all(pages.map((page) => page.screenshot()));
-  const sheet = await browser.newPage({ viewport: { width: 1100 + 360 + 48, height: 760 } });
+  const sheet = await bed.browser.newPage({ viewport: { width: 1100 + 360 + 48, height: 760 } });
   await sheet.setContent(
     `<body style="margin:0;padding:16px;background:#888;display:flex;gap:16px;align-items:flex-start">
       ${shots.map((png) => `<img src="data:image/png;base64,${png.toString("base64")}">`).join("")}
