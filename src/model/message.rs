@@ -49,6 +49,20 @@ impl Message {
             sequence: None,
         }
     }
+
+    /// For tests that place messages by hand: a message of `participants` (the first sends it)
+    /// with this id, at `millis` since the epoch, whose content is its id.
+    #[cfg(test)]
+    pub(crate) fn at(id: &str, millis: i64, participants: &[&str]) -> Self {
+        Self {
+            id: id.into(),
+            sender: participants[0].into(),
+            content: id.into(),
+            participants: participants.iter().map(|p| p.to_string()).collect(),
+            created_at: DateTime::from_timestamp_millis(millis).expect("a time in range"),
+            sequence: None,
+        }
+    }
 }
 
 /// The moment a UUID v7 (or v1/v6) was made, to the millisecond.

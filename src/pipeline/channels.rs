@@ -180,20 +180,7 @@ fn merge(
 
 #[cfg(test)]
 mod tests {
-    use chrono::TimeZone;
-
     use super::*;
-
-    fn message(id: &str, millis: i64, participants: &[&str]) -> Message {
-        Message {
-            id: id.into(),
-            sender: participants[0].into(),
-            content: id.into(),
-            participants: participants.iter().map(|p| p.to_string()).collect(),
-            created_at: Utc.timestamp_millis_opt(millis).unwrap(),
-            sequence: None,
-        }
-    }
 
     fn cursor(m: &Message) -> Cursor {
         Cursor {
@@ -209,9 +196,9 @@ mod tests {
     #[test]
     fn places_order_by_time_then_id() {
         let (a, b, c) = (
-            message("a", 10, &["x"]),
-            message("b", 10, &["x"]),
-            message("a", 11, &["x"]),
+            Message::at("a", 10, &["x"]),
+            Message::at("b", 10, &["x"]),
+            Message::at("a", 11, &["x"]),
         );
         assert!(place(&a) < place(&b) && place(&b) < place(&c));
         assert!(sorts_before(&a, Some(&cursor(&b))));
@@ -226,14 +213,14 @@ mod tests {
     #[test]
     fn an_unstored_message_moves_its_channel_and_the_newest_of_a_channel_counts() {
         let stored = vec![
-            message("s3", 30, &["a", "c"]),
-            message("s2", 20, &["a", "b"]),
-            message("s1", 10, &["a", "d"]),
+            Message::at("s3", 30, &["a", "c"]),
+            Message::at("s2", 20, &["a", "b"]),
+            Message::at("s1", 10, &["a", "d"]),
         ];
         let unstored = vec![
-            message("u1", 40, &["a", "d"]),
-            message("u0", 5, &["a", "b"]),
-            message("u2", 50, &["a", "e"]),
+            Message::at("u1", 40, &["a", "d"]),
+            Message::at("u0", 5, &["a", "b"]),
+            Message::at("u2", 50, &["a", "e"]),
         ];
         let merged = merge(stored, newest_by_channel(unstored).into_values(), None, 10);
         assert_eq!(ids(&merged), ["u2", "u1", "s3", "s2"]);
@@ -241,13 +228,13 @@ mod tests {
 
     #[test]
     fn channels_at_or_above_the_cursor_stay_off_the_page() {
-        let top = message("u9", 90, &["a", "b"]);
+        let top = Message::at("u9", 90, &["a", "b"]);
         // The store still places a,b by an older message, below the cursor.
         let stored = vec![
-            message("s5", 50, &["a", "b"]),
-            message("s4", 40, &["a", "c"]),
+            Message::at("s5", 50, &["a", "b"]),
+            Message::at("s4", 40, &["a", "c"]),
         ];
-        let at = cursor(&message("s6", 60, &["a", "z"]));
+        let at = cursor(&Message::at("s6", 60, &["a", "z"]));
         let merged = merge(stored, [top], Some(&at), 10);
         assert_eq!(ids(&merged), ["s4"]);
     }
@@ -255,19 +242,21 @@ mod tests {
     #[test]
     fn only_unstored_channels_the_store_did_not_return_are_looked_up() {
         let unstored = newest_by_channel([
-            message("u1", 10, &["a", "b"]),
-            message("u2", 20, &["a", "c"]),
-            message("u3", 99, &["a", "d"]),
+            Message::at("u1", 10, &["a", "b"]),
+            Message::at("u2", 20, &["a", "c"]),
+            Message::at("u3", 99, &["a", "d"]),
         ]);
-        let stored = vec![message("s1", 15, &["a", "b"])];
-        let at = cursor(&message("s9", 90, &["a", "z"]));
+        let stored = vec![Message::at("s1", 15, &["a", "b"])];
+        let at = cursor(&Message::at("s9", 90, &["a", "z"]));
         let looked: Vec<&str> = to_look_up(&unstored, &stored, Some(&at))
             .map(|m| m.id.as_str())
             .collect();
         assert_eq!(looked, ["u2"], "a,b was returned; a,d is above the cursor");
         // a,c's stored last is above the cursor: the channel is not on this page.
         let merged = merge(
-            stored.into_iter().chain([message("s8", 95, &["a", "c"])]),
+            stored
+                .into_iter()
+                .chain([Message::at("s8", 95, &["a", "c"])]),
             unstored.into_values(),
             Some(&at),
             10,
@@ -278,7 +267,7 @@ mod tests {
     #[test]
     fn a_page_is_cut_at_its_limit() {
         let stored: Vec<Message> = (0..5)
-            .map(|i| message(&format!("s{i}"), i, &["a", &format!("u{i}")]))
+            .map(|i| Message::at(&format!("s{i}"), i, &["a", &format!("u{i}")]))
             .collect();
         let merged = merge(stored, [], None, 3);
         assert_eq!(ids(&merged), ["s4", "s3", "s2"]);

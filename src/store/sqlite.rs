@@ -530,18 +530,6 @@ mod tests {
         (dir, store)
     }
 
-    /// A message of `channel` at `millis` with this id.
-    fn at(id: &str, millis: i64, channel: &[&str]) -> Message {
-        Message {
-            id: id.into(),
-            sender: channel[0].into(),
-            content: id.into(),
-            participants: channel.iter().map(|p| p.to_string()).collect(),
-            created_at: DateTime::from_timestamp_millis(millis).unwrap(),
-            sequence: None,
-        }
-    }
-
     fn ids(messages: &[Message]) -> Vec<&str> {
         messages.iter().map(|m| m.id.as_str()).collect()
     }
@@ -556,10 +544,10 @@ mod tests {
             // The newer first: the backfill keeps the greatest (created_at, id) whatever the
             // order it meets them in, ties broken by id.
             for m in [
-                at("m3", 30, &["a", "b"]),
-                at("m1", 10, &["a", "b"]),
-                at("m2", 20, &["a", "c"]),
-                at("m2b", 20, &["a", "c"]),
+                Message::at("m3", 30, &["a", "b"]),
+                Message::at("m1", 10, &["a", "b"]),
+                Message::at("m2", 20, &["a", "c"]),
+                Message::at("m2b", 20, &["a", "c"]),
             ] {
                 conn.execute(
                     "INSERT INTO messages (id, channel, sender, content, participants, created_at)
@@ -595,17 +583,23 @@ mod tests {
 
         // Written again, or an older one written late: nothing moves. A newer one moves its
         // channel, for each participant.
-        let replays = [at("m3", 30, &["a", "b"]), at("m0", 5, &["a", "b"])];
+        let replays = [
+            Message::at("m3", 30, &["a", "b"]),
+            Message::at("m0", 5, &["a", "b"]),
+        ];
         store.insert_batch(&replays).await.unwrap();
         assert_eq!(ids(&list("a", None, 10).await), ["m3", "m2b"]);
         store
-            .insert_batch(&[at("m4", 40, &["a", "c"])])
+            .insert_batch(&[Message::at("m4", 40, &["a", "c"])])
             .await
             .unwrap();
         assert_eq!(ids(&list("a", None, 10).await), ["m4", "m3"]);
         assert_eq!(ids(&list("c", None, 10).await), ["m4"]);
         // One batch, the newer first: its channel's newest is what is noted.
-        let batch = [at("m6", 60, &["a", "b"]), at("m5", 50, &["a", "b"])];
+        let batch = [
+            Message::at("m6", 60, &["a", "b"]),
+            Message::at("m5", 50, &["a", "b"]),
+        ];
         store.insert_batch(&batch).await.unwrap();
         assert_eq!(ids(&list("b", None, 10).await), ["m6"]);
 

@@ -144,28 +144,15 @@ fn newest_by_channel<'a>(messages: &[&'a Message]) -> Vec<&'a Message> {
 
 #[cfg(test)]
 mod tests {
-    use chrono::DateTime;
-
     use super::*;
-
-    fn at(id: &str, millis: i64, channel: &[&str]) -> Message {
-        Message {
-            id: id.into(),
-            sender: channel[0].into(),
-            content: String::new(),
-            participants: channel.iter().map(|p| p.to_string()).collect(),
-            created_at: DateTime::from_timestamp_millis(millis).unwrap(),
-            sequence: None,
-        }
-    }
 
     #[test]
     fn a_batch_updates_each_channel_once_with_its_newest() {
         let batch = [
-            at("b", 20, &["a", "b"]),
-            at("c", 20, &["a", "b"]),
-            at("a", 10, &["a", "b"]),
-            at("d", 5, &["a", "c"]),
+            Message::at("b", 20, &["a", "b"]),
+            Message::at("c", 20, &["a", "b"]),
+            Message::at("a", 10, &["a", "b"]),
+            Message::at("d", 5, &["a", "c"]),
         ];
         let refs: Vec<&Message> = batch.iter().collect();
         let ids: Vec<&str> = newest_by_channel(&refs)
