@@ -18,15 +18,7 @@ use chatd::store::{MessageStore, MongoStore};
 
 /// `GET /api/channels?{query}` as `user`: the status and the JSON body.
 async fn get_channels(server: &TestServer, user: &str, query: &str) -> (u16, Value) {
-    let response = server
-        .http
-        .get(server.url(&format!("/api/channels?{query}")))
-        .bearer_auth(server.token(user))
-        .send()
-        .await
-        .expect("GET /api/channels");
-    let status = response.status().as_u16();
-    (status, response.json().await.expect("JSON body"))
+    server.get_as(user, &format!("/api/channels?{query}")).await
 }
 
 async fn channels(server: &TestServer, user: &str, query: &str) -> Vec<Value> {

@@ -157,17 +157,23 @@ impl TestServer {
         body["message"].clone()
     }
 
-    /// `GET /api/messages/get?{query}` as `reader`: the status and the JSON body.
-    pub async fn get_history(&self, reader: &str, query: &str) -> (u16, Value) {
+    /// `GET {path}` as `user`: the status and the JSON body.
+    pub async fn get_as(&self, user: &str, path: &str) -> (u16, Value) {
         let response = self
             .http
-            .get(self.url(&format!("/api/messages/get?{query}")))
-            .bearer_auth(self.token(reader))
+            .get(self.url(path))
+            .bearer_auth(self.token(user))
             .send()
             .await
-            .expect("GET /api/messages/get");
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
         let status = response.status().as_u16();
         (status, response.json().await.expect("JSON body"))
+    }
+
+    /// `GET /api/messages/get?{query}` as `reader`: the status and the JSON body.
+    pub async fn get_history(&self, reader: &str, query: &str) -> (u16, Value) {
+        self.get_as(reader, &format!("/api/messages/get?{query}"))
+            .await
     }
 
     pub async fn history(&self, reader: &str, query: &str) -> Vec<Value> {
