@@ -293,14 +293,7 @@ impl MessageStore for MongoStore {
         let participants: Vec<&str> = channel.participants().iter().map(|p| p.as_str()).collect();
         let mut filter = doc! { "participants": participants };
         if let Some(cursor) = &page.before {
-            let at = bson::DateTime::from_millis(cursor.created_at.timestamp_millis());
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "created_at": { "$lt": at } },
-                    doc! { "created_at": at, "_id": { "$lt": id_bson(&cursor.id) } },
-                ],
-            );
+            filter.insert("$or", sorts_before("", cursor.created_at, &cursor.id));
         }
         let found = self
             .call(
@@ -534,6 +527,18 @@ impl MessageStore for MongoStore {
             .await?;
         Ok(result.deleted_count)
     }
+}
+
+/// The `$or` that a document's `(created_at, _id)`, under `prefix` (`""` for a message, or
+/// `"last."` for a channel summary's last message), sorts before `(created_at, id)` in
+/// history's order.
+fn sorts_before(prefix: &str, created_at: DateTime<Utc>, id: &str) -> Vec<Document> {
+    let at = bson::DateTime::from_millis(created_at.timestamp_millis());
+    let (created, ids) = (format!("{prefix}created_at"), format!("{prefix}_id"));
+    vec![
+        doc! { created.as_str(): { "$lt": at } },
+        doc! { created.as_str(): at, ids.as_str(): { "$lt": id_bson(id) } },
+    ]
 }
 
 /// A message id as stored: the original's 24-hex ids are ObjectIds, chatd's are strings.
@@ -820,6 +825,27 @@ fn stream_filter(user: &UserId, after: u64, through: u64) -> Document {
 mod tests {
     use super::*;
     use crate::error::Chain;
+
+    #[test]
+    fn before_a_cursor_is_an_earlier_time_or_the_same_time_and_a_lower_id() {
+        let created_at = DateTime::from_timestamp_millis(1_700_000_000_123).unwrap();
+        let at = bson::DateTime::from_millis(1_700_000_000_123);
+        let id = "01a21374-77c6-7232-9e89-ba74aa8b26e6";
+        assert_eq!(
+            sorts_before("", created_at, id),
+            vec![
+                doc! { "created_at": { "$lt": at } },
+                doc! { "created_at": at, "_id": { "$lt": id } },
+            ]
+        );
+        assert_eq!(
+            sorts_before("last.", created_at, id),
+            vec![
+                doc! { "last.created_at": { "$lt": at } },
+                doc! { "last.created_at": at, "last._id": { "$lt": id } },
+            ]
+        );
+    }
 
     #[test]
     fn ids_keep_their_stored_type() {

@@ -18,9 +18,9 @@
 use std::collections::BTreeMap;
 
 use futures_util::TryStreamExt;
-use mongodb::bson::{self, Bson, Document, doc};
+use mongodb::bson::{Bson, Document, doc};
 
-use super::{DUPLICATE_KEY, MongoStore, id_bson, malformed, message_doc, message_from_doc};
+use super::{DUPLICATE_KEY, MongoStore, malformed, message_doc, message_from_doc, sorts_before};
 use crate::model::{Message, UserId};
 use crate::store::{Cursor, StoreError};
 
@@ -37,15 +37,12 @@ impl MongoStore {
                     sequence: None,
                     ..m.clone()
                 });
-                let at = bson::DateTime::from_millis(m.created_at.timestamp_millis());
+                let earlier = sorts_before("last.", m.created_at, &m.id);
                 m.participants.iter().map(move |user| {
                     doc! {
                         "q": {
                             "_id": { "u": user, "p": &m.participants },
-                            "$or": [
-                                { "last.created_at": { "$lt": at } },
-                                { "last.created_at": at, "last._id": { "$lt": id_bson(&m.id) } },
-                            ],
+                            "$or": earlier.clone(),
                         },
                         "u": { "$set": { "user": user, "last": last.clone() } },
                         "upsert": true,
@@ -97,14 +94,7 @@ impl MongoStore {
     ) -> Result<Vec<Message>, StoreError> {
         let mut filter = doc! { "user": user.as_str() };
         if let Some(cursor) = before {
-            let at = bson::DateTime::from_millis(cursor.created_at.timestamp_millis());
-            filter.insert(
-                "$or",
-                vec![
-                    doc! { "last.created_at": { "$lt": at } },
-                    doc! { "last.created_at": at, "last._id": { "$lt": id_bson(&cursor.id) } },
-                ],
-            );
+            filter.insert("$or", sorts_before("last.", cursor.created_at, &cursor.id));
         }
         let found = self
             .call(
